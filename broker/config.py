@@ -1,0 +1,320 @@
+"""The broker's configuration: one YAML file, overridable from the environment.
+
+Precedence, highest first: ``BROKER_*`` environment variables (nested keys
+joined by ``__``, e.g. ``BROKER_PROVIDERS__HIRO__PASSWORD``), then the YAML
+file, then the defaults below. ``config.example.yaml`` documents every key.
+
+A bad configuration raises :class:`ConfigError` whose message names the file,
+the key (``providers.hiro.password``) and the problem, never a secret value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from broker.errors import ConfigError
+from broker.secrets import Indirect, Secret
+
+PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+"""Provider names appear in URLs and env var names: keep them boring."""
+
+GrantType = Literal["password", "client_credentials", "refresh_token"]
+ClientAuth = Literal["client_secret_basic", "client_secret_post"]
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s?#]+", value):
+        # The value is not echoed: a URL may carry user:password@.
+        msg = "must be an http:// or https:// URL"
+        raise ValueError(msg)
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _provider_name(value: str) -> str:
+    if not PROVIDER_NAME.match(value):
+        msg = (
+            "a provider name must be 1-63 characters of a-z, 0-9, '_' and '-',"
+            " starting with a letter or digit (it appears in URLs)"
+        )
+        raise ValueError(msg)
+    return value
+
+
+ProviderName = Annotated[str, AfterValidator(_provider_name)]
+
+
+class RefreshSettings(BaseModel):
+    """When to refresh a token, as fractions of its lifetime and seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ratio: float = Field(2 / 3, gt=0, lt=1)
+    """Refresh at this fraction of the token's lifetime."""
+    jitter: float = Field(0.1, ge=0, lt=0.5)
+    """Plus or minus this fraction of the lifetime, at random, so that providers
+    and replicas do not refresh in lockstep."""
+    margin: float = Field(60.0, ge=0)
+    """Never refresh later than this many seconds before expiry (for short
+    tokens at most a third of their lifetime)."""
+    min_delay: float = Field(1.0, ge=0)
+    """Never refresh sooner than this after the previous token arrived
+    (for short tokens at most half their lifetime)."""
+    backoff_initial: float = Field(1.0, gt=0)
+    """First retry delay after a failed token request; doubles each time."""
+    backoff_max: float = Field(300.0, gt=0)
+    """Longest retry delay."""
+    force_cooldown: float = Field(1.0, ge=0)
+    """A forced refresh within this many seconds of the last new token returns
+    that token instead of asking the identity provider again."""
+
+
+class _ProviderBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float = Field(10.0, gt=0, le=300)
+    """Seconds to wait for the identity provider to connect and answer."""
+    default_expires_in: float = Field(3600.0, gt=0)
+    """Lifetime assumed when a response gives none (and the token is not a JWT with exp)."""
+    refresh: RefreshSettings | None = None
+    """Overrides the top-level refresh settings for this provider."""
+
+
+class _UserCredentials(BaseModel):
+    username: Indirect | None = None
+    password: Secret | None = None
+    refresh_token: Secret | None = None
+    """A refresh token to start from (an SSO login's, for instance); rotated ones replace it."""
+
+
+class HiroProvider(_ProviderBase, _UserCredentials):
+    """HIRO (arago) Auth API v6: JSON ``/app`` + ``/refresh``, or the OAuth2 ``/token`` endpoint."""
+
+    type: Literal["hiro"]
+    url: HttpUrl
+    auth_api: str = "/api/auth/6"
+    """Path prefix of the auth API: ``/api/auth/6``, ``/api/auth/6.6`` ..."""
+    flow: Literal["app", "token"] = "app"
+    """``app``: JSON password login on ``/app``, refresh on ``/refresh``.
+    ``token``: form-encoded OAuth2 on ``/token`` (auth API 6.6)."""
+    client_id: Indirect
+    client_secret: Secret
+    client_auth: ClientAuth = "client_secret_basic"
+    """How the ``token`` flow sends the client credentials (the ``app`` flow sends JSON)."""
+
+    @model_validator(mode="after")
+    def _needs_credentials(self) -> HiroProvider:
+        _require_user_or_refresh_token(self)
+        return self
+
+
+class AerionProvider(_ProviderBase, _UserCredentials):
+    """Aerion: password or refresh-token grant on ``/oauth2/token``, tenant chosen by a header."""
+
+    type: Literal["aerion"]
+    url: HttpUrl = "https://api.aerion.app"
+    company_url: HttpUrl
+    """Your company's address, e.g. ``https://acme.aerion.app``; names the tenant."""
+    tenant_header: Literal["companyurl", "origin"] = "companyurl"
+    # Aerion does not validate the client pair, but both must be present and
+    # the client id must look like ^[a-z0-9-_]{3,40}$.
+    client_id: Indirect = "credential-broker"
+    client_secret: Secret = SecretStr("public")
+
+    @model_validator(mode="after")
+    def _needs_credentials(self) -> AerionProvider:
+        _require_user_or_refresh_token(self)
+        return self
+
+
+class HubProvider(_ProviderBase, _UserCredentials):
+    """JetBrains Hub: client credentials, password (offline access) or refresh-token grant."""
+
+    type: Literal["hub"]
+    url: HttpUrl
+    """The Hub URL, e.g. ``https://hub.example.com`` or ``https://x.youtrack.cloud/hub``."""
+    client_id: Indirect
+    """The Hub service id."""
+    client_secret: Secret
+    scope: str | None = None
+    """Space-separated Hub service ids (``0-0-0-0-0`` is Hub itself)."""
+    grant: GrantType | None = None
+    """Default: ``password`` with a username, ``refresh_token`` with only a refresh
+    token, else ``client_credentials``."""
+
+    @model_validator(mode="after")
+    def _grant_matches_credentials(self) -> HubProvider:
+        _check_grant(self, self.grant)
+        return self
+
+
+class OAuth2Provider(_ProviderBase, _UserCredentials):
+    """Any RFC 6749 token endpoint."""
+
+    type: Literal["oauth2"]
+    token_url: HttpUrl
+    grant: GrantType
+    client_id: Indirect | None = None
+    client_secret: Secret | None = None
+    client_auth: ClientAuth = "client_secret_basic"
+    scope: str | None = None
+    audience: str | None = None
+    extra_params: dict[str, str] = Field(default_factory=dict)
+    """More form parameters sent with every token request (``resource``, ...)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """More HTTP headers sent with every token request."""
+
+    @model_validator(mode="after")
+    def _grant_matches_credentials(self) -> OAuth2Provider:
+        _check_grant(self, self.grant)
+        if self.client_secret is not None and self.client_id is None:
+            msg = "client_secret is set but client_id is not"
+            raise ValueError(msg)
+        if self.grant == "client_credentials" and self.client_id is None:
+            msg = "grant client_credentials needs client_id and client_secret"
+            raise ValueError(msg)
+        return self
+
+
+ProviderConfig = Annotated[
+    HiroProvider | AerionProvider | HubProvider | OAuth2Provider,
+    Field(discriminator="type"),
+]
+PROVIDER_TYPES = ("hiro", "aerion", "hub", "oauth2")
+
+
+def _require_user_or_refresh_token(p: _UserCredentials) -> None:
+    has_user = p.username is not None and p.password is not None
+    if (p.username is None) != (p.password is None):
+        missing = "password" if p.password is None else "username"
+        msg = f"username and password go together; {missing} is missing"
+        raise ValueError(msg)
+    if not has_user and p.refresh_token is None:
+        msg = "needs username and password, or a refresh_token to start from"
+        raise ValueError(msg)
+
+
+def _check_grant(p: _UserCredentials, grant: GrantType | None) -> None:
+    if grant == "password" and (p.username is None or p.password is None):
+        msg = "grant password needs username and password"
+        raise ValueError(msg)
+    if grant == "refresh_token" and p.refresh_token is None:
+        msg = "grant refresh_token needs a refresh_token to start from"
+        raise ValueError(msg)
+
+
+class BrokerSettings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BROKER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    """Listen address. Loopback by default: tokens are for this host only."""
+    port: int = Field(8181, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    request_timeout: float = Field(10.0, gt=0)
+    """How long a caller waits for a token that is being fetched (cold start,
+    min_valid, forced refresh) before getting a 503."""
+    refresh: RefreshSettings = RefreshSettings()
+    providers: dict[ProviderName, ProviderConfig]
+
+    @model_validator(mode="after")
+    def _some_providers(self) -> BrokerSettings:
+        if not self.providers:
+            msg = "no providers configured"
+            raise ValueError(msg)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; env overrides it.
+        return (env_settings, init_settings)
+
+    def refresh_for(self, provider: str) -> RefreshSettings:
+        return self.providers[provider].refresh or self.refresh
+
+
+def load_config(path: Path | str) -> BrokerSettings:
+    """Read and validate the YAML file at *path*; raise ConfigError on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"{path}: cannot read config file: {exc.strerror or type(exc).__name__}"
+        raise ConfigError(msg) from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> BrokerSettings:
+    """Validate YAML *text*; *source* names it in error messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        msg = f"{source}: not valid YAML{where}: {problem}"
+        raise ConfigError(msg) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        msg = f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
+        raise ConfigError(msg)
+    try:
+        return BrokerSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: ``file: dotted.key: what is wrong``.
+
+    The input value is deliberately left out: it may be a secret.
+    """
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = list(err["loc"])
+        # A discriminated union puts the provider type into the location
+        # (providers.hiro.hiro.password); users never wrote that key.
+        if len(loc) > 2 and loc[0] == "providers" and loc[2] in PROVIDER_TYPES:
+            del loc[2]
+        if loc and loc[-1] == "[key]":  # the provider name itself is wrong
+            loc[-1] = "(name)"
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; config.example.yaml lists every key)"
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
