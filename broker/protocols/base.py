@@ -1,0 +1,246 @@
+"""What every provider protocol offers, and the parsing and error rules they share.
+
+A protocol builds ``httpx.Request`` objects and turns ``httpx.Response``
+objects into a :class:`~broker.tokens.Grant` or a
+:class:`~broker.errors.TokenEndpointError`. It never does I/O, so each one is
+tested with plain values; :mod:`broker.manager` is the only place that sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from broker.errors import FailureKind, TokenEndpointError
+from broker.tokens import Grant
+
+MAX_ERROR_TEXT = 200
+"""How much of an identity provider's error text is kept for logs and the status API."""
+
+# RFC 6749 §5.2 codes that mean "these credentials or this grant will not work".
+PERMANENT_OAUTH_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "access_denied",
+    }
+)
+# Codes an authorization server uses when the problem is on its side (RFC 6749 §4.1.2.1).
+TRANSIENT_OAUTH_ERRORS = frozenset({"server_error", "temporarily_unavailable", "slow_down"})
+
+
+class TokenProtocol(ABC):
+    """One provider's way of getting and refreshing tokens."""
+
+    @property
+    def can_login(self) -> bool:
+        """False when the provider lives on a refresh token alone (nothing to fall back to)."""
+        return True
+
+    @abstractmethod
+    def login_request(self) -> httpx.Request:
+        """The primary grant: password, client credentials, HIRO /app login."""
+
+    @abstractmethod
+    def refresh_request(self, refresh_token: str) -> httpx.Request:
+        """Exchange *refresh_token* for a new access token."""
+
+    @abstractmethod
+    def parse_response(
+        self, response: httpx.Response, body: bytes, *, wall_now: float, refreshing: bool
+    ) -> Grant:
+        """Read a token response into a Grant, or raise TokenEndpointError.
+
+        *body* is the (size-capped) response body; *refreshing* says whether
+        the request was a refresh.
+        """
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line saying what this provider will do, for ``broker check``."""
+
+    @abstractmethod
+    def secret_values(self) -> Iterable[str]:
+        """Every secret this protocol sends, so error texts can be scrubbed of them."""
+
+    def scrub(self, text: str) -> str:
+        """Shorten *text* and blank out any configured secret in it."""
+        for secret in self.secret_values():
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        text = " ".join(text.split())
+        if len(text) > MAX_ERROR_TEXT:
+            text = text[:MAX_ERROR_TEXT] + "..."
+        return text
+
+
+def basic_auth(client_id: str, client_secret: str) -> str:
+    """RFC 6749 §2.3.1: form-urlencode both parts, then Base64 ``id:secret``."""
+    from urllib.parse import quote_plus
+
+    raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def parse_json_object(body: bytes, status: int) -> dict[str, Any]:
+    """The body as a JSON object, or a transient ``invalid_response`` error."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        what = "an empty body" if not body.strip() else "a body that is not a JSON object"
+        msg = f"token endpoint answered HTTP {status} with {what}"
+        raise TokenEndpointError(
+            msg, code="invalid_response", kind=FailureKind.TRANSIENT, status=status
+        )
+    return data
+
+
+def parse_lifetime(value: Any) -> float | None:
+    """``expires_in`` as seconds; providers send numbers or numeric strings ("3600")."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        return float(value)
+    msg = f"expires_in is not a non-negative number: {type(value).__name__}"
+    raise TokenEndpointError(msg, code="invalid_response", kind=FailureKind.TRANSIENT, status=200)
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT-shaped token (Unix seconds), unverified, or None."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return float(exp)
+    return None
+
+
+def retry_after_seconds(headers: httpx.Headers, wall_now: float) -> float | None:
+    """The ``Retry-After`` header as seconds from now (delta or HTTP date), or None."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from datetime import UTC
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        # asctime dates and "-0000" carry no zone; HTTP dates are UTC (RFC 9110 §5.6.7).
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - wall_now)
+
+
+def classify_http_error(
+    *,
+    status: int,
+    error_code: str | None,
+    refreshing: bool,
+    refresh_rejected_statuses: frozenset[int] = frozenset(),
+) -> tuple[FailureKind, bool]:
+    """Decide how a failed token response is treated.
+
+    Returns ``(kind, refresh_token_rejected)``. Pure; table-tested.
+
+    * 429, 408 and 5xx, or an OAuth ``server_error``/``temporarily_unavailable``,
+      are transient: retry with backoff.
+    * ``invalid_grant`` on a refresh (or a status the provider uses for a dead
+      refresh token, like HIRO's 401) means the refresh token is dead: fall back
+      to the primary grant.
+    * Any other 4xx is a rejection of our credentials or request.
+    """
+    if error_code in TRANSIENT_OAUTH_ERRORS or status in (408, 425, 429) or status >= 500:
+        return FailureKind.TRANSIENT, False
+    if refreshing and (error_code == "invalid_grant" or status in refresh_rejected_statuses):
+        return FailureKind.REJECTED, True
+    if 400 <= status < 500:
+        return FailureKind.REJECTED, False
+    # 1xx/3xx: a redirect or something odd where a token belonged.
+    return FailureKind.TRANSIENT, False
+
+
+def error_fields(data: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """``(error_code, description)`` from the error bodies the providers use.
+
+    RFC 6749 ``{error, error_description}``; Aerion's wrapped
+    ``{error, status, summary, raw}``; HIRO's ``{error: {message, code}}``
+    and ``{error: "message"}``.
+    """
+    if not data:
+        return None, None
+    error = data.get("error")
+    description = data.get("error_description") or data.get("raw") or data.get("message")
+    if isinstance(error, dict):
+        message = error.get("message")
+        return None, str(message) if message is not None else None
+    if isinstance(error, str):
+        # A code is a short token like invalid_grant; anything else is a message.
+        if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", error):
+            return error, str(description) if description is not None else None
+        return None, error
+    return None, str(description) if description is not None else None
+
+
+def token_endpoint_error(
+    protocol: TokenProtocol,
+    status: int,
+    headers: httpx.Headers,
+    body: bytes,
+    *,
+    wall_now: float,
+    refreshing: bool,
+    refresh_rejected_statuses: frozenset[int] = frozenset(),
+) -> TokenEndpointError:
+    """Build the error for a token response that carries an error (usually non-2xx)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    code, description = error_fields(data if isinstance(data, dict) else None)
+    kind, rt_rejected = classify_http_error(
+        status=status,
+        error_code=code,
+        refreshing=refreshing,
+        refresh_rejected_statuses=refresh_rejected_statuses,
+    )
+    stable_code = code if code is not None else f"http_{status}"
+    what = "refresh" if refreshing else "login"
+    detail = f": {protocol.scrub(description)}" if description else ""
+    if description is None and data is None and body.strip():
+        detail = " (body is not JSON)"
+    msg = f"{what} failed: token endpoint answered HTTP {status} {stable_code}{detail}"
+    return TokenEndpointError(
+        msg,
+        code=stable_code,
+        kind=kind,
+        status=status,
+        refresh_token_rejected=rt_rejected,
+        retry_after=retry_after_seconds(headers, wall_now),
+    )
