@@ -1,0 +1,438 @@
+"""The token manager: the only part of the broker that talks to identity providers.
+
+For each provider it keeps the current token in memory and runs one
+background task that refreshes it ahead of expiry (see
+:func:`broker.schedule.refresh_delay`) and retries failures with backoff.
+Callers read the token synchronously; they wait only when no token fit for
+them exists (cold start, ``min_valid``, forced refresh), and then every
+concurrent caller shares one request to the identity provider (single flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from broker.clock import Clock
+from broker.config import BrokerSettings, RefreshSettings
+from broker.errors import (
+    FailureKind,
+    TokenEndpointError,
+    TokenUnavailableError,
+    UnknownProviderError,
+)
+from broker.protocols import TokenProtocol, build_protocol
+from broker.schedule import backoff_delay, refresh_delay
+from broker.tokens import Token
+
+log = logging.getLogger("broker.manager")
+
+MAX_RESPONSE_BYTES = 256 * 1024
+"""A token response larger than this is refused: real ones are a few KiB."""
+
+ProviderState = Literal["starting", "ready", "degraded", "failing", "rejected", "needs_login"]
+
+
+@dataclass(eq=False)
+class Provider:
+    """One provider's runtime state. Mutated only on the event loop."""
+
+    name: str
+    kind: str
+    protocol: TokenProtocol
+    policy: RefreshSettings
+    default_lifetime: float
+    timeout: float
+    refresh_token: str | None = field(default=None, repr=False)
+    token: Token | None = None
+    inflight: asyncio.Task[Token] | None = field(default=None, repr=False)
+    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    generation: int = 0
+    jitter_draw: float = 0.5
+    refreshes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_error: TokenEndpointError | None = None
+    last_error_wall: float | None = None
+    last_refresh_wall: float | None = None
+    retry_at: float | None = None
+    next_refresh_at: float | None = None
+    needs_login: bool = False
+
+    def state(self, now: float) -> ProviderState:
+        """Where this provider stands, for /providers and /readyz."""
+        servable = self.token is not None and self.token.servable(now)
+        if self.needs_login:
+            return "needs_login"
+        if self.consecutive_failures == 0:
+            return "ready" if servable else "starting"
+        if servable:
+            return "degraded"
+        if self.last_error is not None and self.last_error.kind is FailureKind.REJECTED:
+            return "rejected"
+        return "failing"
+
+
+class TokenManager:
+    """Keeps one fresh token per configured provider."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
+        self._request_timeout = settings.request_timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.providers: dict[str, Provider] = {}
+        for name, config in settings.providers.items():
+            seed = config.refresh_token.get_secret_value() if config.refresh_token else None
+            self.providers[name] = Provider(
+                name=name,
+                kind=config.type,
+                protocol=build_protocol(config),
+                policy=settings.refresh_for(name),
+                default_lifetime=config.default_expires_in,
+                timeout=config.timeout,
+                refresh_token=seed,
+            )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start one refresh task per provider; each fetches its first token at once."""
+        for provider in self.providers.values():
+            task = asyncio.get_running_loop().create_task(
+                self._maintain(provider), name=f"refresh:{provider.name}"
+            )
+            self._tasks.add(task)  # a strong reference, or the task may be collected
+
+    async def stop(self) -> None:
+        """Cancel the refresh tasks and any token request in flight."""
+        pending: list[asyncio.Task[object]] = [*self._tasks]
+        pending += [p.inflight for p in self.providers.values() if p.inflight is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._tasks.clear()
+
+    # -- what callers use ---------------------------------------------------
+
+    def get(self, name: str) -> Provider:
+        try:
+            return self.providers[name]
+        except KeyError:
+            msg = f"no provider named {name!r} is configured"
+            raise UnknownProviderError(msg) from None
+
+    def now(self) -> float:
+        return self._clock.monotonic()
+
+    def current(self, name: str, min_valid: float = 0.0) -> Token | None:
+        """The token to serve right now without waiting, or None. Never an expired one."""
+        token = self.get(name).token
+        if token is not None and token.servable(self._clock.monotonic(), min_valid):
+            return token
+        return None
+
+    async def token(self, name: str, min_valid: float = 0.0) -> Token:
+        """A token valid for at least *min_valid* more seconds, fetching one if needed."""
+        provider = self.get(name)
+        now = self._clock.monotonic()
+        token = provider.token
+        if token is not None and token.servable(now, min_valid):
+            return token
+        if token is not None and min_valid > 0 and token.lifetime <= min_valid:
+            # This identity provider's tokens never live that long: asking it
+            # again cannot help, and would let a caller hammer it.
+            msg = (
+                f"provider {name!r} issues tokens that live {token.lifetime:.0f} s;"
+                f" min_valid={min_valid:.0f} cannot be met"
+            )
+            raise TokenUnavailableError(msg, retry_after=0, code="min_valid_unsatisfiable")
+        fresh = await self._join_or_start(provider, reason="on demand")
+        if not fresh.servable(self._clock.monotonic(), min_valid):
+            msg = f"provider {name!r} returned a token valid for less than {min_valid:.0f} s"
+            raise TokenUnavailableError(msg, retry_after=0, code="min_valid_unsatisfiable")
+        return fresh
+
+    async def force_refresh(self, name: str) -> Token:
+        """Get a new token now (a caller's API call was refused with the current one).
+
+        Joins a request already in flight. A token obtained within
+        ``force_cooldown`` seconds is returned as is, so a crowd of callers
+        that all saw the same 401 causes one refresh, not one each.
+        """
+        provider = self.get(name)
+        token = provider.token
+        now = self._clock.monotonic()
+        if (
+            provider.inflight is None
+            and token is not None
+            and token.servable(now)
+            and now - token.obtained_at < provider.policy.force_cooldown
+        ):
+            return token
+        return await self._join_or_start(provider, reason="forced")
+
+    # -- single flight ------------------------------------------------------
+
+    async def _join_or_start(self, provider: Provider, *, reason: str) -> Token:
+        task = provider.inflight
+        if task is None:
+            now = self._clock.monotonic()
+            if provider.needs_login:
+                raise _unavailable(provider, retry_after=provider.policy.backoff_max)
+            if provider.retry_at is not None and now < provider.retry_at:
+                # In backoff: callers must not turn an outage into a flood.
+                raise _unavailable(provider, retry_after=provider.retry_at - now)
+            task = self._start_fetch(provider, reason)
+        try:
+            # shield: a caller that goes away must not cancel the shared request
+            # (a rotated refresh token in its answer would be lost).
+            return await asyncio.wait_for(asyncio.shield(task), timeout=self._request_timeout)
+        except TimeoutError:
+            msg = f"provider {provider.name!r}: the identity provider has not answered yet"
+            raise TokenUnavailableError(msg, retry_after=1, code="token_pending") from None
+        except TokenEndpointError:
+            raise _unavailable(provider, retry_after=self._retry_after(provider)) from None
+
+    def _start_fetch(self, provider: Provider, reason: str) -> asyncio.Task[Token]:
+        task = asyncio.get_running_loop().create_task(
+            self._fetch(provider, reason), name=f"fetch:{provider.name}"
+        )
+        provider.inflight = task
+        # Mark a failure as seen even when no caller awaited it (it is logged in _fetch).
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    def _retry_after(self, provider: Provider) -> float:
+        if provider.retry_at is None:
+            return 1.0
+        return max(provider.retry_at - self._clock.monotonic(), 1.0)
+
+    # -- the refresh task ---------------------------------------------------
+
+    async def _maintain(self, provider: Provider) -> None:
+        """Refresh ahead of expiry, retry with backoff; runs until cancelled."""
+        while True:
+            now = self._clock.monotonic()
+            delay = self._next_delay(provider, now)
+            provider.next_refresh_at = now + delay
+            if delay > 0:
+                provider.wake.clear()
+                await self._sleep_or_wake(provider, delay)
+                if provider.wake.is_set():
+                    continue  # a caller-triggered fetch finished: plan again
+            # A failure is recorded and logged by _fetch; the next delay is its backoff.
+            with contextlib.suppress(TokenUnavailableError):
+                await self._join_or_start(provider, reason="scheduled")
+
+    def _next_delay(self, provider: Provider, now: float) -> float:
+        if provider.needs_login:
+            return provider.policy.backoff_max
+        if provider.retry_at is not None:
+            return max(provider.retry_at - now, 0.0)
+        token = provider.token
+        if token is None:
+            return 0.0
+        return refresh_delay(
+            now=now,
+            obtained_at=token.obtained_at,
+            expires_at=token.expires_at,
+            policy=provider.policy,
+            draw=provider.jitter_draw,
+        )
+
+    async def _sleep_or_wake(self, provider: Provider, delay: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waker = asyncio.ensure_future(provider.wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    # -- one token request ----------------------------------------------------
+
+    async def _fetch(self, provider: Provider, reason: str) -> Token:
+        started = self._clock.monotonic()
+        try:
+            token = await self._obtain(provider)
+        except TokenEndpointError as exc:
+            self._record_failure(provider, exc)
+            raise
+        except Exception as exc:
+            # A bug must not end the refresh task; report it like any failure.
+            log.exception("%s: unexpected error while getting a token", provider.name)
+            error = TokenEndpointError(
+                f"internal error: {type(exc).__name__}",
+                code="internal_error",
+                kind=FailureKind.TRANSIENT,
+            )
+            self._record_failure(provider, error)
+            raise error from None
+        finally:
+            provider.inflight = None
+            provider.wake.set()
+        self._record_success(provider, token, reason, self._clock.monotonic() - started)
+        return token
+
+    async def _obtain(self, provider: Provider) -> Token:
+        protocol = provider.protocol
+        refresh_token = provider.refresh_token
+        if refresh_token is not None:
+            try:
+                return await self._send(provider, protocol.refresh_request(refresh_token), True)
+            except TokenEndpointError as exc:
+                if not exc.refresh_token_rejected:
+                    raise
+                log.warning(
+                    "%s: refresh token rejected (%s)%s",
+                    provider.name,
+                    exc.code,
+                    "; logging in again" if protocol.can_login else "",
+                )
+                if provider.refresh_token == refresh_token:
+                    provider.refresh_token = None
+                if not protocol.can_login:
+                    provider.needs_login = True
+                    msg = (
+                        f"the refresh token was rejected ({exc.code}) and no password or"
+                        " client credentials are configured: a new login is needed"
+                    )
+                    raise TokenEndpointError(
+                        msg, code="needs_login", kind=FailureKind.REJECTED, status=exc.status
+                    ) from None
+        if not protocol.can_login:
+            provider.needs_login = True
+            msg = "no refresh token left and no password or client credentials configured"
+            raise TokenEndpointError(msg, code="needs_login", kind=FailureKind.REJECTED)
+        return await self._send(provider, protocol.login_request(), False)
+
+    async def _send(self, provider: Provider, request: httpx.Request, refreshing: bool) -> Token:
+        request.extensions["timeout"] = httpx.Timeout(provider.timeout).as_dict()
+        started_mono = self._clock.monotonic()
+        started_wall = self._clock.wall()
+        try:
+            response = await self._client.send(request, stream=True)
+            try:
+                body = await _read_capped(response, MAX_RESPONSE_BYTES)
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException:
+            msg = f"no answer from the identity provider within {provider.timeout:g} s"
+            raise TokenEndpointError(msg, code="timeout", kind=FailureKind.TRANSIENT) from None
+        except httpx.HTTPError as exc:
+            code = "connect_error" if isinstance(exc, httpx.ConnectError) else "network_error"
+            msg = f"cannot reach the identity provider: {type(exc).__name__}"
+            raise TokenEndpointError(msg, code=code, kind=FailureKind.TRANSIENT) from None
+        grant = provider.protocol.parse_response(
+            response, body, wall_now=self._clock.wall(), refreshing=refreshing
+        )
+        lifetime = grant.lifetime
+        if lifetime is None:
+            lifetime = provider.default_lifetime
+        if lifetime <= 0:
+            msg = "the identity provider issued a token that had already expired"
+            raise TokenEndpointError(msg, code="expired_on_arrival", kind=FailureKind.TRANSIENT)
+        if grant.refresh_token is not None:
+            # Rotation: the old refresh token may already be dead at the provider.
+            provider.refresh_token = grant.refresh_token
+        # Count the lifetime from when we asked: the token was issued no earlier.
+        return Token(
+            access_token=grant.access_token,
+            obtained_at=started_mono,
+            expires_at=started_mono + lifetime,
+            expires_at_wall=started_wall + lifetime,
+            scope=grant.scope,
+        )
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def _record_success(self, provider: Provider, token: Token, reason: str, took: float) -> None:
+        provider.token = token
+        provider.generation += 1
+        provider.refreshes += 1
+        provider.consecutive_failures = 0
+        provider.retry_at = None
+        provider.needs_login = False
+        provider.jitter_draw = self._rng.random()
+        provider.last_refresh_wall = self._clock.wall()
+        log.info(
+            "%s: new token (%s) valid for %.0f s, took %.0f ms",
+            provider.name,
+            reason,
+            token.lifetime,
+            took * 1000,
+        )
+
+    def _record_failure(self, provider: Provider, exc: TokenEndpointError) -> None:
+        provider.failures += 1
+        provider.consecutive_failures += 1
+        provider.last_error = exc
+        provider.last_error_wall = self._clock.wall()
+        if exc.kind is FailureKind.REJECTED:
+            # Retrying refused credentials soon will not help and can lock the
+            # account; retry slowly so a fixed secret heals on its own.
+            delay = provider.policy.backoff_max
+        else:
+            delay = backoff_delay(
+                failures=provider.consecutive_failures,
+                policy=provider.policy,
+                draw=self._rng.random(),
+                retry_after=exc.retry_after,
+            )
+        provider.retry_at = self._clock.monotonic() + delay
+        servable = provider.token is not None and provider.token.servable(self._clock.monotonic())
+        log.warning(
+            "%s: token request failed: %s [%s]; retry in %.1f s%s",
+            provider.name,
+            exc.message,
+            exc.code,
+            delay,
+            "; still serving the current token" if servable else "",
+        )
+
+
+def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableError:
+    error = provider.last_error
+    if provider.needs_login:
+        reason = error.message if error is not None else "a new login is needed"
+        return TokenUnavailableError(
+            f"provider {provider.name!r} needs a new login: {reason}",
+            retry_after=retry_after,
+            code="needs_login",
+        )
+    detail = f": {error.message} [{error.code}]" if error is not None else ""
+    return TokenUnavailableError(
+        f"provider {provider.name!r} has no valid token{detail}",
+        retry_after=retry_after,
+    )
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        msg = f"token response of {declared} bytes refused (limit {limit})"
+        raise TokenEndpointError(msg, code="response_too_large", kind=FailureKind.TRANSIENT)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            msg = f"token response larger than {limit} bytes refused"
+            raise TokenEndpointError(msg, code="response_too_large", kind=FailureKind.TRANSIENT)
+        chunks.append(chunk)
+    return b"".join(chunks)

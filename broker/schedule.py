@@ -1,0 +1,64 @@
+"""When to refresh and when to retry. Pure functions; random draws are passed in."""
+
+from __future__ import annotations
+
+from broker.config import RefreshSettings
+
+
+def refresh_delay(
+    *,
+    now: float,
+    obtained_at: float,
+    expires_at: float,
+    policy: RefreshSettings,
+    draw: float,
+) -> float:
+    """Seconds from *now* until the token should be refreshed.
+
+    The target is ``policy.ratio`` of the lifetime (2/3 by default, as Vault's
+    lifetime watcher does), moved by up to ``policy.jitter`` of the lifetime
+    either way (*draw* in [0, 1) picks where), so that many providers or
+    replicas do not hit an identity provider in the same second. Two clamps
+    then apply, in this order of priority:
+
+    * never later than ``margin`` before expiry (a third of the lifetime for
+      tokens shorter than three margins), so a slow or failed refresh still
+      has time to be retried while the old token is valid;
+    * never sooner than ``min_delay`` after now (half the remaining time for
+      very short tokens), so a token that arrives nearly expired cannot make
+      the broker spin.
+    """
+    lifetime = max(expires_at - obtained_at, 0.0)
+    remaining = expires_at - now
+    if remaining <= 0:
+        return 0.0
+    fraction = policy.ratio + policy.jitter * (2.0 * draw - 1.0)
+    target = obtained_at + lifetime * fraction
+    latest = expires_at - min(policy.margin, lifetime / 3.0)
+    at = min(target, latest)
+    earliest = now + min(policy.min_delay, remaining / 2.0)
+    return max(at, earliest) - now
+
+
+def backoff_delay(
+    *,
+    failures: int,
+    policy: RefreshSettings,
+    draw: float,
+    retry_after: float | None = None,
+) -> float:
+    """Seconds to wait before retry number *failures* (1 = the first retry).
+
+    Capped exponential backoff with full jitter: a uniform draw between half
+    the step and the step, where the step is ``backoff_initial * 2**(failures-1)``
+    capped at ``backoff_max``. Keeping half the step stops a run of unlucky
+    draws from hammering an identity provider that is down. A ``Retry-After``
+    from the identity provider is honoured when it asks for longer (up to
+    ``backoff_max``).
+    """
+    exponent = min(max(failures - 1, 0), 62)
+    step = min(policy.backoff_max, policy.backoff_initial * 2.0**exponent)
+    delay = step * (0.5 + 0.5 * draw)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.backoff_max))
+    return delay
