@@ -1,0 +1,356 @@
+"""Fake HIRO (arago) Auth API v6 / 6.6 (protocol doc §1 and checklist §5.1).
+
+Serves ``GET /api/version`` and, under ``/api/auth/<auth_version>`` (plus ``/api/auth/6``,
+``/api/auth/6.6`` and the legacy ``/api/6/auth``, trailing slash optional):
+
+- ``POST /app``      JSON password login → ``{_TOKEN, _APPLICATION, _IDENTITY, _IDENTITY_ID,
+  expires-at (int ms), refresh_token, type}``
+- ``POST /refresh``  JSON refresh, same response shape; rotation configurable
+- ``POST /token``    6.6 OAuth2-style form endpoint (client via Basic or body)
+- ``POST /revoke``   JSON, both body shapes, always ``200 {}``
+- ``GET  /me/account`` (and ``/me/profile``, ``/me/roles``, ``/me/teams``) with a Bearer token
+
+Every failure is HTTP 401/400 with ``{"error": {"message": ..., "code": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from broker.fakes.base import FakeProvider, GrantOf, Handler, Target, form_grant
+from broker.fakes.hiro_tokens import hiro_id, make_token
+from broker.fakes.recording import RecordedRequest
+from broker.fakes.tokens import AccessGrant, RefreshGrant, TokenState
+from broker.fakes.wire import bearer_token, json_response, parse_basic
+
+DEMO_USERNAME = "demo@example.com"
+DEMO_PASSWORD = "demo-password"
+DEMO_CLIENT_ID = "cbroker0demo0hiro0client0_cbroker0demo0hiro0client0"
+DEMO_CLIENT_SECRET = "demo-client-secret"
+
+_STATE_TEXT = {
+    TokenState.EXPIRED: "expired",
+    TokenState.REVOKED: "revoked",
+    TokenState.UNKNOWN: "unknown",
+}
+
+
+def _password_grant(_: RecordedRequest) -> str:
+    return "password"  # /app is HIRO's password grant
+
+
+def _refresh_grant(_: RecordedRequest) -> str:
+    return "refresh_token"
+
+
+class FakeHiro(FakeProvider):
+    """A fake HIRO auth server.
+
+    Args:
+        users: username → password.
+        clients: client_id → client_secret.
+        auth_version: served by ``/api/version`` (``"6"`` or ``"6.6"``; the official clients
+            switch behaviour on it) and used as the primary mount prefix.
+        ttl: access-token lifetime in seconds (``expires-at`` = issue time + ttl).
+        refresh_token_ttl: refresh-token lifetime in seconds; ``None`` = never expires.
+        rotate_refresh_tokens: 6.6 behaviour, a new refresh token on every refresh. ``False``
+            returns the same one until it would expire before the new access token (pre-6.6).
+        old_refresh_token_valid_after_rotation: keep the previous refresh token usable.
+        expires_in_as_string: ``/token`` sends ``expires_in`` as ``"3600"`` (arago's mock) or 3600.
+        legacy_error_codes: bad credentials answer HTTP 401 with inner ``code: 400`` and a
+            wrapped ``invalid_grant`` message, like arago's graph_conn mock.
+        now: the fake's clock, epoch seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        users: Mapping[str, str] | None = None,
+        clients: Mapping[str, str] | None = None,
+        auth_version: str = "6",
+        ttl: float = 3600.0,
+        refresh_token_ttl: float | None = None,
+        rotate_refresh_tokens: bool = True,
+        old_refresh_token_valid_after_rotation: bool = False,
+        expires_in_as_string: bool = True,
+        legacy_error_codes: bool = False,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now)
+        self.users = dict(users if users is not None else {DEMO_USERNAME: DEMO_PASSWORD})
+        self.clients = dict(
+            clients if clients is not None else {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
+        )
+        self.auth_version = auth_version
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.old_refresh_token_valid_after_rotation = old_refresh_token_valid_after_rotation
+        self.expires_in_as_string = expires_in_as_string
+        self.legacy_error_codes = legacy_error_codes
+
+    # -- public helpers ---------------------------------------------------------------------
+
+    def seed_refresh_token(self, username: str, *, client_id: str | None = None) -> str:
+        """Mint a refresh token for ``username`` out of band (as a UI login would)."""
+        return self._seed(client_id=client_id or next(iter(self.clients)), username=username)
+
+    def identity_id(self, username: str) -> str:
+        """The ``_IDENTITY_ID`` this fake reports for ``username``."""
+        return hiro_id(f"identity:{username}")
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _routes(self) -> list[BaseRoute]:
+        table: list[tuple[str, str, Handler, Target | None, GrantOf | None]] = [
+            ("/app", "POST", self._app_login, "token", _password_grant),
+            ("/refresh", "POST", self._refresh, "token", _refresh_grant),
+            ("/token", "POST", self._token, "token", form_grant),
+            ("/revoke", "POST", self._revoke, None, None),
+            ("/me/account", "GET", self._me_account, "api", None),
+            ("/me/profile", "GET", self._me_profile, "api", None),
+            ("/me/roles", "GET", self._me_items, "api", None),
+            ("/me/teams", "GET", self._me_items, "api", None),
+        ]
+        prefixes = dict.fromkeys(
+            [f"/api/auth/{self.auth_version}", "/api/auth/6", "/api/auth/6.6", "/api/6/auth"]
+        )
+        routes: list[BaseRoute] = [
+            Route("/api/version", self._endpoint(self._version), methods=["GET"])
+        ]
+        for prefix in prefixes:
+            for sub, method, handler, target, grant_of in table:
+                endpoint = self._endpoint(handler, target=target, grant_of=grant_of)
+                for path in (prefix + sub, prefix + sub + "/"):
+                    routes.append(Route(path, endpoint, methods=[method]))
+        return routes
+
+    # -- responses --------------------------------------------------------------------------
+
+    def _error(self, status: int, message: str, *, code: int | None = None) -> Response:
+        return json_response({"error": {"message": message, "code": code or status}}, status)
+
+    def _bad_credentials(self, username: str) -> Response:
+        if self.legacy_error_codes:
+            inner = json.dumps(
+                {
+                    "error_description": f"Authentication failed for {username}",
+                    "error": "invalid_grant",
+                },
+                separators=(",", ":"),
+            )
+            return self._error(401, f"Bad Request : {inner}", code=400)
+        return self._error(401, f"Authentication failed for {username}")
+
+    def _default_error_body(self, status: int) -> Mapping[str, Any]:
+        return self._http_error_body(status, f"Injected failure ({status})")
+
+    def _http_error_body(self, status: int, message: str) -> Mapping[str, Any]:
+        return {"error": {"message": message, "code": status}}
+
+    def _mint_access_token(
+        self, *, client_id: str, username: str | None, issued_at: float, expires_at: float
+    ) -> str:
+        return make_token(
+            client_id=client_id, username=username or "", issued_at=issued_at, expires_at=expires_at
+        )
+
+    def _session_body(self, access: AccessGrant, refresh_token: str) -> dict[str, Any]:
+        username = access.username or ""
+        return {
+            "_TOKEN": access.token,
+            "_APPLICATION": access.client_id,
+            "_IDENTITY": username,
+            "_IDENTITY_ID": self.identity_id(username),
+            # Milliseconds since the epoch, as a JSON integer: Java clients cast it to long.
+            "expires-at": int(access.expires_at * 1000),
+            "refresh_token": refresh_token,
+            "type": "Bearer",
+        }
+
+    def _oauth_body(self, access: AccessGrant, refresh_token: str) -> dict[str, Any]:
+        expires_in = int(self.ttl)
+        return {
+            "access_token": access.token,
+            "expires_in": str(expires_in) if self.expires_in_as_string else expires_in,
+            "token_type": "Bearer",
+            "refresh_token": refresh_token,
+        }
+
+    # -- grant logic ------------------------------------------------------------------------
+
+    def _client_ok(self, client_id: Any, client_secret: Any) -> bool:
+        return isinstance(client_id, str) and self.clients.get(client_id) == client_secret
+
+    def _login(self, client_id: str, username: str) -> tuple[AccessGrant, str]:
+        access = self._issue_access(client_id=client_id, username=username)
+        refresh = self._issue_refresh(client_id=client_id, username=username)
+        return access, refresh.token
+
+    def _use_refresh_token(self, client_id: str, token: Any) -> tuple[AccessGrant, str] | Response:
+        """Redeem a refresh token: a new access token plus the (possibly rotated) refresh token."""
+        if not isinstance(token, str) or not token:
+            return self._error(401, "Missing refresh_token")
+        state = self._tokens.refresh_state(token, self.now())
+        old = self._tokens.refresh(token)
+        if state is not TokenState.VALID or old is None:
+            return self._error(401, f"Refresh token is {_STATE_TEXT.get(state, 'invalid')}")
+        if old.client_id != client_id:
+            return self._error(401, "Refresh token was issued to another application")
+        access = self._issue_access(client_id=client_id, username=old.username)
+        return access, self._next_refresh_token(old, access)
+
+    def _next_refresh_token(self, old: RefreshGrant, access: AccessGrant) -> str:
+        # Pre-6.6: "refresh_token would be the same unless it would expire before current
+        # access_token". 6.6: a new one on every refresh.
+        dies_first = old.expires_at is not None and old.expires_at < access.expires_at
+        if not (self.rotate_refresh_tokens or dies_first):
+            return old.token
+        new = self._issue_refresh(client_id=old.client_id, username=old.username)
+        if not self.old_refresh_token_valid_after_rotation:
+            old.revoked = True
+        return new.token
+
+    # -- handlers (called with the lock held) -----------------------------------------------
+
+    def _version(self, request: Request, record: RecordedRequest) -> Response:
+        v = self.auth_version
+        return json_response(
+            {
+                "auth": {
+                    "endpoint": f"/api/auth/{v}/",
+                    "version": v,
+                    "docs": "https://developer.hiro.arago.co/api",
+                    "support": "supported",
+                    "specs": "auth.yaml",
+                    "protocols": "",
+                    "lifecycle": "stable",
+                },
+                "graph": {
+                    "endpoint": "/api/graph/7.1/",
+                    "version": "7.1",
+                    "docs": "https://developer.hiro.arago.co/api",
+                    "support": "supported",
+                    "specs": "graph.yaml",
+                    "protocols": "",
+                    "lifecycle": "stable",
+                },
+            }
+        )
+
+    def _app_login(self, request: Request, record: RecordedRequest) -> Response:
+        body = record.json
+        if not isinstance(body, dict):
+            return self._error(400, "Request body must be a JSON object")
+        # Only the four documented keys matter; grant_type, organization, ... are ignored.
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            return self._error(400, "Missing username or password")
+        if not self._client_ok(body.get("client_id"), body.get("client_secret")):
+            return self._bad_credentials(username)
+        if self.users.get(username) != password:
+            return self._bad_credentials(username)
+        access, refresh_token = self._login(body["client_id"], username)
+        return json_response(self._session_body(access, refresh_token))
+
+    def _refresh(self, request: Request, record: RecordedRequest) -> Response:
+        body = record.json
+        if not isinstance(body, dict):
+            return self._error(400, "Request body must be a JSON object")
+        client_id = body.get("client_id")
+        if not isinstance(client_id, str) or not self._client_ok(
+            client_id, body.get("client_secret")
+        ):
+            return self._error(401, "Invalid client credentials")
+        outcome = self._use_refresh_token(client_id, body.get("refresh_token"))
+        if isinstance(outcome, Response):
+            return outcome
+        return json_response(self._session_body(*outcome))
+
+    def _token(self, request: Request, record: RecordedRequest) -> Response:
+        form = record.form
+        if form is None or request.method != "POST":
+            return self._error(400, "Expected application/x-www-form-urlencoded body")
+        # Basic (seed doc) or body (arago's Java client): both are accepted.
+        basic = parse_basic(record.headers.get("authorization"), form_decode=True)
+        client_id, client_secret = (
+            (basic.username, basic.password)
+            if basic is not None
+            else (form.get("client_id", ""), form.get("client_secret"))
+        )
+        if not self._client_ok(client_id, client_secret):
+            return self._error(401, "Invalid client credentials")
+        grant = form.get("grant_type")
+        if grant == "password":
+            username = form.get("username", "")
+            if not username or self.users.get(username) != form.get("password"):
+                return self._bad_credentials(username)
+            return json_response(self._oauth_body(*self._login(client_id, username)))
+        if grant == "refresh_token":
+            outcome = self._use_refresh_token(client_id, form.get("refresh_token"))
+            if isinstance(outcome, Response):
+                return outcome
+            return json_response(self._oauth_body(*outcome))
+        if grant == "authorization_code":
+            # This fake never hands out codes, so every code is unknown.
+            return self._error(400, "invalid_grant: unknown authorization code")
+        return self._error(400, f"unsupported_grant_type: {grant!r}")
+
+    def _revoke(self, request: Request, record: RecordedRequest) -> Response:
+        body = record.json if isinstance(record.json, dict) else {}
+        # 6.6 shape {token, token_hint} or legacy {refresh_token}. The Java client sends a
+        # refresh token under token_hint=access_token, so the hint is ignored: whatever the
+        # token is, it dies. Unknown tokens still get 200, as in RFC 7009.
+        token = body.get("token") or body.get("refresh_token")
+        if isinstance(token, str):
+            self._tokens.revoke_refresh(token)
+            self._tokens.revoke_access(token)
+        return json_response({})
+
+    def _authorised(self, record: RecordedRequest) -> AccessGrant | Response:
+        token = bearer_token(record.headers.get("authorization"))
+        if token is None:
+            return self._error(401, "Missing Bearer token")
+        state = self._tokens.access_state(token, self.now())
+        grant = self._tokens.access(token)
+        if state is not TokenState.VALID or grant is None:
+            return self._error(401, f"Token is {_STATE_TEXT.get(state, 'invalid')}")
+        return grant
+
+    def _me_account(self, request: Request, record: RecordedRequest) -> Response:
+        grant = self._authorised(record)
+        if isinstance(grant, Response):
+            return grant
+        username = grant.username or ""
+        return json_response(
+            {
+                "ogit/_id": self.identity_id(username),
+                "ogit/_type": "ogit/Auth/Account",
+                "ogit/name": username,
+                "ogit/status": "active",
+            }
+        )
+
+    def _me_profile(self, request: Request, record: RecordedRequest) -> Response:
+        grant = self._authorised(record)
+        if isinstance(grant, Response):
+            return grant
+        username = grant.username or ""
+        return json_response(
+            {
+                "ogit/_id": hiro_id(f"profile:{username}"),
+                "ogit/_type": "ogit/Auth/AccountProfile",
+                "ogit/Auth/Account/displayName": username,
+            }
+        )
+
+    def _me_items(self, request: Request, record: RecordedRequest) -> Response:
+        grant = self._authorised(record)
+        if isinstance(grant, Response):
+            return grant
+        return json_response({"items": []})

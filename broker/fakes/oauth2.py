@@ -1,0 +1,287 @@
+"""Fake generic OAuth 2.0 authorization server: the RFC baseline of protocol doc §0.
+
+- ``POST <token_path>``  RFC 6749 ``client_credentials``, ``password`` and ``refresh_token``
+  grants, client authentication per §2.3.1 (Basic with form-encoded id and secret, or body
+  parameters, never both), success per §5.1 and errors per §5.2.
+- ``POST /oauth/revoke``  RFC 7009 revocation (always 200).
+- ``GET /userinfo`` and ``GET /me``  Bearer-protected, RFC 6750 errors.
+- ``GET /.well-known/oauth-authorization-server``  RFC 8414 metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from broker.fakes.base import FakeProvider, form_grant
+from broker.fakes.recording import RecordedRequest
+from broker.fakes.tokens import AccessGrant, TokenState
+from broker.fakes.wire import bearer_token, has_basic_scheme, json_response, parse_basic
+
+ClientAuth = Literal["client_secret_basic", "client_secret_post", "any"]
+
+DEMO_CLIENT_ID = "demo-client"
+DEMO_CLIENT_SECRET = "demo-secret"
+DEMO_USERNAME = "demo@example.com"
+DEMO_PASSWORD = "demo-password"
+REVOKE_PATH = "/oauth/revoke"
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class _OAuthError(Exception):
+    """An RFC 6749 §5.2 error; raised inside the token handler, rendered in one place."""
+
+    def __init__(self, error: str, description: str, *, basic: bool = False) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.basic = basic
+
+
+class FakeOAuth2(FakeProvider):
+    """A strict RFC 6749 authorization server.
+
+    Args:
+        clients: client_id → client_secret.
+        users: username → password (password grant).
+        ttl: access-token lifetime in seconds (``expires_in`` is its integer part).
+        token_path: path of the token endpoint.
+        client_auth: accepted client authentication: Basic only, body only, or either.
+        rotate_refresh_tokens: issue a new refresh token on every refresh.
+        revoke_rotated_refresh_tokens: when rotating, kill the old refresh token (RFC 6749 §6
+            allows either).
+        include_expires_in: ``False`` omits ``expires_in`` (RFC: only "recommended").
+        required_params: token-request parameters that must be present with these values
+            (e.g. ``{"audience": "https://api"}``), else ``invalid_request``.
+        required_headers: request headers that must be present with these values.
+        refresh_token_ttl: refresh-token lifetime; ``None`` = never expires.
+        now: the fake's clock, epoch seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        clients: Mapping[str, str] | None = None,
+        users: Mapping[str, str] | None = None,
+        ttl: float = 3600.0,
+        token_path: str = "/oauth/token",
+        client_auth: ClientAuth = "any",
+        rotate_refresh_tokens: bool = True,
+        revoke_rotated_refresh_tokens: bool = True,
+        include_expires_in: bool = True,
+        required_params: Mapping[str, str] | None = None,
+        required_headers: Mapping[str, str] | None = None,
+        refresh_token_ttl: float | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now)
+        self.clients = dict(
+            clients if clients is not None else {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
+        )
+        self.users = dict(users if users is not None else {DEMO_USERNAME: DEMO_PASSWORD})
+        self.token_path = token_path
+        self.client_auth: ClientAuth = client_auth
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.revoke_rotated_refresh_tokens = revoke_rotated_refresh_tokens
+        self.include_expires_in = include_expires_in
+        self.required_params = dict(required_params or {})
+        self.required_headers = {k.lower(): v for k, v in (required_headers or {}).items()}
+
+    def seed_refresh_token(
+        self, username: str, *, client_id: str | None = None, scope: tuple[str, ...] = ()
+    ) -> str:
+        """Mint a refresh token for ``username`` and ``client_id`` out of band."""
+        return self._seed(
+            client_id=client_id or next(iter(self.clients)), username=username, scope=scope
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _routes(self) -> list[BaseRoute]:
+        ep = self._endpoint
+        token = ep(self._token, target="token", grant_of=form_grant)
+        me = ep(self._me, target="api")
+        return [
+            Route(self.token_path, token, methods=["POST"]),
+            Route(REVOKE_PATH, ep(self._revoke), methods=["POST"]),
+            Route("/userinfo", me, methods=["GET"]),
+            Route("/me", me, methods=["GET"]),
+            Route("/.well-known/oauth-authorization-server", ep(self._metadata), methods=["GET"]),
+        ]
+
+    def _error(self, err: _OAuthError) -> Response:
+        headers = dict(_NO_STORE)
+        status = 400
+        if err.error == "invalid_client" and err.basic:
+            # RFC 6749 §5.2: MUST be 401 with a challenge when the Authorization header was used.
+            status = 401
+            headers["WWW-Authenticate"] = 'Basic realm="fake-oauth2"'
+        body = {"error": err.error, "error_description": err.description}
+        return json_response(body, status, headers=headers)
+
+    def _authenticate_client(self, record: RecordedRequest, form: dict[str, str]) -> str:
+        """Return the authenticated client id or raise ``invalid_client`` / ``invalid_request``."""
+        authorization = record.headers.get("authorization")
+        basic_used = has_basic_scheme(authorization)
+        body_used = "client_id" in form or "client_secret" in form
+        if basic_used and body_used:
+            raise _OAuthError(
+                "invalid_request", "Use only one client authentication method", basic=True
+            )
+        if basic_used:
+            if self.client_auth == "client_secret_post":
+                raise _OAuthError("invalid_client", "Use client_secret_post", basic=True)
+            creds = parse_basic(authorization, form_decode=True)
+            if creds is None or self.clients.get(creds.username) != creds.password:
+                raise _OAuthError("invalid_client", "Client authentication failed", basic=True)
+            return creds.username
+        if not body_used:
+            raise _OAuthError("invalid_client", "Client authentication is required")
+        if self.client_auth == "client_secret_basic":
+            raise _OAuthError("invalid_client", "Use client_secret_basic")
+        client_id = form.get("client_id", "")
+        if client_id not in self.clients or self.clients[client_id] != form.get("client_secret"):
+            raise _OAuthError("invalid_client", "Client authentication failed")
+        return client_id
+
+    def _check_required(self, record: RecordedRequest, form: dict[str, str]) -> None:
+        for name, value in self.required_params.items():
+            if form.get(name) != value:
+                raise _OAuthError("invalid_request", f"Missing or invalid parameter: {name}")
+        for name, value in self.required_headers.items():
+            if record.headers.get(name) != value:
+                raise _OAuthError("invalid_request", f"Missing or invalid header: {name}")
+
+    def _granted(self, access: AccessGrant, refresh_token: str | None) -> Response:
+        body: dict[str, Any] = {"access_token": access.token, "token_type": "Bearer"}
+        if self.include_expires_in:
+            body["expires_in"] = int(self.ttl)
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+        if access.scope:
+            body["scope"] = " ".join(access.scope)
+        return json_response(body, headers=_NO_STORE)
+
+    # -- handlers (called with the lock held) -----------------------------------------------
+
+    def _token(self, request: Request, record: RecordedRequest) -> Response:
+        try:
+            form = record.form
+            if form is None:
+                raise _OAuthError(
+                    "invalid_request", "Body must be application/x-www-form-urlencoded"
+                )
+            client_id = self._authenticate_client(record, form)
+            self._check_required(record, form)
+            grant = form.get("grant_type")
+            scope = tuple(form.get("scope", "").split())
+            if grant == "client_credentials":
+                access = self._issue_access(client_id=client_id, username=None, scope=scope)
+                return self._granted(access, None)
+            if grant == "password":
+                return self._password(client_id, form, scope)
+            if grant == "refresh_token":
+                return self._refresh(client_id, form, scope)
+            if not grant:
+                raise _OAuthError("invalid_request", "Missing grant_type")
+            raise _OAuthError("unsupported_grant_type", f"Unsupported grant type: {grant}")
+        except _OAuthError as err:
+            return self._error(err)
+
+    def _password(self, client_id: str, form: dict[str, str], scope: tuple[str, ...]) -> Response:
+        username = form.get("username", "")
+        if not username or "password" not in form:
+            raise _OAuthError("invalid_request", "Missing username or password")
+        if self.users.get(username) != form["password"]:
+            raise _OAuthError("invalid_grant", "Invalid resource owner credentials")
+        access = self._issue_access(client_id=client_id, username=username, scope=scope)
+        refresh = self._issue_refresh(client_id=client_id, username=username, scope=scope)
+        return self._granted(access, refresh.token)
+
+    def _refresh(self, client_id: str, form: dict[str, str], scope: tuple[str, ...]) -> Response:
+        token = form.get("refresh_token", "")
+        if not token:
+            raise _OAuthError("invalid_request", "Missing refresh_token")
+        old = self._tokens.refresh(token)
+        state = self._tokens.refresh_state(token, self.now())
+        if old is None or state is not TokenState.VALID:
+            raise _OAuthError("invalid_grant", f"Refresh token is {state.value}")
+        if old.client_id != client_id:
+            raise _OAuthError("invalid_grant", "Refresh token was issued to another client")
+        if not set(scope) <= set(old.scope):
+            raise _OAuthError("invalid_scope", "Requested scope exceeds the original grant")
+        granted = scope or old.scope
+        access = self._issue_access(client_id=client_id, username=old.username, scope=granted)
+        if not self.rotate_refresh_tokens:
+            return self._granted(access, None)
+        new = self._issue_refresh(client_id=client_id, username=old.username, scope=old.scope)
+        if self.revoke_rotated_refresh_tokens:
+            old.revoked = True
+        return self._granted(access, new.token)
+
+    def _revoke(self, request: Request, record: RecordedRequest) -> Response:
+        form = record.form or {}
+        try:
+            self._authenticate_client(record, form)
+        except _OAuthError as err:
+            return self._error(err)
+        # RFC 7009 §2.2: 200 even for unknown tokens; the hint is only an optimisation.
+        token = form.get("token", "")
+        self._tokens.revoke_refresh(token)
+        self._tokens.revoke_access(token)
+        return Response(status_code=200)
+
+    def _me(self, request: Request, record: RecordedRequest) -> Response:
+        token = bearer_token(record.headers.get("authorization"))
+        if token is None:
+            # RFC 6750 §3.1: no error code when the request carried no credentials.
+            return json_response(
+                {},
+                401,
+                headers={"WWW-Authenticate": 'Bearer realm="fake-oauth2"'},
+            )
+        grant = self._tokens.access(token)
+        state = self._tokens.access_state(token, self.now())
+        if grant is None or state is not TokenState.VALID:
+            description = f"The access token is {state.value}"
+            challenge = (
+                f'Bearer realm="fake-oauth2", error="invalid_token", '
+                f'error_description="{description}"'
+            )
+            return json_response(
+                {"error": "invalid_token", "error_description": description},
+                401,
+                headers={"WWW-Authenticate": challenge},
+            )
+        return json_response(
+            {
+                "sub": grant.username or grant.client_id,
+                "client_id": grant.client_id,
+                "scope": " ".join(grant.scope),
+                "exp": int(grant.expires_at),
+            }
+        )
+
+    def _metadata(self, request: Request, record: RecordedRequest) -> Response:
+        issuer = str(request.base_url).rstrip("/")
+        return json_response(
+            {
+                "issuer": issuer,
+                "token_endpoint": issuer + self.token_path,
+                "revocation_endpoint": issuer + REVOKE_PATH,
+                "userinfo_endpoint": issuer + "/userinfo",
+                "grant_types_supported": ["client_credentials", "password", "refresh_token"],
+                "token_endpoint_auth_methods_supported": (
+                    ["client_secret_basic", "client_secret_post"]
+                    if self.client_auth == "any"
+                    else [self.client_auth]
+                ),
+                "response_types_supported": [],
+            }
+        )
