@@ -1,0 +1,80 @@
+"""Response shapes, for the OpenAPI document only.
+
+The handlers build their JSON directly (the token route is the hot path);
+these models describe it, and a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class TokenBody(BaseModel):
+    access_token: str = Field(
+        description="The bearer token to send as `Authorization: Bearer ...`."
+    )
+    token_type: str = Field("Bearer", description="Always `Bearer`.")
+    expires_in: int = Field(description="Whole seconds the token stays valid from now.")
+    expires_at: str = Field(description="When it expires, RFC 3339 UTC.")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(
+        description="Stable code: unknown_provider, token_unavailable, token_pending,"
+        " needs_login, min_valid_unsatisfiable, invalid_parameter, not_found."
+    )
+    message: str = Field(description="What went wrong, for humans. Never contains a secret.")
+
+
+class ProviderError(BaseModel):
+    code: str
+    message: str
+
+
+class ProviderBrief(BaseModel):
+    state: str = Field(
+        description="starting, ready, degraded (serving, last refresh failed),"
+        " failing, rejected (credentials refused) or needs_login."
+    )
+    error: ProviderError | None
+
+
+class ReadyBody(BaseModel):
+    ready: bool
+    providers: dict[str, ProviderBrief]
+
+
+class ProviderStatus(BaseModel):
+    type: str
+    state: str
+    expires_in: int | None
+    expires_at: str | None
+    last_refresh: str | None
+    next_refresh_in: float | None
+    next_refresh: str | None
+    refreshes: int
+    failures: int
+    consecutive_failures: int
+    has_refresh_token: bool
+    last_error: dict[str, Any] | None
+
+
+class ProvidersBody(BaseModel):
+    providers: dict[str, ProviderStatus]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such provider (`unknown_provider`)"},
+    422: {
+        "model": ErrorBody,
+        "description": "Bad parameter (`invalid_parameter`) or a `min_valid` the provider's"
+        " tokens cannot meet (`min_valid_unsatisfiable`)",
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "No servable token now; see `Retry-After`",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}

@@ -1,0 +1,260 @@
+"""The HTTP API: FastAPI routes over a :class:`~broker.manager.TokenManager`.
+
+Route handlers never talk to an identity provider themselves; in steady state
+``GET /token/{provider}`` is a dictionary lookup and a few bytes of JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker import __version__
+from broker.api_models import (
+    ERROR_RESPONSES,
+    ProvidersBody,
+    ReadyBody,
+    TokenBody,
+)
+from broker.clock import Clock, SystemClock
+from broker.config import BrokerSettings
+from broker.errors import TokenUnavailableError, UnknownProviderError
+from broker.manager import Provider, TokenManager
+from broker.tokens import Token
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+MAX_MIN_VALID = 86400
+
+MinValid = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_MIN_VALID,
+        description="Seconds the returned token must stay valid; refreshes first if needed.",
+    ),
+]
+Format = Annotated[
+    Literal["json", "raw"] | None,
+    Query(description="`raw` returns the bare token as text/plain (as `Accept: text/plain`)."),
+]
+
+
+def create_app(
+    settings: BrokerSettings,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the broker's ASGI app. Nothing starts until the app's lifespan runs.
+
+    *clock* and *transport* exist for tests (a fake clock, ``httpx.MockTransport``).
+    """
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(
+            transport=transport,
+            headers={"User-Agent": f"credential-broker/{__version__}"},
+            follow_redirects=False,  # a token endpoint that redirects is misconfigured
+            trust_env=False,  # no proxy from the environment unless configured
+        ) as client:
+            manager = TokenManager(settings, client=client, clock=clock)
+            app.state.manager = manager
+            await manager.start()
+            try:
+                yield
+            finally:
+                await manager.stop()
+
+    app = FastAPI(
+        title="credential broker",
+        version=__version__,
+        summary="Serves fresh OAuth2 bearer tokens to local processes.",
+        lifespan=lifespan,
+    )
+    _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _manager(request: Request) -> TokenManager:
+    manager: TokenManager = request.app.state.manager
+    return manager
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get(
+        "/token/{provider}",
+        summary="The provider's current bearer token",
+        response_model=None,
+        responses={200: {"model": TokenBody, "content": {"text/plain": {}}}, **ERROR_RESPONSES},
+    )
+    async def get_token(
+        provider: str, request: Request, min_valid: MinValid = None, format: Format = None
+    ) -> Response:
+        """Reads memory in steady state; waits only when no fitting token exists
+        (cold start, or `min_valid` longer than the current token has left)."""
+        manager = _manager(request)
+        wanted = float(min_valid or 0)
+        token = manager.current(provider, wanted)
+        if token is None:
+            token = await manager.token(provider, wanted)
+        return _token_response(token, manager.now(), _wants_raw(request, format))
+
+    @app.post(
+        "/token/{provider}/refresh",
+        summary="Force a refresh now and return the new token",
+        response_model=None,
+        responses={200: {"model": TokenBody, "content": {"text/plain": {}}}, **ERROR_RESPONSES},
+    )
+    async def refresh_token(provider: str, request: Request, format: Format = None) -> Response:
+        """For a caller whose API call was just refused with the current token.
+        Concurrent calls share one request to the identity provider."""
+        manager = _manager(request)
+        token = await manager.force_refresh(provider)
+        return _token_response(token, manager.now(), _wants_raw(request, format))
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        """Never touches an identity provider, so an IdP outage cannot get us restarted."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: every provider holds a servable token",
+        response_model=ReadyBody,
+        responses={503: {"model": ReadyBody, "description": "Some provider has no token"}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        manager = _manager(request)
+        now = manager.now()
+        providers = {name: _brief(p, now) for name, p in manager.providers.items()}
+        ready = all(entry["state"] in ("ready", "degraded") for entry in providers.values())
+        body = {"ready": ready, "providers": providers}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=NO_STORE)
+
+    @app.get(
+        "/providers",
+        summary="Status of every provider",
+        response_model=ProvidersBody,
+    )
+    async def providers(request: Request) -> JSONResponse:
+        manager = _manager(request)
+        now = manager.now()
+        wall = datetime.now(UTC).timestamp()
+        body = {"providers": {name: _status(p, now, wall) for name, p in manager.providers.items()}}
+        return JSONResponse(body, headers=NO_STORE)
+
+
+def _wants_raw(request: Request, format: str | None) -> bool:
+    if format is not None:
+        return format == "raw"
+    accept = request.headers.get("accept", "")
+    return "text/plain" in accept and "json" not in accept
+
+
+def _rfc3339(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _token_response(token: Token, now: float, raw: bool) -> Response:
+    if raw:
+        return Response(token.access_token, media_type="text/plain", headers=NO_STORE)
+    body = {
+        "access_token": token.access_token,
+        "token_type": "Bearer",
+        "expires_in": max(int(token.remaining(now)), 0),
+        "expires_at": _rfc3339(token.expires_at_wall),
+    }
+    return Response(json.dumps(body), media_type="application/json", headers=NO_STORE)
+
+
+def _error_body(provider: Provider, now: float) -> dict[str, Any] | None:
+    error = provider.last_error
+    if error is None or provider.consecutive_failures == 0:
+        return None
+    return {"code": error.code, "message": error.message}
+
+
+def _brief(provider: Provider, now: float) -> dict[str, Any]:
+    return {"state": provider.state(now), "error": _error_body(provider, now)}
+
+
+def _status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
+    token = provider.token
+    servable = token is not None and token.servable(now)
+    error = provider.last_error
+    next_at = provider.next_refresh_at
+    return {
+        "type": provider.kind,
+        "state": provider.state(now),
+        "expires_in": int(token.remaining(now)) if token is not None and servable else None,
+        "expires_at": _rfc3339(token.expires_at_wall) if token is not None else None,
+        "last_refresh": _rfc3339(provider.last_refresh_wall)
+        if provider.last_refresh_wall is not None
+        else None,
+        "next_refresh_in": round(max(next_at - now, 0.0), 1) if next_at is not None else None,
+        "next_refresh": _rfc3339(wall + max(next_at - now, 0.0)) if next_at is not None else None,
+        "refreshes": provider.refreshes,
+        "failures": provider.failures,
+        "consecutive_failures": provider.consecutive_failures,
+        "has_refresh_token": provider.refresh_token is not None,
+        "last_error": None
+        if error is None
+        else {
+            "code": error.code,
+            "message": error.message,
+            "at": _rfc3339(provider.last_error_wall)
+            if provider.last_error_wall is not None
+            else None,
+        },
+    }
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"error": code, "message": message})
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UnknownProviderError)
+    async def unknown_provider(request: Request, exc: UnknownProviderError) -> Response:
+        return _error(404, "unknown_provider", str(exc))
+
+    @app.exception_handler(TokenUnavailableError)
+    async def unavailable(request: Request, exc: TokenUnavailableError) -> Response:
+        if exc.code == "min_valid_unsatisfiable":
+            return _error(422, exc.code, str(exc))
+        retry_after = str(max(1, math.ceil(exc.retry_after)))
+        return _error(503, exc.code, str(exc), {"Retry-After": retry_after})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err.get("loc", ()) if part != "query")
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "invalid_parameter", "; ".join(problems))
