@@ -1,0 +1,192 @@
+"""The ``broker`` command as users run it: check, serve and demo, as real processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.fakes import hiro
+from broker.fakes.hiro import FakeHiro
+from broker.fakes.server import serve_in_thread
+from tests.support import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = [sys.executable, "-m", "broker"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BROKER, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Running:
+    """A broker process and everything it printed (collected when it stops)."""
+
+    proc: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextmanager
+def process(*args: str, env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Run the broker in the background; SIGTERM it at the end and require exit status 0."""
+    proc = subprocess.Popen(
+        [*BROKER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    running = Running(proc)
+    watchdog = threading.Timer(60, proc.kill)  # a hung test must not hang CI
+    watchdog.start()
+    try:
+        yield running
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=15)
+        running.output += rest
+        assert proc.returncode == 0, running.output
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_check_accepts_the_example_config(tmp_path: Path) -> None:
+    """config.example.yaml is valid (so it cannot rot) and check explains each provider."""
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "hub_service_secret").write_text("s3cret-hub\n")
+    example = (ROOT / "config.example.yaml").read_text()
+    config = tmp_path / "config.yaml"
+    config.write_text(example.replace("/run/secrets/", f"{secrets_dir}/"))
+    env = {name: f"value-of-{name.lower()}" for name in re.findall(r"\{env: ([A-Z_]+)\}", example)}
+    result = run("check", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "OK, 6 provider(s)" in result.stdout
+    assert "hiro: password login as service-user@example.com" in result.stdout
+    assert "aerion: password grant" in result.stdout
+    assert "hub: client_credentials grant" in result.stdout
+    for secret in [*env.values(), "s3cret-hub"]:
+        assert secret not in result.stdout
+
+
+def test_check_rejects_a_bad_config_naming_file_key_and_problem(tmp_path: Path) -> None:
+    """Exit 2 and one line per problem; the secret value is never echoed."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "providers:\n"
+        "  hiro:\n"
+        "    type: hiro\n"
+        "    url: not-a-url\n"
+        "    client_id: c\n"
+        "    client_secret: {env: BROKER_TEST_UNSET_VAR}\n"
+        "    username: u\n"
+        "    password: [hunter2-secret]\n"
+    )
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}: providers.hiro.url: must be an http:// or https:// URL" in result.stderr
+    assert (
+        f"{config}: providers.hiro.client_secret: environment variable"
+        " BROKER_TEST_UNSET_VAR is not set"
+    ) in result.stderr
+    assert f"{config}: providers.hiro.password:" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    """serve with a config that does not exist exits 2 and names the file."""
+    result = run("serve", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml: cannot read config file" in result.stderr
+
+
+def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+    """broker serve: ready, serves the fake's token, exits 0 on SIGTERM."""
+    fake = FakeHiro(ttl=60)
+    port = free_port()
+    with serve_in_thread(fake.app) as url:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            "providers:\n  hiro:\n    type: hiro\n"
+            f"    url: {url}\n    client_id: {hiro.DEMO_CLIENT_ID}\n"
+            f"    client_secret: {{env: TEST_HIRO_SECRET}}\n"
+            f"    username: {hiro.DEMO_USERNAME}\n    password: {{env: TEST_HIRO_PASSWORD}}\n"
+        )
+        env = {
+            "TEST_HIRO_SECRET": hiro.DEMO_CLIENT_SECRET,
+            "TEST_HIRO_PASSWORD": hiro.DEMO_PASSWORD,
+        }
+        args = ("serve", "--config", str(config), "--port", str(port))
+        with process(*args, env=env) as broker:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: _ready(base, broker.proc), timeout=30)
+            token = httpx.get(f"{base}/token/hiro?format=raw").text
+            assert fake.issued_access_tokens == [token]
+        assert "serving 1 provider(s)" in broker.output
+        assert hiro.DEMO_PASSWORD not in broker.output
+        assert token not in broker.output
+
+
+def _ready(base: str, proc: subprocess.Popen[str]) -> bool:
+    if proc.poll() is not None:
+        pytest.fail(f"broker exited early with status {proc.returncode}")
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_demo_serves_real_tokens_from_local_fakes() -> None:
+    """broker demo: three fake IdPs, tokens for each, and a token the fake accepts."""
+    port = free_port()
+    with process("demo", "--port", str(port), "--ttl", "30") as demo:
+        proc = demo.proc
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            demo.output += line
+            if "broker: serving on" in line:
+                break
+        banner = demo.output
+        hiro_url = re.search(r"^\s+hiro\s+(http://127\.0\.0\.1:\d+)$", banner, re.M)
+        assert hiro_url is not None, banner
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(base, proc), timeout=30)
+        for name in ("hiro", "aerion", "hub"):
+            assert httpx.get(f"{base}/token/{name}").status_code == 200
+        token = httpx.get(f"{base}/token/hiro", params={"format": "raw"}).text
+        me = httpx.get(
+            f"{hiro_url.group(1)}/api/auth/6/me/account",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert me.status_code == 200
+        assert me.json()["ogit/name"] == hiro.DEMO_USERNAME

@@ -1,0 +1,841 @@
+"""Config parsing: YAML → BrokerSettings, secrets, env overrides and error messages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from broker.config import (
+    AerionProvider,
+    BrokerSettings,
+    HiroProvider,
+    HubProvider,
+    OAuth2Provider,
+    RefreshSettings,
+    load_config,
+    parse_config,
+)
+from broker.errors import ConfigError
+from tests.support import settings_from
+
+SECRET = "hunter2-SECRET"
+"""A secret value that must never appear in an error message or a repr."""
+
+
+@pytest.fixture(autouse=True)
+def clean_broker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep BROKER_* variables of the surrounding shell out of these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("BROKER_"):
+            monkeypatch.delenv(name)
+
+
+def config_error(text: str) -> str:
+    """The message of the ConfigError that parsing *text* raises."""
+    with pytest.raises(ConfigError) as info:
+        settings_from(text)
+    return str(info.value)
+
+
+# --- minimal valid configs ---------------------------------------------------------------
+
+HIRO = """
+providers:
+  hiro:
+    type: hiro
+    url: https://core.arago.test/
+    client_id: cid
+    client_secret: csecret
+    username: user@company.co
+    password: "12345678"
+"""
+
+AERION = """
+providers:
+  aerion:
+    type: aerion
+    company_url: https://acme.aerion.app
+    username: jd@example.com
+    password: pw
+"""
+
+HUB = """
+providers:
+  hub:
+    type: hub
+    url: https://hub.example.com
+    client_id: svc-id
+    client_secret: svc-secret
+"""
+
+OAUTH2 = """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/oauth/token
+    grant: client_credentials
+    client_id: app
+    client_secret: app-secret
+"""
+
+
+def test_minimal_hiro() -> None:
+    """A HIRO provider needs url, client pair and a user; the rest has defaults."""
+    settings = settings_from(HIRO)
+    hiro = settings.providers["hiro"]
+    assert isinstance(hiro, HiroProvider)
+    assert hiro.url == "https://core.arago.test"
+    assert hiro.auth_api == "/api/auth/6"
+    assert hiro.flow == "app"
+    assert hiro.client_id == "cid"
+    assert hiro.client_secret.get_secret_value() == "csecret"
+    assert hiro.username == "user@company.co"
+    assert hiro.password is not None
+    assert hiro.password.get_secret_value() == "12345678"
+    assert hiro.refresh_token is None
+    assert hiro.timeout == 10.0
+    assert hiro.default_expires_in == 3600.0
+
+
+def test_minimal_aerion() -> None:
+    """An Aerion provider defaults the API host and a public client pair."""
+    aerion = settings_from(AERION).providers["aerion"]
+    assert isinstance(aerion, AerionProvider)
+    assert aerion.url == "https://api.aerion.app"
+    assert aerion.company_url == "https://acme.aerion.app"
+    assert aerion.tenant_header == "companyurl"
+    assert aerion.client_id == "credential-broker"
+    assert aerion.client_secret.get_secret_value() == "public"
+
+
+def test_minimal_hub() -> None:
+    """A Hub provider with only the service pair is a client_credentials provider."""
+    hub = settings_from(HUB).providers["hub"]
+    assert isinstance(hub, HubProvider)
+    assert hub.url == "https://hub.example.com"
+    assert hub.client_id == "svc-id"
+    assert hub.client_secret.get_secret_value() == "svc-secret"
+    assert hub.grant is None
+    assert hub.scope is None
+
+
+def test_minimal_oauth2() -> None:
+    """A generic OAuth2 provider needs a token URL and a grant."""
+    idp = settings_from(OAUTH2).providers["idp"]
+    assert isinstance(idp, OAuth2Provider)
+    assert idp.token_url == "https://idp.test/oauth/token"
+    assert idp.grant == "client_credentials"
+    assert idp.client_auth == "client_secret_basic"
+    assert idp.extra_params == {}
+    assert idp.headers == {}
+
+
+def test_top_level_defaults() -> None:
+    """Without top-level keys the broker listens on 127.0.0.1:8181 with default refresh."""
+    settings = settings_from(OAUTH2)
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8181
+    assert settings.log_level == "info"
+    assert settings.refresh == RefreshSettings()
+    assert settings.refresh_for("idp") == RefreshSettings()
+
+
+def test_provider_refresh_overrides_top_level() -> None:
+    """A provider's own refresh block replaces the top-level one for that provider."""
+    settings = settings_from(
+        """
+refresh:
+  ratio: 0.5
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: client_credentials
+    client_id: app
+    client_secret: app-secret
+    refresh:
+      margin: 5
+  other:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: client_credentials
+    client_id: app
+    client_secret: app-secret
+"""
+    )
+    assert settings.refresh_for("idp") == RefreshSettings(margin=5)
+    assert settings.refresh_for("other") == RefreshSettings(ratio=0.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        pytest.param(
+            """
+providers:
+  hiro:
+    type: hiro
+    url: https://core.test
+    client_id: cid
+    client_secret: cs
+    refresh_token: seeded
+""",
+            "hiro",
+            id="hiro-seeded-refresh-token",
+        ),
+        pytest.param(
+            """
+providers:
+  aerion:
+    type: aerion
+    company_url: https://acme.aerion.app
+    refresh_token: from-sso
+""",
+            "aerion",
+            id="aerion-seeded-refresh-token",
+        ),
+        pytest.param(
+            """
+providers:
+  hub:
+    type: hub
+    url: https://hub.test
+    client_id: svc
+    client_secret: sec
+    refresh_token: seeded
+""",
+            "hub",
+            id="hub-seeded-refresh-token",
+        ),
+        pytest.param(
+            """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: refresh_token
+    refresh_token: seeded
+""",
+            "idp",
+            id="oauth2-refresh-token-public-client",
+        ),
+        pytest.param(
+            """
+providers:
+  a:
+    type: oauth2
+    token_url: http://localhost:8080/token
+    grant: password
+    username: u
+    password: p
+""",
+            "a",
+            id="oauth2-password-no-client-http-url",
+        ),
+        pytest.param(
+            "providers:\n  "
+            + "a" * 63
+            + ":\n    type: hub\n    url: https://h.test\n    client_id: c\n"
+            "    client_secret: s\n",
+            "a" * 63,
+            id="63-char-name",
+        ),
+        pytest.param(
+            "providers:\n  0a_b-c:\n    type: hub\n    url: https://h.test\n"
+            "    client_id: c\n    client_secret: s\n",
+            "0a_b-c",
+            id="name-digits-underscore-dash",
+        ),
+    ],
+)
+def test_more_valid_configs(text: str, name: str) -> None:
+    """Seeded refresh tokens, public clients and boring-but-legal names are accepted."""
+    assert list(settings_from(text).providers) == [name]
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+def password_config(secret_yaml: str) -> str:
+    return f"""
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: password
+    username: alice
+    password: {secret_yaml}
+"""
+
+
+def password_of(settings: BrokerSettings) -> str:
+    provider = settings.providers["idp"]
+    assert provider.password is not None
+    return provider.password.get_secret_value()
+
+
+@pytest.mark.parametrize(
+    ("secret_yaml", "expected"),
+    [
+        pytest.param("plain-text", "plain-text", id="inline"),
+        pytest.param('"  spaced  "', "  spaced  ", id="inline-quoted-keeps-spaces"),
+        pytest.param("12345678", "12345678", id="int-becomes-string"),
+        pytest.param("0.5", "0.5", id="float-becomes-string"),
+        pytest.param("{value: inline}", "inline", id="value"),
+        pytest.param('{value: "{env: X}"}', "{env: X}", id="value-looks-like-a-mapping"),
+    ],
+)
+def test_inline_secrets(secret_yaml: str, expected: str) -> None:
+    """Inline and {value: ...} secrets are taken as text; YAML numbers become strings."""
+    assert password_of(settings_from(password_config(secret_yaml))) == expected
+
+
+def test_env_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """{env: NAME} reads the variable when the config is parsed."""
+    monkeypatch.setenv("TEST_IDP_PASSWORD", "from-env")
+    assert password_of(settings_from(password_config("{env: TEST_IDP_PASSWORD}"))) == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param("s3cret", "s3cret", id="no-newline"),
+        pytest.param("s3cret\n", "s3cret", id="newline"),
+        pytest.param("s3cret\r\n", "s3cret", id="crlf"),
+        pytest.param("s3cret\n\n", "s3cret", id="blank-lines"),
+        pytest.param("  s3cret \n", "  s3cret ", id="spaces-kept"),
+        pytest.param("line1\nline2\n", "line1\nline2", id="inner-newline-kept"),
+    ],
+)
+def test_file_secret_trailing_newline_stripped(tmp_path: Path, content: str, expected: str) -> None:
+    """{file: PATH} reads the file and strips only the trailing newline(s)."""
+    path = tmp_path / "secret"
+    path.write_bytes(content.encode())
+    assert password_of(settings_from(password_config(f"{{file: {path}}}"))) == expected
+
+
+# --- environment overrides -----------------------------------------------------------------
+
+
+def test_env_overrides_port_and_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BROKER_* variables override the YAML, nested keys joined by __."""
+    monkeypatch.setenv("BROKER_PORT", "9999")
+    monkeypatch.setenv("BROKER_LOG_LEVEL", "debug")
+    monkeypatch.setenv("BROKER_REFRESH__RATIO", "0.5")
+    monkeypatch.setenv("BROKER_PROVIDERS__HIRO__PASSWORD", "env-password")
+    monkeypatch.setenv("BROKER_PROVIDERS__HIRO__TIMEOUT", "5")
+    settings = settings_from(HIRO)
+    hiro = settings.providers["hiro"]
+    assert isinstance(hiro, HiroProvider)
+    assert settings.port == 9999
+    assert settings.log_level == "debug"
+    assert settings.refresh.ratio == 0.5
+    assert hiro.password is not None
+    assert hiro.password.get_secret_value() == "env-password"
+    assert hiro.timeout == 5.0
+    # The rest of the provider still comes from the YAML.
+    assert hiro.username == "user@company.co"
+    assert hiro.client_secret.get_secret_value() == "csecret"
+
+
+def test_env_supplies_missing_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password left out of the YAML can come from BROKER_PROVIDERS__<NAME>__PASSWORD."""
+    monkeypatch.setenv("BROKER_PROVIDERS__IDP__PASSWORD", "env-only")
+    text = """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: password
+    username: alice
+"""
+    assert password_of(settings_from(text)) == "env-only"
+
+
+def test_bad_env_override_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BROKER_PORT that is not a number is reported at key port."""
+    monkeypatch.setenv("BROKER_PORT", "not-a-port")
+    message = config_error(OAUTH2)
+    assert message.startswith("test.yaml: port: ")
+    assert "not-a-port" not in message
+
+
+# --- errors: file, key, problem ------------------------------------------------------------
+
+NAME_RULE = "a provider name must be 1-63 characters of a-z, 0-9, '_' and '-'"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        pytest.param(
+            """
+providers:
+  hiro:
+    type: hiro
+    url: https://core.test
+    client_id: cid
+    username: u
+    password: p
+""",
+            "providers.hiro.client_secret",
+            "Field required",
+            id="missing-client-secret",
+        ),
+        pytest.param(
+            """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: client_credentials
+    client_id: app
+    client_secret: s
+    scopes: a b
+""",
+            "providers.idp.scopes",
+            "unknown key (check the spelling; config.example.yaml lists every key)",
+            id="unknown-provider-key",
+        ),
+        pytest.param(
+            OAUTH2 + "listen: 0.0.0.0\n",
+            "listen",
+            "unknown key",
+            id="unknown-top-level-key",
+        ),
+        pytest.param(
+            OAUTH2 + "refresh:\n  ratoi: 0.5\n",
+            "refresh.ratoi",
+            "unknown key",
+            id="unknown-refresh-key",
+        ),
+        pytest.param(
+            """
+providers:
+  idp:
+    type: oauth2
+    token_url: idp.test/token
+    grant: client_credentials
+    client_id: app
+    client_secret: s
+""",
+            "providers.idp.token_url",
+            "must be an http:// or https:// URL",
+            id="url-without-scheme",
+        ),
+        pytest.param(
+            """
+providers:
+  hub:
+    type: hub
+    url: ftp://hub.test
+    client_id: c
+    client_secret: s
+""",
+            "providers.hub.url",
+            "must be an http:// or https:// URL",
+            id="url-ftp",
+        ),
+        pytest.param(
+            """
+providers:
+  aerion:
+    type: aerion
+    company_url: "https:///nohost"
+    username: u
+    password: p
+""",
+            "providers.aerion.company_url",
+            "must be an http:// or https:// URL",
+            id="url-no-host",
+        ),
+        pytest.param(
+            HUB.replace("  hub:", "  Bad Name:"),
+            "providers.Bad Name.(name)",
+            NAME_RULE,
+            id="name-with-capital-and-space",
+        ),
+        pytest.param(
+            HUB.replace("  hub:", "  ../x:"),
+            "providers.../x.(name)",
+            NAME_RULE,
+            id="name-path-traversal",
+        ),
+        pytest.param(
+            HUB.replace("  hub:", "  " + "n" * 100 + ":"),
+            "providers." + "n" * 100 + ".(name)",
+            NAME_RULE,
+            id="name-100-chars",
+        ),
+        pytest.param(
+            HUB.replace("  hub:", "  " + "n" * 64 + ":"),
+            "providers." + "n" * 64 + ".(name)",
+            NAME_RULE,
+            id="name-64-chars",
+        ),
+        pytest.param(
+            HUB.replace("  hub:", "  -hub:"),
+            "providers.-hub.(name)",
+            NAME_RULE,
+            id="name-leading-dash",
+        ),
+        pytest.param(
+            password_config("{env: TEST_UNSET_SECRET_VARIABLE}"),
+            "providers.idp.password",
+            "environment variable TEST_UNSET_SECRET_VARIABLE is not set",
+            id="env-var-not-set",
+        ),
+        pytest.param(
+            password_config("{env: TEST_EMPTY_SECRET_VARIABLE}"),
+            "providers.idp.password",
+            "environment variable TEST_EMPTY_SECRET_VARIABLE is empty",
+            id="env-var-empty",
+        ),
+        pytest.param(
+            password_config("{file: $TMP/missing}"),
+            "providers.idp.password",
+            "cannot read secret file $TMP/missing: No such file or directory",
+            id="secret-file-missing",
+        ),
+        pytest.param(
+            password_config("{file: $TMP/empty}"),
+            "providers.idp.password",
+            "secret file $TMP/empty is empty",
+            id="secret-file-empty",
+        ),
+        pytest.param(
+            password_config("{file: $TMP/newline}"),
+            "providers.idp.password",
+            "secret file $TMP/newline is empty",
+            id="secret-file-only-newline",
+        ),
+        pytest.param(
+            password_config("{file: $TMP}"),
+            "providers.idp.password",
+            "cannot read secret file $TMP: Is a directory",
+            id="secret-file-is-directory",
+        ),
+        pytest.param(
+            password_config("{path: /run/secrets/pw}"),
+            "providers.idp.password",
+            "a secret must be a string, {env: NAME}, {file: PATH} or {value: TEXT}",
+            id="secret-unknown-source",
+        ),
+        pytest.param(
+            """
+providers:
+  hiro:
+    type: hiro
+    url: https://core.test
+    client_id: cid
+    client_secret: cs
+    username: alice
+""",
+            "providers.hiro",
+            "username and password go together; password is missing",
+            id="username-without-password",
+        ),
+        pytest.param(
+            """
+providers:
+  aerion:
+    type: aerion
+    company_url: https://acme.aerion.app
+    password: p
+""",
+            "providers.aerion",
+            "username and password go together; username is missing",
+            id="password-without-username",
+        ),
+        pytest.param(
+            """
+providers:
+  hiro:
+    type: hiro
+    url: https://core.test
+    client_id: cid
+    client_secret: cs
+""",
+            "providers.hiro",
+            "needs username and password, or a refresh_token to start from",
+            id="hiro-no-credentials",
+        ),
+        pytest.param(
+            """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: password
+    client_id: app
+    client_secret: s
+""",
+            "providers.idp",
+            "grant password needs username and password",
+            id="grant-password-without-username",
+        ),
+        pytest.param(
+            HUB + "    grant: password\n",
+            "providers.hub",
+            "grant password needs username and password",
+            id="hub-grant-password-without-username",
+        ),
+        pytest.param(
+            HUB + "    grant: refresh_token\n",
+            "providers.hub",
+            "grant refresh_token needs a refresh_token to start from",
+            id="hub-grant-refresh-token-without-one",
+        ),
+        pytest.param(
+            """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: client_credentials
+""",
+            "providers.idp",
+            "grant client_credentials needs client_id and client_secret",
+            id="client-credentials-without-client",
+        ),
+        pytest.param(
+            """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: refresh_token
+    refresh_token: rt
+    client_secret: s
+""",
+            "providers.idp",
+            "client_secret is set but client_id is not",
+            id="client-secret-without-id",
+        ),
+        pytest.param(
+            "providers:\n  x:\n    type: okta\n    url: https://okta.test\n",
+            "providers.x",
+            "'hiro', 'aerion', 'hub', 'oauth2'",
+            id="unknown-provider-type",
+        ),
+        pytest.param(
+            "providers:\n  x:\n    url: https://okta.test\n",
+            "providers.x",
+            "'type'",
+            id="missing-provider-type",
+        ),
+        pytest.param(
+            "providers: {}\n", "(top level)", "no providers configured", id="no-providers"
+        ),
+        pytest.param("port: 8181\n", "providers", "Field required", id="providers-key-missing"),
+        pytest.param("", "providers", "Field required", id="empty-file"),
+        pytest.param(OAUTH2 + "port: 70000\n", "port", "65535", id="port-out-of-range"),
+        pytest.param(
+            OAUTH2 + "refresh:\n  ratio: 1.5\n", "refresh.ratio", "less than 1", id="ratio"
+        ),
+        pytest.param(
+            HUB + "    timeout: 0\n", "providers.hub.timeout", "greater than 0", id="timeout-zero"
+        ),
+    ],
+)
+def test_bad_config_names_file_key_and_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, key: str, problem: str
+) -> None:
+    """Each bad config gives a line '<file>: <dotted key>: <problem>'."""
+    monkeypatch.delenv("TEST_UNSET_SECRET_VARIABLE", raising=False)
+    monkeypatch.setenv("TEST_EMPTY_SECRET_VARIABLE", "")
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "newline").write_bytes(b"\n")
+    text = text.replace("$TMP", str(tmp_path))
+    problem = problem.replace("$TMP", str(tmp_path))
+    lines = config_error(text).splitlines()
+    prefix = f"test.yaml: {key}: "
+    matching = [line for line in lines if line.startswith(prefix)]
+    assert matching, lines
+    assert any(problem in line.removeprefix(prefix) for line in matching), lines
+
+
+def test_every_problem_gets_its_own_line() -> None:
+    """Several problems are reported together, one line each."""
+    text = """
+port: -1
+providers:
+  idp:
+    type: oauth2
+    token_url: nope
+    grant: client_credentials
+    client_id: app
+    client_secret: s
+    colour: blue
+"""
+    lines = config_error(text).splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "port",
+        "providers.idp.token_url",
+        "providers.idp.colour",
+    ]
+    assert all(line.startswith("test.yaml: ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "providers:\n  x:\n    type: hiro\n   url: https://x\n",
+            "test.yaml: not valid YAML at line 4, column 4: expected <block end>, but found"
+            " '<block mapping start>'",
+            id="bad-indentation",
+        ),
+        pytest.param(
+            "providers:\n  x:\n\ttype: hiro\n",
+            "test.yaml: not valid YAML at line 3, column 1: found character '\\t' that cannot"
+            " start any token",
+            id="tab",
+        ),
+        pytest.param(
+            "a: b: c\n",
+            "test.yaml: not valid YAML at line 1, column 5: mapping values are not allowed here",
+            id="nested-colon",
+        ),
+        pytest.param(
+            "- providers\n- port\n",
+            "test.yaml: the top level must be a mapping of keys, got list",
+            id="top-level-list",
+        ),
+        pytest.param(
+            "just a string\n",
+            "test.yaml: the top level must be a mapping of keys, got str",
+            id="top-level-string",
+        ),
+    ],
+)
+def test_unreadable_yaml(text: str, expected: str) -> None:
+    """Invalid YAML reports line and column; a non-mapping top level says what it got."""
+    assert config_error(text) == expected
+
+
+def test_load_config_reads_file(tmp_path: Path) -> None:
+    """load_config parses the file at the path given."""
+    path = tmp_path / "broker.yaml"
+    path.write_text(OAUTH2, encoding="utf-8")
+    assert list(load_config(path).providers) == ["idp"]
+    assert list(load_config(str(path)).providers) == ["idp"]
+
+
+def test_load_config_names_the_file(tmp_path: Path) -> None:
+    """Errors from load_config name the file's path."""
+    path = tmp_path / "broker.yaml"
+    path.write_text("providers: {}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: (top level): no providers configured"
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    """A config file that cannot be read is a ConfigError naming it."""
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: cannot read config file: No such file or directory"
+
+
+# --- secrets never leak --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(password_config(f"[{SECRET}]"), id="password-list"),
+        pytest.param(password_config(f"{{secret: {SECRET}}}"), id="password-dict"),
+        pytest.param(password_config(f"{{value: [{SECRET}]}}"), id="value-list"),
+        pytest.param(password_config(f"{{value: {{v: {SECRET}}}}}"), id="value-dict"),
+        pytest.param(password_config(f"{{env: X, value: {SECRET}}}"), id="two-sources"),
+        pytest.param(password_config(f"{{{SECRET}: x}}"), id="secret-as-key"),
+        pytest.param(
+            OAUTH2.replace("client_secret: app-secret", f"client_secret: [{SECRET}]"),
+            id="client-secret-list",
+        ),
+        pytest.param(
+            OAUTH2 + f"    refresh_token: {{value: [{SECRET}]}}\n", id="refresh-token-list"
+        ),
+        pytest.param(OAUTH2 + f"    passwort: {SECRET}\n", id="misspelt-key"),
+        pytest.param(OAUTH2 + f"port: {SECRET}\n", id="secret-in-port"),
+        pytest.param(OAUTH2 + f"log_level: {SECRET}\n", id="secret-in-literal"),
+        pytest.param(OAUTH2 + f"    timeout: {SECRET}\n", id="secret-in-timeout"),
+        pytest.param(OAUTH2 + f"    extra_params: [{SECRET}]\n", id="secret-in-extra-params"),
+        pytest.param(OAUTH2 + f"    headers: {{X-Key: [{SECRET}]}}\n", id="secret-in-header"),
+        pytest.param(HUB + f"    grant: {SECRET}\n", id="secret-in-grant"),
+        pytest.param(password_config(f'"{SECRET}'), id="unclosed-quote"),
+        pytest.param(password_config(f"{SECRET}: x"), id="yaml-error-after-secret"),
+        pytest.param(
+            f"""
+providers:
+  hiro:
+    type: hiro
+    url: https://core.test
+    client_id: cid
+    client_secret: {SECRET}
+    password: {SECRET}
+""",
+            id="password-without-username",
+        ),
+    ],
+)
+def test_error_never_contains_secret(text: str) -> None:
+    """Whatever is wrong, the ConfigError message does not echo the secret."""
+    message = config_error(text)
+    assert message.startswith("test.yaml: ")
+    assert SECRET not in message
+    assert SECRET.lower() not in message.lower()
+
+
+def test_secret_file_content_never_in_error(tmp_path: Path) -> None:
+    """A secret file that is too large is reported by size, not content."""
+    path = tmp_path / "big"
+    path.write_text(SECRET * 10_000, encoding="utf-8")
+    message = config_error(password_config(f"{{file: {path}}}"))
+    assert message.startswith(f"test.yaml: providers.idp.password: secret file {path} is ")
+    assert SECRET not in message
+
+
+def test_repr_hides_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """repr and str of the settings show no secret, whatever its source."""
+    monkeypatch.setenv("TEST_CLIENT_SECRET", "client-" + SECRET)
+    (tmp_path / "rt").write_text("rt-" + SECRET + "\n", encoding="utf-8")
+    settings = settings_from(
+        f"""
+providers:
+  hiro:
+    type: hiro
+    url: https://core.test
+    client_id: cid
+    client_secret: {{env: TEST_CLIENT_SECRET}}
+    username: alice
+    password: pw-{SECRET}
+    refresh_token: {{file: {tmp_path / "rt"}}}
+"""
+    )
+    hiro = settings.providers["hiro"]
+    assert hiro.refresh_token is not None
+    assert hiro.refresh_token.get_secret_value() == "rt-" + SECRET
+    for text in (repr(settings), str(settings), repr(hiro), str(settings.model_dump())):
+        assert SECRET not in text
+        assert "alice" in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "prefix"),
+    [
+        pytest.param({}, "<config>: ", id="default-source"),
+        pytest.param({"source": "/etc/broker.yaml"}, "/etc/broker.yaml: ", id="named-source"),
+    ],
+)
+def test_parse_config_source_prefixes_every_line(kwargs: dict[str, str], prefix: str) -> None:
+    """parse_config starts every error line with the source it was given."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("port: x\nlisten: y\n", **kwargs)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3  # port, listen and the missing providers
+    assert all(line.startswith(prefix) for line in lines)

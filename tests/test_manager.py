@@ -1,0 +1,285 @@
+"""The refresh machinery, driven by a fake clock and an in-memory identity provider."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from broker.errors import TokenUnavailableError
+from broker.manager import TokenManager
+from tests.support import FakeClock, settings_from, settle
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD_PROVIDER = """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: password
+    client_id: app
+    client_secret: app-secret
+    username: alice
+    password: alice-password
+"""
+
+
+class IdP:
+    """An OAuth2 token endpoint in memory: records every form, answers from a script or mints."""
+
+    def __init__(self, expires_in: int = 300, rotate: bool = True) -> None:
+        self.expires_in = expires_in
+        self.rotate = rotate
+        self.forms: list[dict[str, str]] = []
+        self.script: list[httpx.Response] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        self.forms.append(form)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.script:
+            return self.script.pop(0)
+        n = len(self.forms)
+        body: dict[str, object] = {
+            "access_token": f"tok-{n}",
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+        }
+        if self.rotate or form.get("grant_type") != "refresh_token":
+            body["refresh_token"] = f"rt-{n}"
+        return httpx.Response(200, json=body)
+
+    def grants(self) -> list[str]:
+        return [form["grant_type"] for form in self.forms]
+
+
+def error(
+    status: int, code: str | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    body = json.dumps({"error": code}).encode() if code else b"oops"
+    return httpx.Response(status, content=body, headers=headers)
+
+
+@asynccontextmanager
+async def managed(
+    idp: Callable[[httpx.Request], object], yaml_text: str = PASSWORD_PROVIDER
+) -> AsyncIterator[tuple[TokenManager, FakeClock]]:
+    clock = FakeClock()
+    transport = httpx.MockTransport(idp)  # type: ignore[arg-type]  # async handlers are supported
+    async with httpx.AsyncClient(transport=transport) as client:
+        manager = TokenManager(
+            settings_from(yaml_text), client=client, clock=clock, rng=random.Random(7)
+        )
+        await manager.start()
+        await settle()
+        try:
+            yield manager, clock
+        finally:
+            await manager.stop()
+
+
+async def test_first_token_is_fetched_at_start_and_served_from_memory() -> None:
+    """Start-up logs in once; reads after that never reach the identity provider."""
+    idp = IdP()
+    async with managed(idp) as (manager, _):
+        assert idp.grants() == ["password"]
+        for _ in range(100):
+            token = manager.current("idp")
+            assert token is not None
+            assert token.access_token == "tok-1"
+        assert len(idp.forms) == 1
+
+
+async def test_refresh_happens_between_57_and_77_percent_of_the_lifetime() -> None:
+    """Default policy: 2/3 of the lifetime ± 10 %, using the refresh token."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, clock):
+        await clock.advance(169)
+        assert len(idp.forms) == 1
+        await clock.advance(62)  # t = 231 s
+        assert idp.grants() == ["password", "refresh_token"]
+        assert idp.forms[1]["refresh_token"] == "rt-1"
+        token = manager.current("idp")
+        assert token is not None
+        assert token.access_token == "tok-2"
+
+
+async def test_rotated_refresh_tokens_are_followed() -> None:
+    """Each refresh uses the refresh token of the previous answer."""
+    idp = IdP(expires_in=30)
+    async with managed(idp) as (_, clock):
+        for _ in range(4):
+            await clock.advance(30)
+        used = [form.get("refresh_token") for form in idp.forms[1:]]
+        assert [f"rt-{n}" for n in range(1, len(idp.forms))] == used
+        assert len(idp.forms) >= 5
+
+
+async def test_refresh_token_kept_when_the_answer_omits_one() -> None:
+    """Hub does not rotate: the old refresh token stays in use."""
+    idp = IdP(expires_in=30, rotate=False)
+    async with managed(idp) as (_, clock):
+        for _ in range(3):
+            await clock.advance(30)
+        assert ["rt-1"] * (len(idp.forms) - 1) == [f["refresh_token"] for f in idp.forms[1:]]
+
+
+async def test_rejected_refresh_token_falls_back_to_password_login() -> None:
+    """invalid_grant on refresh → a full login in the same attempt; no outage."""
+    idp = IdP(expires_in=30)
+    async with managed(idp) as (manager, clock):
+        idp.script.append(error(400, "invalid_grant"))
+        await clock.advance(25)
+        assert idp.grants() == ["password", "refresh_token", "password"]
+        token = manager.current("idp")
+        assert token is not None
+        assert token.access_token == "tok-3"
+        assert manager.get("idp").state(clock.monotonic()) == "ready"
+
+
+async def test_seeded_refresh_token_rejected_means_needs_login_and_silence() -> None:
+    """A provider living on a refresh token alone stops calling the IdP once it is dead."""
+    seeded = """
+providers:
+  idp:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: refresh_token
+    client_id: app
+    client_secret: app-secret
+    refresh_token: seed-rt
+"""
+    idp = IdP(expires_in=30)
+    async with managed(idp, seeded) as (manager, clock):
+        assert idp.forms[0]["refresh_token"] == "seed-rt"
+        idp.script.append(error(400, "invalid_grant"))
+        await clock.advance(30)
+        calls = len(idp.forms)
+        await clock.advance(3600)
+        assert calls == len(idp.forms)
+        assert manager.get("idp").state(clock.monotonic()) == "needs_login"
+        with pytest.raises(TokenUnavailableError) as caught:
+            await manager.token("idp")
+        assert caught.value.code == "needs_login"
+
+
+async def test_expired_token_is_never_served() -> None:
+    """With the IdP down, the old token is served until it expires and not a moment after."""
+    idp = IdP(expires_in=30)
+    async with managed(idp) as (manager, clock):
+        idp.script.extend(error(503) for _ in range(100))
+        await clock.advance(29.9)
+        assert manager.current("idp") is not None
+        assert manager.get("idp").state(clock.monotonic()) == "degraded"
+        await clock.advance(0.2)
+        assert manager.current("idp") is None
+        with pytest.raises(TokenUnavailableError) as caught:
+            await manager.token("idp")
+        assert caught.value.retry_after > 0
+        assert manager.get("idp").state(clock.monotonic()) == "failing"
+
+
+async def test_failures_back_off_exponentially() -> None:
+    """An IdP that answers 503 forever sees about a dozen attempts in 1000 s, not hundreds."""
+    idp = IdP()
+    idp.script.extend(error(503) for _ in range(1000))
+    async with managed(idp) as (manager, clock):
+        times = []
+        for _ in range(1000):
+            before = len(idp.forms)
+            await clock.advance(1)
+            if len(idp.forms) > before:
+                times.append(clock.monotonic())
+        assert 8 <= len(idp.forms) <= 14
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert gaps[-1] > 100
+        assert manager.get("idp").consecutive_failures == len(idp.forms)
+
+
+async def test_retry_after_is_honoured() -> None:
+    """A 429 with Retry-After: 120 keeps the broker away for 120 s."""
+    idp = IdP()
+    idp.script.append(error(429, headers={"Retry-After": "120"}))
+    async with managed(idp) as (manager, clock):
+        await clock.advance(119)
+        assert len(idp.forms) == 1
+        await clock.advance(2)
+        assert len(idp.forms) == 2
+        assert manager.current("idp") is not None
+
+
+async def test_concurrent_cold_requests_share_one_token_request() -> None:
+    """200 callers during the first login cause exactly one request to the IdP."""
+    idp = IdP()
+    idp.gate = asyncio.Event()
+    async with managed(idp) as (manager, _):
+        waiters = [asyncio.ensure_future(manager.token("idp")) for _ in range(200)]
+        await settle()
+        idp.gate.set()
+        tokens = await asyncio.gather(*waiters)
+        assert {"tok-1"} == {t.access_token for t in tokens}
+        assert len(idp.forms) == 1
+
+
+async def test_min_valid_forces_one_refresh_for_many_callers() -> None:
+    """Callers needing more validity than is left share a single refresh."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, clock):
+        await clock.advance(10)
+        idp.gate = asyncio.Event()
+        waiters = [asyncio.ensure_future(manager.token("idp", min_valid=295)) for _ in range(200)]
+        await settle()
+        idp.gate.set()
+        tokens = await asyncio.gather(*waiters)
+        assert {"tok-2"} == {t.access_token for t in tokens}
+        assert idp.grants() == ["password", "refresh_token"]
+
+
+async def test_min_valid_longer_than_any_token_is_refused_without_asking() -> None:
+    """Tokens that live 300 s can never satisfy min_valid=400: no IdP call, clear error."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, _):
+        with pytest.raises(TokenUnavailableError) as caught:
+            await manager.token("idp", min_valid=400)
+        assert caught.value.code == "min_valid_unsatisfiable"
+        assert len(idp.forms) == 1
+
+
+async def test_forced_refresh_coalesces_within_the_cooldown() -> None:
+    """Many forced refreshes right after a new token return it; later ones fetch anew."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, clock):
+        await clock.advance(5)
+        first = await manager.force_refresh("idp")
+        again = await asyncio.gather(*(manager.force_refresh("idp") for _ in range(50)))
+        assert first.access_token == "tok-2"
+        assert {"tok-2"} == {t.access_token for t in again}
+        await clock.advance(2)
+        third = await manager.force_refresh("idp")
+        assert third.access_token == "tok-3"
+        assert idp.grants() == ["password", "refresh_token", "refresh_token"]
+
+
+async def test_garbage_answer_never_replaces_a_good_token() -> None:
+    """A 200 with HTML, or JSON without access_token, is a failure; the good token stays."""
+    idp = IdP(expires_in=30)
+    async with managed(idp) as (manager, clock):
+        idp.script.append(httpx.Response(200, content=b"<html>maintenance</html>"))
+        idp.script.append(httpx.Response(200, json={"token_type": "bearer"}))
+        await clock.advance(21)
+        token = manager.current("idp")
+        assert token is not None
+        assert token.access_token == "tok-1"
+        error_code = manager.get("idp").last_error
+        assert error_code is not None
+        assert error_code.code == "invalid_response"
