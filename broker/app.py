@@ -181,7 +181,7 @@ def _token_response(token: Token, now: float, raw: bool) -> Response:
     return Response(json.dumps(body), media_type="application/json", headers=NO_STORE)
 
 
-def _error_body(provider: Provider, now: float) -> dict[str, Any] | None:
+def _error_body(provider: Provider) -> dict[str, Any] | None:
     error = provider.last_error
     if error is None or provider.consecutive_failures == 0:
         return None
@@ -189,7 +189,7 @@ def _error_body(provider: Provider, now: float) -> dict[str, Any] | None:
 
 
 def _brief(provider: Provider, now: float) -> dict[str, Any]:
-    return {"state": provider.state(now), "error": _error_body(provider, now)}
+    return {"state": provider.state(now), "error": _error_body(provider)}
 
 
 def _status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
