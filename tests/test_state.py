@@ -1,0 +1,578 @@
+"""The state directory: crash-safe, private, tamper-evident refresh-token persistence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import select
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from broker import state
+from broker.state import PersistedState, StateError, StateStore, fingerprint, load_key
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "rt-7c1d9e0f-secret-refresh-token"
+FP = fingerprint("oauth2", "https://idp.example/oauth/token", "app", "alice")
+KEY = Fernet.generate_key()
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def plant(path: Path, content: str) -> None:
+    """Write a state file by hand, private like the broker's own."""
+    path.write_text(content)
+    path.chmod(0o600)
+
+
+def corrupt_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.corrupt-*"))
+
+
+# -- round trips -------------------------------------------------------------
+
+
+def test_plaintext_round_trip(tmp_path: Path) -> None:
+    """Without a key the token is stored as plaintext JSON and loads back."""
+    store = StateStore(tmp_path)
+    before = time.time()
+    store.save("idp", FP, TOKEN)
+    loaded = store.load("idp", FP)
+    assert loaded is not None
+    assert loaded.refresh_token == TOKEN
+    assert before <= loaded.saved_at <= time.time()
+    document = json.loads((tmp_path / "idp.json").read_text())
+    assert document == {
+        "version": 1,
+        "provider": "idp",
+        "fingerprint": FP,
+        "saved_at": loaded.saved_at,
+        "refresh_token": TOKEN,
+    }
+
+
+def test_encrypted_round_trip(tmp_path: Path) -> None:
+    """With a key the file holds a Fernet token, not the refresh token, and loads back."""
+    store = StateStore(tmp_path, key=KEY)
+    store.save("idp", FP, TOKEN)
+    raw = (tmp_path / "idp.json").read_text()
+    assert TOKEN not in raw
+    document = json.loads(raw)
+    assert set(document) == {"version", "provider", "fingerprint", "saved_at", "encrypted"}
+    assert document["provider"] == "idp"
+    assert document["fingerprint"] == FP
+    loaded = StateStore(tmp_path, key=KEY).load("idp", FP)
+    assert loaded is not None
+    assert loaded.refresh_token == TOKEN
+    assert loaded.saved_at == document["saved_at"]
+
+
+def test_latest_save_wins(tmp_path: Path) -> None:
+    """Each save replaces the previous token."""
+    store = StateStore(tmp_path, key=KEY)
+    for n in range(1, 4):
+        store.save("idp", FP, f"rt-{n}")
+    loaded = store.load("idp", FP)
+    assert loaded is not None
+    assert loaded.refresh_token == "rt-3"
+
+
+def test_missing_file_is_none(tmp_path: Path) -> None:
+    """No state file means no persisted token, without a warning."""
+    assert StateStore(tmp_path).load("idp", FP) is None
+
+
+# -- permissions --------------------------------------------------------------
+
+
+def test_creates_private_directory_and_files(tmp_path: Path) -> None:
+    """A missing directory is created 0700 (parents too) and state files are 0600."""
+    directory = tmp_path / "a" / "state"
+    store = StateStore(directory)
+    store.save("idp", FP, TOKEN)
+    assert mode_of(directory) == 0o700
+    assert mode_of(directory / "idp.json") == 0o600
+
+
+def test_loose_permissions_warn_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A group/other-accessible directory or file is warned about once each, not refused."""
+    caplog.set_level(logging.WARNING, logger="broker.state")
+    tmp_path.chmod(0o755)
+    store = StateStore(tmp_path)
+    store.save("idp", FP, TOKEN)
+    (tmp_path / "idp.json").chmod(0o644)
+    assert store.load("idp", FP) is not None
+    assert store.load("idp", FP) is not None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert str(tmp_path) in warnings[0]
+    assert "0o755" in warnings[0]
+    assert "idp.json" in warnings[1]
+    assert "0o644" in warnings[1]
+    assert TOKEN not in caplog.text
+
+
+# -- files that must not be used -----------------------------------------------
+
+
+def test_fingerprint_mismatch_is_none_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token saved for another login is ignored but not moved aside or warned about."""
+    caplog.set_level(logging.WARNING, logger="broker.state")
+    store = StateStore(tmp_path, key=KEY)
+    store.save("idp", FP, TOKEN)
+    other = fingerprint("oauth2", "https://idp.example/oauth/token", "app", "bob")
+    assert store.load("idp", other) is None
+    assert listing(tmp_path) == ["idp.json"]
+    assert not caplog.records
+
+
+def test_corrupt_json_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Truncated JSON: None, a warning naming the file without the secret, file kept aside."""
+    caplog.set_level(logging.DEBUG, logger="broker.state")
+    store = StateStore(tmp_path)
+    content = f'{{"version": 1, "provider": "idp", "refresh_token": "{TOKEN}'
+    plant(tmp_path / "idp.json", content)
+    assert store.load("idp", FP) is None
+    assert not (tmp_path / "idp.json").exists()
+    [aside] = corrupt_files(tmp_path)
+    assert aside.name.startswith("idp.json.corrupt-")
+    assert aside.read_text() == content
+    assert abs(int(aside.name.rsplit("-", 1)[1]) - time.time()) < 60
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "idp.json" in warnings[0].getMessage()
+    assert TOKEN not in caplog.text
+    assert store.providers() == []
+
+
+def test_second_corrupt_file_does_not_overwrite_first(tmp_path: Path) -> None:
+    """Two bad files in the same second are both kept for forensics."""
+    store = StateStore(tmp_path)
+    for content in ("garbage-1", "garbage-2"):
+        plant(tmp_path / "idp.json", content)
+        assert store.load("idp", FP) is None
+    assert sorted(p.read_text() for p in corrupt_files(tmp_path)) == ["garbage-1", "garbage-2"]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        [],
+        {"version": 2, "provider": "idp", "fingerprint": FP, "saved_at": 1.0, "refresh_token": "x"},
+        {
+            "version": 1,
+            "provider": "other",
+            "fingerprint": FP,
+            "saved_at": 1.0,
+            "refresh_token": "x",
+        },
+        {"version": 1, "provider": "idp", "saved_at": 1.0, "refresh_token": "x"},
+        {
+            "version": 1,
+            "provider": "idp",
+            "fingerprint": FP,
+            "saved_at": True,
+            "refresh_token": "x",
+        },
+        {"version": 1, "provider": "idp", "fingerprint": FP, "saved_at": 1.0},
+        {"version": 1, "provider": "idp", "fingerprint": FP, "saved_at": 1.0, "refresh_token": ""},
+        {"version": 1, "provider": "idp", "fingerprint": FP, "saved_at": 1.0, "refresh_token": 5},
+        {"version": 1, "provider": "idp", "fingerprint": FP, "saved_at": 1.0, "encrypted": "x"},
+    ],
+    ids=[
+        "not-object",
+        "version",
+        "provider",
+        "no-fingerprint",
+        "bool-saved-at",
+        "no-token",
+        "empty-token",
+        "int-token",
+        "encrypted-without-key",
+    ],
+)
+def test_invalid_plaintext_documents(tmp_path: Path, document: object) -> None:
+    """Well-formed JSON that is not a valid state file is treated as corrupt."""
+    store = StateStore(tmp_path)
+    plant(tmp_path / "idp.json", json.dumps(document))
+    assert store.load("idp", FP) is None
+    assert len(corrupt_files(tmp_path)) == 1
+
+
+def test_wrong_key_is_none(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file encrypted with another key: None, warning without secrets, moved aside."""
+    caplog.set_level(logging.DEBUG, logger="broker.state")
+    StateStore(tmp_path, key=KEY).save("idp", FP, TOKEN)
+    other_key = Fernet.generate_key()
+    assert StateStore(tmp_path, key=other_key).load("idp", FP) is None
+    assert len(corrupt_files(tmp_path)) == 1
+    assert "decrypted" in caplog.text
+    for secret in (TOKEN, KEY.decode(), other_key.decode()):
+        assert secret not in caplog.text
+
+
+def test_encrypted_file_copied_to_another_provider(tmp_path: Path) -> None:
+    """An encrypted file renamed to another provider fails, even with its outer fields edited."""
+    store = StateStore(tmp_path, key=KEY)
+    store.save("alpha", FP, TOKEN)
+    raw = (tmp_path / "alpha.json").read_text()
+    plant(tmp_path / "beta.json", raw)
+    assert store.load("beta", FP) is None
+    edited = json.loads(raw)
+    edited["provider"] = "gamma"
+    plant(tmp_path / "gamma.json", json.dumps(edited))
+    assert store.load("gamma", FP) is None
+    assert store.load("alpha", FP) is not None
+    assert store.providers() == ["alpha"]
+
+
+def test_edited_outer_fingerprint_is_refused(tmp_path: Path) -> None:
+    """The outer fingerprint must match the authenticated one inside the ciphertext."""
+    store = StateStore(tmp_path, key=KEY)
+    store.save("idp", FP, TOKEN)
+    other = fingerprint("someone", "else")
+    document = json.loads((tmp_path / "idp.json").read_text())
+    document["fingerprint"] = other
+    plant(tmp_path / "idp.json", json.dumps(document))
+    assert store.load("idp", other) is None
+    assert len(corrupt_files(tmp_path)) == 1
+
+
+def test_plaintext_file_refused_when_key_configured(tmp_path: Path) -> None:
+    """With a key, a plaintext file (anyone with write access could plant one) is refused."""
+    StateStore(tmp_path).save("idp", FP, TOKEN)
+    assert StateStore(tmp_path, key=KEY).load("idp", FP) is None
+    assert len(corrupt_files(tmp_path)) == 1
+
+
+def test_unreadable_entries_do_not_crash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A directory or a symlink where the state file should be: warning and None."""
+    caplog.set_level(logging.WARNING, logger="broker.state")
+    store = StateStore(tmp_path)
+    (tmp_path / "dir.json").mkdir()
+    target = tmp_path / "elsewhere"
+    target.write_text("{}")
+    (tmp_path / "link.json").symlink_to(target)
+    assert store.load("dir", FP) is None
+    assert store.load("link", FP) is None
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+# -- atomic writes ---------------------------------------------------------------
+
+
+def test_no_temp_files_left_after_save(tmp_path: Path) -> None:
+    """Successful saves leave exactly the final files behind."""
+    store = StateStore(tmp_path, key=KEY)
+    for n in range(5):
+        store.save("idp", FP, f"rt-{n}")
+        store.save("other", FP, f"rt-{n}")
+    assert listing(tmp_path) == ["idp.json", "other.json"]
+    assert store.providers() == ["idp", "other"]
+
+
+def _no_space(*args: object, **kwargs: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_failed_save_keeps_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A save failing before the rename raises StateError, keeps the old file, removes its temp."""
+    store = StateStore(tmp_path, key=KEY)
+    store.save("idp", FP, "rt-old")
+    before = (tmp_path / "idp.json").read_bytes()
+    monkeypatch.setattr(os, failing, _no_space)
+    with pytest.raises(StateError, match=r"idp\.json cannot be written: No space left"):
+        store.save("idp", FP, "rt-new")
+    monkeypatch.undo()
+    assert listing(tmp_path) == ["idp.json"]
+    assert (tmp_path / "idp.json").read_bytes() == before
+    loaded = store.load("idp", FP)
+    assert loaded is not None
+    assert loaded.refresh_token == "rt-old"
+
+
+def test_failed_directory_fsync_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If only the directory fsync fails, save raises but the final file is the complete new one."""
+    store = StateStore(tmp_path, key=KEY)
+    store.save("idp", FP, "rt-old")
+    real_fsync = os.fsync
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:  # the first fsync is the file's, the second the directory's
+            _no_space()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StateError, match="cannot be written"):
+        store.save("idp", FP, "rt-new")
+    monkeypatch.undo()
+    assert listing(tmp_path) == ["idp.json"]
+    loaded = store.load("idp", FP)
+    assert loaded is not None
+    assert loaded.refresh_token == "rt-new"
+
+
+def test_stale_temp_files_removed_at_start(tmp_path: Path) -> None:
+    """Temp files a killed broker left long ago are removed; recent ones are left alone."""
+    old = tmp_path / ".idp.json.0123456789abcdef.tmp"
+    new = tmp_path / ".idp.json.fedcba9876543210.tmp"
+    old.write_text("x")
+    new.write_text("x")
+    long_ago = time.time() - 3600
+    os.utime(old, (long_ago, long_ago))
+    StateStore(tmp_path)
+    assert listing(tmp_path) == [new.name]
+
+
+def test_delete(tmp_path: Path) -> None:
+    """delete forgets a provider's token; deleting a missing one is fine."""
+    store = StateStore(tmp_path)
+    store.save("idp", FP, TOKEN)
+    store.delete("idp")
+    store.delete("idp")
+    assert store.load("idp", FP) is None
+    assert listing(tmp_path) == []
+
+
+def test_empty_token_refused(tmp_path: Path) -> None:
+    """Saving an empty refresh token is a bug in the caller, not a state to persist."""
+    with pytest.raises(StateError, match="empty refresh token"):
+        StateStore(tmp_path).save("idp", FP, "")
+
+
+# -- construction, names, keys ------------------------------------------------------
+
+
+def test_uncreatable_directory(tmp_path: Path) -> None:
+    """A directory that cannot be created is a StateError naming it."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateError, match=r"state directory .*file/state cannot be created"):
+        StateStore(blocker / "state")
+
+
+def test_directory_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write check at construction turns an unwritable directory into a StateError."""
+    real_open = os.open
+
+    def deny(path: object, flags: int, mode: int = 0o777, **kwargs: object) -> int:
+        if flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", deny)
+    with pytest.raises(StateError, match=r"is not writable: Permission denied"):
+        StateStore(tmp_path)
+
+
+def test_invalid_key_refused_without_echo(tmp_path: Path) -> None:
+    """A malformed key is refused at construction and the message does not contain it."""
+    bad = b"not-a-fernet-key-but-still-secret"
+    with pytest.raises(StateError, match="not a valid Fernet key") as caught:
+        StateStore(tmp_path, key=bad)
+    assert bad.decode() not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "../escape", "a/b", ".hidden", "Upper", "-dash", "a" * 64, "nul\0", "x.json"]
+)
+def test_invalid_provider_names_refused(tmp_path: Path, name: str) -> None:
+    """Names outside [a-z0-9][a-z0-9_-]{0,62} are refused by every method: no path traversal."""
+    store = StateStore(tmp_path / "state")
+    with pytest.raises(StateError, match="invalid provider name"):
+        store.load(name, FP)
+    with pytest.raises(StateError, match="invalid provider name"):
+        store.save(name, FP, TOKEN)
+    with pytest.raises(StateError, match="invalid provider name"):
+        store.delete(name)
+    assert listing(tmp_path) == ["state"]
+    assert listing(tmp_path / "state") == []
+
+
+def test_longest_valid_provider_name(tmp_path: Path) -> None:
+    """A 63-character name with digits, dashes and underscores is accepted."""
+    name = "a0_-" + "b" * 59
+    store = StateStore(tmp_path)
+    store.save(name, FP, TOKEN)
+    assert store.providers() == [name]
+
+
+def test_repr_hides_token() -> None:
+    """PersistedState's repr shows when it was saved but never the token."""
+    persisted = PersistedState(refresh_token=TOKEN, saved_at=1.5)
+    assert TOKEN not in repr(persisted)
+    assert "1.5" in repr(persisted)
+
+
+def test_fingerprint_is_stable_and_unambiguous() -> None:
+    """Same parts give the same hex digest; different splits of the same text do not."""
+    assert fingerprint("a", "b") == fingerprint("a", "b")
+    assert len(fingerprint("a", "b")) == 64
+    assert int(fingerprint("a"), 16) >= 0
+    assert fingerprint("ab", "c") != fingerprint("a", "bc")
+    assert fingerprint("a", "b") != fingerprint("b", "a")
+
+
+def test_load_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """env:NAME reads the key, stripping surrounding whitespace."""
+    monkeypatch.setenv("BROKER_TEST_STATE_KEY", f" {KEY.decode()}\n")
+    assert load_key("env:BROKER_TEST_STATE_KEY") == KEY
+
+
+def test_load_key_from_file(tmp_path: Path) -> None:
+    """file:/path reads the key, trailing newline and all."""
+    path = tmp_path / "key"
+    path.write_text(KEY.decode() + "\n")
+    assert load_key(f"file:{path}") == KEY
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "environment variable BROKER_TEST_STATE_KEY is not set"),
+        ("", "environment variable BROKER_TEST_STATE_KEY is empty"),
+        ("  \n", "environment variable BROKER_TEST_STATE_KEY is empty"),
+        ("hunter2-not-a-key", "environment variable BROKER_TEST_STATE_KEY does not hold a valid"),
+    ],
+)
+def test_load_key_env_errors(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, message: str
+) -> None:
+    """A missing, empty or malformed env key names the variable, never its value."""
+    if value is None:
+        monkeypatch.delenv("BROKER_TEST_STATE_KEY", raising=False)
+    else:
+        monkeypatch.setenv("BROKER_TEST_STATE_KEY", value)
+    with pytest.raises(StateError, match=message) as caught:
+        load_key("env:BROKER_TEST_STATE_KEY")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_load_key_file_errors(tmp_path: Path) -> None:
+    """A missing, empty, oversized or malformed key file is named, its content never shown."""
+    missing = tmp_path / "missing"
+    with pytest.raises(StateError, match=f"key file {missing} cannot be read"):
+        load_key(f"file:{missing}")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(StateError, match=f"key file {empty} is empty"):
+        load_key(f"file:{empty}")
+    big = tmp_path / "big"
+    big.write_bytes(b"k" * (state.MAX_KEY_FILE_BYTES + 1))
+    with pytest.raises(StateError, match="is larger than"):
+        load_key(f"file:{big}")
+    bad = tmp_path / "bad"
+    bad.write_text("hunter2-not-a-key")
+    with pytest.raises(StateError, match=f"key file {bad} does not hold a valid") as caught:
+        load_key(f"file:{bad}")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("source", [KEY.decode(), "", "env:", "file:", "vault:secret/key"])
+def test_load_key_bad_source_not_echoed(source: str) -> None:
+    """An unrecognised source (maybe the key pasted in the wrong place) is not echoed."""
+    with pytest.raises(StateError) as caught:
+        load_key(source)
+    if source not in ("", "env:", "file:"):
+        assert source not in str(caught.value)
+
+
+# -- crash simulation --------------------------------------------------------------
+
+CHILD = """
+import sys
+from pathlib import Path
+from broker.state import StateStore, load_key
+
+store = StateStore(Path(sys.argv[1]), key=load_key("env:BROKER_TEST_STATE_KEY"))
+n = int(sys.argv[2])
+print("ready", flush=True)
+while True:
+    store.save("idp", sys.argv[3], f"rt-{n}")
+    print(n, flush=True)
+    n += 1
+"""
+
+ROUNDS = 30
+ROUND_LIMIT = 5.0  # a hang guard only; a round normally takes well under 0.5 s
+
+
+def _read_lines(fd: int, buffer: bytearray, wanted: int, deadline: float) -> None:
+    """Read from *fd* into *buffer* until it holds *wanted* lines, EOF or the deadline."""
+    while buffer.count(b"\n") < wanted:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        buffer += chunk
+
+
+def test_sigkill_during_saves_never_loses_or_corrupts(tmp_path: Path) -> None:
+    """SIGKILL at random moments mid-save: the file holds the last reported token or the next."""
+    rng = random.Random(20251125)  # kill timing, not cryptography
+    directory = tmp_path / "state"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BROKER_TEST_STATE_KEY": KEY.decode()}
+    current = 0  # the number in the state file; 0 = no file yet
+    progressed = 0
+    for _ in range(ROUNDS):
+        started = time.monotonic()
+        with subprocess.Popen(
+            [sys.executable, str(script), str(directory), str(current + 1), FP],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+        ) as child:
+            assert child.stdout is not None
+            fd = child.stdout.fileno()
+            buffer = bytearray()
+            # Kill after 0 to 30 reported saves: the child is usually mid-save by then.
+            _read_lines(fd, buffer, 1 + rng.randint(0, 30), started + ROUND_LIMIT)
+            child.send_signal(signal.SIGKILL)
+            _read_lines(fd, buffer, sys.maxsize, started + ROUND_LIMIT)
+            assert child.wait() == -signal.SIGKILL
+        assert time.monotonic() - started < ROUND_LIMIT
+        lines = buffer.decode().splitlines()
+        reported = [int(line) for line in lines[1:] if line.isdigit()]
+        floor = reported[-1] if reported else current
+        loaded = StateStore(directory, key=KEY).load("idp", FP)
+        got = 0 if loaded is None else int(loaded.refresh_token.removeprefix("rt-"))
+        assert got in (floor, floor + 1), (reported[-3:], got)
+        progressed += got != current
+        current = got
+        leftovers = [p.name for p in directory.iterdir() if p.name != "idp.json"]
+        # A kill between creating and renaming the temp file may leave it (removed at
+        # a later start once stale); nothing else: no partial or corrupt final file.
+        assert all(re.fullmatch(r"\.idp\.json\.[0-9a-f]{16}\.tmp", n) for n in leftovers)
+    assert progressed >= ROUNDS // 2
