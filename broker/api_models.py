@@ -58,6 +58,10 @@ class ProviderStatus(BaseModel):
     failures: int
     consecutive_failures: int
     has_refresh_token: bool
+    clock_skew: float | None = Field(
+        description="The identity provider's clock minus ours, seconds, from its Date header"
+        " (0 when within 2 s); absolute expiries are read on its clock."
+    )
     last_error: dict[str, Any] | None
 
 

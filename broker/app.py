@@ -6,11 +6,15 @@ Route handlers never talk to an identity provider themselves; in steady state
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -30,9 +34,13 @@ from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
 from broker.errors import TokenUnavailableError, UnknownProviderError
 from broker.manager import Provider, TokenManager
+from broker.reload import reload_config
+from broker.state import StateStore
 from broker.tokens import Token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+REFRESH_FAILED_HEADER = "X-Broker-Refresh-Failed"
+"""Set on a token answer while the last refresh attempt failed; its value is the error code."""
 MAX_MIN_VALID = 86400
 
 MinValid = Annotated[
@@ -52,11 +60,16 @@ Format = Annotated[
 def create_app(
     settings: BrokerSettings,
     *,
+    config_path: Path | None = None,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    store: StateStore | None = None,
 ) -> FastAPI:
     """Build the broker's ASGI app. Nothing starts until the app's lifespan runs.
 
+    With *config_path*, SIGHUP re-reads that file (see :mod:`broker.reload`).
+    *store* keeps refresh tokens across restarts; by default it is opened from
+    ``settings.state_dir`` (the CLI opens it first to report problems early).
     *clock* and *transport* exist for tests (a fake clock, ``httpx.MockTransport``).
     """
     clock = clock or SystemClock()
@@ -69,12 +82,16 @@ def create_app(
             follow_redirects=False,  # a token endpoint that redirects is misconfigured
             trust_env=False,  # no proxy from the environment unless configured
         ) as client:
-            manager = TokenManager(settings, client=client, clock=clock)
+            manager = TokenManager(
+                settings, client=client, clock=clock, store=store or open_store(settings)
+            )
             app.state.manager = manager
             await manager.start()
+            stop_reloading = _reload_on_sighup(manager, config_path, settings)
             try:
                 yield
             finally:
+                stop_reloading()
                 await manager.stop()
 
     app = FastAPI(
@@ -86,6 +103,42 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app)
     return app
+
+
+def open_store(settings: BrokerSettings) -> StateStore | None:
+    """The state directory from the settings, or None. Raises StateError."""
+    if settings.state_dir is None:
+        return None
+    key = settings.state_key.get_secret_value().encode() if settings.state_key else None
+    return StateStore(settings.state_dir, key=key)
+
+
+def _reload_on_sighup(
+    manager: TokenManager, config_path: Path | None, settings: BrokerSettings
+) -> Callable[[], None]:
+    """Install a SIGHUP handler that reloads *config_path*; returns its remover."""
+    if config_path is None or threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals reach only the main thread (tests run us elsewhere)
+    loop = asyncio.get_running_loop()
+    running = {"settings": settings}
+    lock = asyncio.Lock()  # two quick SIGHUPs apply one after the other
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        async with lock:
+            running["settings"] = await reload_config(manager, config_path, running["settings"])
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove
 
 
 def _manager(request: Request) -> TokenManager:
@@ -107,10 +160,13 @@ def _add_routes(app: FastAPI) -> None:
         (cold start, or `min_valid` longer than the current token has left)."""
         manager = _manager(request)
         wanted = float(min_valid or 0)
-        token = manager.current(provider, wanted)
-        if token is None:
+        state = manager.get(provider)
+        now = manager.now()
+        token = state.token
+        if token is None or not token.servable(now, wanted):
             token = await manager.token(provider, wanted)
-        return _token_response(token, manager.now(), _wants_raw(request, format))
+            now = manager.now()
+        return _token_response(token, now, _wants_raw(request, format), state)
 
     @app.post(
         "/token/{provider}/refresh",
@@ -123,7 +179,9 @@ def _add_routes(app: FastAPI) -> None:
         Concurrent calls share one request to the identity provider."""
         manager = _manager(request)
         token = await manager.force_refresh(provider)
-        return _token_response(token, manager.now(), _wants_raw(request, format))
+        return _token_response(
+            token, manager.now(), _wants_raw(request, format), manager.get(provider)
+        )
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -169,16 +227,21 @@ def _rfc3339(timestamp: float) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _token_response(token: Token, now: float, raw: bool) -> Response:
+def _token_response(token: Token, now: float, raw: bool, provider: Provider) -> Response:
+    headers = NO_STORE
+    error = provider.last_error
+    if provider.consecutive_failures and error is not None:
+        # Still valid, but the last refresh failed: callers may want to know.
+        headers = {**NO_STORE, REFRESH_FAILED_HEADER: error.code}
     if raw:
-        return Response(token.access_token, media_type="text/plain", headers=NO_STORE)
+        return Response(token.access_token, media_type="text/plain", headers=headers)
     body = {
         "access_token": token.access_token,
         "token_type": "Bearer",
         "expires_in": max(int(token.remaining(now)), 0),
         "expires_at": _rfc3339(token.expires_at_wall),
     }
-    return Response(json.dumps(body), media_type="application/json", headers=NO_STORE)
+    return Response(json.dumps(body), media_type="application/json", headers=headers)
 
 
 def _error_body(provider: Provider) -> dict[str, Any] | None:
@@ -211,6 +274,7 @@ def _status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
         "failures": provider.failures,
         "consecutive_failures": provider.consecutive_failures,
         "has_refresh_token": provider.refresh_token is not None,
+        "clock_skew": round(provider.clock_skew, 1) if provider.clock_skew is not None else None,
         "last_error": None
         if error is None
         else {

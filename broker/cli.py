@@ -14,10 +14,11 @@ from types import FrameType
 import uvicorn
 
 from broker import __version__
-from broker.app import create_app
+from broker.app import create_app, open_store
 from broker.config import BrokerSettings, load_config
 from broker.errors import ConfigError
 from broker.protocols import build_protocol
+from broker.state import StateError, StateStore
 
 DEFAULT_CONFIG = "config.yaml"
 EXIT_CONFIG_ERROR = 2
@@ -98,9 +99,11 @@ def configure_logging(level: str) -> None:
     )
 
 
-def uvicorn_config(settings: BrokerSettings) -> uvicorn.Config:
+def uvicorn_config(
+    settings: BrokerSettings, config_path: Path | None = None, store: StateStore | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, config_path=config_path, store=store),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -138,12 +141,23 @@ def _serve(args: argparse.Namespace) -> int:
     if overrides:
         settings = settings.model_copy(update=overrides)
     configure_logging(settings.log_level)
-    logging.getLogger("broker").info(
+    log = logging.getLogger("broker")
+    try:
+        store = open_store(settings)
+    except StateError as exc:
+        print(f"broker: state directory error\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if store is None:
+        log.warning(
+            "no state_dir configured: refresh tokens are kept in memory only, so a restart"
+            " needs a new login (and a provider with only a refresh token is lost)"
+        )
+    log.info(
         "serving %d provider(s) on http://%s:%d",
         len(settings.providers),
         settings.host,
         settings.port,
     )
     with exit_zero_after_shutdown():
-        uvicorn.Server(uvicorn_config(settings)).run()
+        uvicorn.Server(uvicorn_config(settings, Path(args.config), store)).run()
     return 0

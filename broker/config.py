@@ -236,6 +236,11 @@ class BrokerSettings(BaseSettings):
     request_timeout: float = Field(10.0, gt=0)
     """How long a caller waits for a token that is being fetched (cold start,
     min_valid, forced refresh) before getting a 503."""
+    state_dir: Path | None = None
+    """Directory where each provider's newest refresh token is kept, crash-safely,
+    so a restart resumes the login. Unset: refresh tokens live in memory only."""
+    state_key: Secret | None = None
+    """Fernet key that encrypts the state directory's files at rest."""
     refresh: RefreshSettings = RefreshSettings()
     providers: dict[ProviderName, ProviderConfig]
 

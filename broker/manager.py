@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
 
 import httpx
 
 from broker.clock import Clock
-from broker.config import BrokerSettings, RefreshSettings
+from broker.config import BrokerSettings, ProviderConfig, RefreshSettings
 from broker.errors import (
     FailureKind,
     TokenEndpointError,
@@ -29,6 +32,7 @@ from broker.errors import (
 )
 from broker.protocols import TokenProtocol, build_protocol
 from broker.schedule import backoff_delay, refresh_delay
+from broker.state import StateError, StateStore, fingerprint
 from broker.tokens import Token
 
 log = logging.getLogger("broker.manager")
@@ -44,11 +48,9 @@ class Provider:
     """One provider's runtime state. Mutated only on the event loop."""
 
     name: str
-    kind: str
+    config: ProviderConfig = field(repr=False)
     protocol: TokenProtocol
     policy: RefreshSettings
-    default_lifetime: float
-    timeout: float
     refresh_token: str | None = field(default=None, repr=False)
     token: Token | None = None
     inflight: asyncio.Task[Token] | None = field(default=None, repr=False)
@@ -64,6 +66,16 @@ class Provider:
     retry_at: float | None = None
     next_refresh_at: float | None = None
     needs_login: bool = False
+    clock_skew: float | None = None
+    """The identity provider's clock minus ours, from its Date header (seconds)."""
+    login_id: str = ""
+    """Fingerprint of the login (type, endpoint, client, user, seed); keys the state file."""
+    persist_error: str | None = None
+    """Why the newest refresh token could not be saved, if it could not."""
+
+    @property
+    def kind(self) -> str:
+        return self.config.type
 
     def state(self, now: float) -> ProviderState:
         """Where this provider stands, for /providers and /readyz."""
@@ -89,43 +101,106 @@ class TokenManager:
         client: httpx.AsyncClient,
         clock: Clock,
         rng: random.Random | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self._client = client
         self._clock = clock
+        self._store = store
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
-        self._request_timeout = settings.request_timeout
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.providers: dict[str, Provider] = {}
-        for name, config in settings.providers.items():
-            seed = config.refresh_token.get_secret_value() if config.refresh_token else None
-            self.providers[name] = Provider(
-                name=name,
-                kind=config.type,
-                protocol=build_protocol(config),
-                policy=settings.refresh_for(name),
-                default_lifetime=config.default_expires_in,
-                timeout=config.timeout,
-                refresh_token=seed,
-            )
+        self._settings = settings
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.providers: dict[str, Provider] = {
+            name: self._new_provider(name, settings) for name in settings.providers
+        }
+
+    def _new_provider(self, name: str, settings: BrokerSettings) -> Provider:
+        config = settings.providers[name]
+        seed = config.refresh_token.get_secret_value() if config.refresh_token else None
+        provider = Provider(
+            name=name,
+            config=config,
+            protocol=build_protocol(config),
+            policy=settings.refresh_for(name),
+            refresh_token=seed,
+            login_id=login_fingerprint(config),
+        )
+        if self._store is not None:
+            # A persisted refresh token is newer than any seed: it is what the
+            # seed (or an earlier login) rotated into.
+            persisted = self._store.load(name, provider.login_id)
+            if persisted is not None:
+                provider.refresh_token = persisted.refresh_token
+                log.info("%s: resuming from the refresh token saved in the state directory", name)
+        return provider
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
         """Start one refresh task per provider; each fetches its first token at once."""
         for provider in self.providers.values():
-            task = asyncio.get_running_loop().create_task(
-                self._maintain(provider), name=f"refresh:{provider.name}"
-            )
-            self._tasks.add(task)  # a strong reference, or the task may be collected
+            self._start_task(provider)
 
-    async def stop(self) -> None:
-        """Cancel the refresh tasks and any token request in flight."""
-        pending: list[asyncio.Task[object]] = [*self._tasks]
-        pending += [p.inflight for p in self.providers.values() if p.inflight is not None]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+    def _start_task(self, provider: Provider) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._maintain(provider), name=f"refresh:{provider.name}"
+        )
+        self._tasks[provider.name] = task  # a strong reference, or the task may be collected
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop the refresh tasks; let token requests in flight finish (up to *grace* s).
+
+        A request in flight may be a refresh whose answer rotates the refresh
+        token: cancelling it could lose the only valid one, so it gets time to land.
+        """
+        tasks = list(self._tasks.values())
         self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        inflight = [p.inflight for p in self.providers.values() if p.inflight is not None]
+        if inflight:
+            _, late = await asyncio.wait(inflight, timeout=grace)
+            for fetch in late:
+                fetch.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def update(self, settings: BrokerSettings) -> dict[str, list[str]]:
+        """Apply a reloaded config: unchanged providers keep their tokens and schedules.
+
+        Returns the provider names that were ``added``, ``removed``, ``changed``
+        and ``kept``.
+        """
+        old = self.providers
+        summary: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "kept": []}
+        for name in [n for n in old if n not in settings.providers]:
+            await self._retire(name)
+            summary["removed"].append(name)
+        for name, config in settings.providers.items():
+            current = old.get(name)
+            if (
+                current is not None
+                and current.config == config
+                and current.policy == settings.refresh_for(name)
+            ):
+                summary["kept"].append(name)
+                continue
+            if current is not None:
+                await self._retire(name)
+            provider = self._new_provider(name, settings)
+            self.providers[name] = provider
+            self._start_task(provider)
+            summary["changed" if current is not None else "added"].append(name)
+        self._settings = settings
+        return summary
+
+    async def _retire(self, name: str) -> None:
+        provider = self.providers.pop(name)
+        running: list[asyncio.Task[Any]] = [
+            task for task in (self._tasks.pop(name, None), provider.inflight) if task is not None
+        ]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     # -- what callers use ---------------------------------------------------
 
@@ -201,7 +276,9 @@ class TokenManager:
         try:
             # shield: a caller that goes away must not cancel the shared request
             # (a rotated refresh token in its answer would be lost).
-            return await asyncio.wait_for(asyncio.shield(task), timeout=self._request_timeout)
+            return await asyncio.wait_for(
+                asyncio.shield(task), timeout=self._settings.request_timeout
+            )
         except TimeoutError:
             msg = f"provider {provider.name!r}: the identity provider has not answered yet"
             raise TokenUnavailableError(msg, retry_after=1, code="token_pending") from None
@@ -306,6 +383,7 @@ class TokenManager:
                 )
                 if provider.refresh_token == refresh_token:
                     provider.refresh_token = None
+                    await self._forget(provider)
                 if not protocol.can_login:
                     provider.needs_login = True
                     msg = (
@@ -322,7 +400,8 @@ class TokenManager:
         return await self._send(provider, protocol.login_request(), False)
 
     async def _send(self, provider: Provider, request: httpx.Request, refreshing: bool) -> Token:
-        request.extensions["timeout"] = httpx.Timeout(provider.timeout).as_dict()
+        timeout = provider.config.timeout
+        request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
         started_mono = self._clock.monotonic()
         started_wall = self._clock.wall()
         try:
@@ -332,23 +411,32 @@ class TokenManager:
             finally:
                 await response.aclose()
         except httpx.TimeoutException:
-            msg = f"no answer from the identity provider within {provider.timeout:g} s"
+            msg = f"no answer from the identity provider within {timeout:g} s"
             raise TokenEndpointError(msg, code="timeout", kind=FailureKind.TRANSIENT) from None
         except httpx.HTTPError as exc:
             code = "connect_error" if isinstance(exc, httpx.ConnectError) else "network_error"
             msg = f"cannot reach the identity provider: {type(exc).__name__}"
             raise TokenEndpointError(msg, code=code, kind=FailureKind.TRANSIENT) from None
+        wall = self._clock.wall()
+        provider.clock_skew = measure_skew(response.headers.get("date"), wall)
+        # Absolute expiries (HIRO's expires-at, a JWT's exp) are on the provider's
+        # clock: read them against its time, not ours, when the two disagree. Date
+        # is truncated to the second, so its clock may be up to 1 s later than it
+        # says: assume so, the token then counts as expiring early, never late.
+        provider_now = wall + (provider.clock_skew + 1.0 if provider.clock_skew else 0.0)
         grant = provider.protocol.parse_response(
-            response, body, wall_now=self._clock.wall(), refreshing=refreshing
+            response, body, wall_now=provider_now, refreshing=refreshing
         )
         lifetime = grant.lifetime
         if lifetime is None:
-            lifetime = provider.default_lifetime
+            lifetime = provider.config.default_expires_in
         if lifetime <= 0:
             msg = "the identity provider issued a token that had already expired"
             raise TokenEndpointError(msg, code="expired_on_arrival", kind=FailureKind.TRANSIENT)
-        if grant.refresh_token is not None:
-            # Rotation: the old refresh token may already be dead at the provider.
+        if grant.refresh_token is not None and grant.refresh_token != provider.refresh_token:
+            # Rotation: the old refresh token may already be dead at the provider,
+            # so the new one goes to disk before anything relies on it.
+            await self._persist(provider, grant.refresh_token)
             provider.refresh_token = grant.refresh_token
         # Count the lifetime from when we asked: the token was issued no earlier.
         return Token(
@@ -358,6 +446,32 @@ class TokenManager:
             expires_at_wall=started_wall + lifetime,
             scope=grant.scope,
         )
+
+    # -- the state directory ------------------------------------------------
+
+    async def _persist(self, provider: Provider, refresh_token: str) -> None:
+        if self._store is None:
+            return
+        try:
+            # In a thread: fsync can take milliseconds. If this task is
+            # cancelled meanwhile, the thread still finishes the write.
+            await asyncio.to_thread(
+                self._store.save, provider.name, provider.login_id, refresh_token
+            )
+        except StateError as exc:
+            # Serving goes on from memory; a restart would need a new login.
+            provider.persist_error = str(exc)
+            log.error("%s: cannot save the new refresh token: %s", provider.name, exc)
+        else:
+            provider.persist_error = None
+
+    async def _forget(self, provider: Provider) -> None:
+        if self._store is None:
+            return
+        try:
+            await asyncio.to_thread(self._store.delete, provider.name)
+        except StateError as exc:
+            log.error("%s: cannot remove the dead refresh token's state: %s", provider.name, exc)
 
     # -- bookkeeping --------------------------------------------------------
 
@@ -420,6 +534,48 @@ def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableE
         f"provider {provider.name!r} has no valid token{detail}",
         retry_after=retry_after,
     )
+
+
+def login_fingerprint(config: ProviderConfig) -> str:
+    """What identifies a login: a persisted refresh token is reused only for the same one.
+
+    Only non-secret parts go in, plus a hash of the seeded refresh token so that
+    a new seed in the config wins over an older persisted rotation of the old one.
+    """
+    seed = config.refresh_token.get_secret_value() if config.refresh_token else ""
+    endpoint = [
+        str(getattr(config, key, "") or "")
+        for key in ("url", "token_url", "auth_api", "flow", "company_url")
+    ]
+    return fingerprint(
+        config.type,
+        *endpoint,
+        config.client_id or "",
+        config.username or "",
+        hashlib.sha256(seed.encode()).hexdigest() if seed else "",
+    )
+
+
+SKEW_THRESHOLD = 2.0
+"""Date headers have one-second resolution; smaller differences are noise, not skew."""
+
+
+def measure_skew(date_header: str | None, wall_now: float) -> float | None:
+    """The identity provider's clock minus ours, or None when there is no usable Date.
+
+    Differences under SKEW_THRESHOLD count as 0.
+    """
+    if not date_header:
+        return None
+    try:
+        moment = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110: HTTP dates are always GMT
+        moment = moment.replace(tzinfo=UTC)
+    server_time = moment.timestamp()
+    skew = server_time - wall_now
+    return skew if abs(skew) >= SKEW_THRESHOLD else 0.0
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

@@ -49,16 +49,16 @@ def backoff_delay(
 ) -> float:
     """Seconds to wait before retry number *failures* (1 = the first retry).
 
-    Capped exponential backoff with full jitter: a uniform draw between half
-    the step and the step, where the step is ``backoff_initial * 2**(failures-1)``
-    capped at ``backoff_max``. Keeping half the step stops a run of unlucky
-    draws from hammering an identity provider that is down. A ``Retry-After``
-    from the identity provider is honoured when it asks for longer (up to
-    ``backoff_max``).
+    Capped exponential backoff with full jitter (a uniform draw between 0 and
+    the step, where the step is ``backoff_initial * 2**(failures-1)`` capped at
+    ``backoff_max``): of the usual jitter schemes it spreads a crowd of
+    retrying clients best and sends the fewest requests to a provider that is
+    down. A ``Retry-After`` from the identity provider is honoured when it
+    asks for longer (up to ``backoff_max``).
     """
     exponent = min(max(failures - 1, 0), 62)
     step = min(policy.backoff_max, policy.backoff_initial * 2.0**exponent)
-    delay = step * (0.5 + 0.5 * draw)
+    delay = step * draw
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.backoff_max))
     return delay

@@ -91,33 +91,32 @@ def test_fresh_token_refreshes_within_its_life(
 @pytest.mark.parametrize(
     ("failures", "draw", "retry_after", "expected"),
     [
-        # Between half the step and the step, step = 1 s * 2**(failures-1).
-        pytest.param(1, 0.0, None, 0.5, id="first-draw-0"),
-        pytest.param(1, 0.5, None, 0.75, id="first-draw-half"),
-        pytest.param(1, 0.999, None, 0.9995, id="first-draw-max"),
-        pytest.param(2, 0.0, None, 1.0, id="second-draw-0"),
-        pytest.param(2, 0.999, None, 1.999, id="second-draw-max"),
-        pytest.param(3, 0.0, None, 2.0, id="third"),
-        pytest.param(4, 0.5, None, 6.0, id="fourth-draw-half"),
-        pytest.param(9, 0.0, None, 128.0, id="ninth"),
+        # Full jitter: draw * step, step = 1 s * 2**(failures-1).
+        pytest.param(1, 0.0, None, 0.0, id="first-draw-0"),
+        pytest.param(1, 0.5, None, 0.5, id="first-draw-half"),
+        pytest.param(1, 0.999, None, 0.999, id="first-draw-max"),
+        pytest.param(2, 0.5, None, 1.0, id="second-draw-half"),
+        pytest.param(2, 0.999, None, 1.998, id="second-draw-max"),
+        pytest.param(4, 0.5, None, 4.0, id="fourth-draw-half"),
+        pytest.param(9, 0.5, None, 128.0, id="ninth"),
         # Capped at backoff_max.
-        pytest.param(10, 0.0, None, 150.0, id="tenth-capped"),
-        pytest.param(10, 0.999, None, 299.85, id="tenth-capped-draw-max"),
-        pytest.param(1000, 0.5, None, 225.0, id="thousandth-capped"),
-        pytest.param(0, 0.0, None, 0.5, id="zero-failures-like-first"),
-        pytest.param(-3, 0.0, None, 0.5, id="negative-failures-like-first"),
+        pytest.param(10, 0.5, None, 150.0, id="tenth-capped"),
+        pytest.param(10, 0.999, None, 299.7, id="tenth-capped-draw-max"),
+        pytest.param(1000, 0.5, None, 150.0, id="thousandth-capped"),
+        pytest.param(0, 0.5, None, 0.5, id="zero-failures-like-first"),
+        pytest.param(-3, 0.5, None, 0.5, id="negative-failures-like-first"),
         # Retry-After is honoured when longer, up to backoff_max.
         pytest.param(1, 0.0, 30.0, 30.0, id="retry-after-longer"),
-        pytest.param(3, 0.5, 0.0, 3.0, id="retry-after-zero"),
-        pytest.param(1, 0.0, 0.1, 0.5, id="retry-after-shorter"),
+        pytest.param(3, 0.5, 0.0, 2.0, id="retry-after-zero"),
+        pytest.param(1, 0.5, 0.1, 0.5, id="retry-after-shorter"),
         pytest.param(1, 0.0, 1000.0, 300.0, id="retry-after-capped"),
-        pytest.param(10, 0.999, 200.0, 299.85, id="retry-after-below-backoff"),
+        pytest.param(10, 0.999, 200.0, 299.7, id="retry-after-below-backoff"),
     ],
 )
 def test_backoff_delay(
     failures: int, draw: float, retry_after: float | None, expected: float
 ) -> None:
-    """Capped exponential backoff with half-step jitter; Retry-After is a floor."""
+    """Capped exponential backoff with full jitter; Retry-After is a floor."""
     delay = backoff_delay(failures=failures, policy=DEFAULT, draw=draw, retry_after=retry_after)
     assert delay == pytest.approx(expected)
 
@@ -125,11 +124,11 @@ def test_backoff_delay(
 @pytest.mark.parametrize(
     ("failures", "draw", "expected"),
     [
-        pytest.param(1, 0.0, 1.0, id="first"),
-        pytest.param(2, 0.5, 3.0, id="second"),
-        pytest.param(3, 0.0, 4.0, id="third"),
-        pytest.param(4, 0.0, 5.0, id="fourth-capped"),
-        pytest.param(4, 0.999, 9.995, id="fourth-capped-draw-max"),
+        pytest.param(1, 0.5, 1.0, id="first"),
+        pytest.param(2, 0.5, 2.0, id="second"),
+        pytest.param(3, 0.5, 4.0, id="third"),
+        pytest.param(4, 0.5, 5.0, id="fourth-capped"),
+        pytest.param(4, 0.999, 9.99, id="fourth-capped-draw-max"),
     ],
 )
 def test_backoff_delay_custom_policy(failures: int, draw: float, expected: float) -> None:
@@ -141,14 +140,14 @@ def test_backoff_delay_custom_policy(failures: int, draw: float, expected: float
 
 def test_backoff_doubles_until_capped() -> None:
     """Each failure doubles the delay for the same draw, until backoff_max."""
-    delays = [backoff_delay(failures=n, policy=DEFAULT, draw=0.0) for n in range(1, 13)]
+    delays = [backoff_delay(failures=n, policy=DEFAULT, draw=0.5) for n in range(1, 13)]
     assert delays == [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 150, 150, 150]
 
 
 @pytest.mark.parametrize("failures", [1, 2, 5, 9, 10, 50])
 @pytest.mark.parametrize("draw", [0.0, 0.3, 0.999])
-def test_backoff_between_half_step_and_step(failures: int, draw: float) -> None:
-    """Every backoff lies in [step/2, step) with step = min(max, initial * 2**(n-1))."""
+def test_backoff_between_zero_and_step(failures: int, draw: float) -> None:
+    """Every backoff lies in [0, step) with step = min(max, initial * 2**(n-1))."""
     step = min(DEFAULT.backoff_max, DEFAULT.backoff_initial * 2.0 ** (failures - 1))
     delay = backoff_delay(failures=failures, policy=DEFAULT, draw=draw)
-    assert step / 2 <= delay < step
+    assert 0 <= delay < step

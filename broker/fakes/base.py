@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any, ClassVar, Literal
 
 from starlette.applications import Starlette
@@ -201,8 +202,13 @@ class FakeProvider:
                 grant = grant_of(record) if grant_of is not None else None
                 self._log.append(_Entry(record, target, grant))
                 if target is not None and self._failures[target]:
-                    return self._canned(self._failures[target].popleft())
-                return handler(request, record)
+                    response = self._canned(self._failures[target].popleft())
+                else:
+                    response = handler(request, record)
+                # Real servers send Date from their own clock; a skewed fake must too,
+                # so clients can measure the skew (the server runs with date_header off).
+                response.headers.setdefault("date", formatdate(self.now(), usegmt=True))
+                return response
 
         return endpoint
 

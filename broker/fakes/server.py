@@ -67,6 +67,8 @@ def _server(app: ASGIApp, lifespan: Lifespan) -> _QuietServer:
         # Leave the host process's logging configuration alone (uvicorn would dictConfig it).
         log_config=None,
         access_log=False,
+        # The fakes send Date from their own, possibly skewed, clock (FakeProvider does it).
+        date_header=False,
         # Fakes have no lifespan; "on" is for apps such as the broker that need startup/shutdown.
         lifespan=lifespan,
         # The fakes speak plain HTTP; skipping websocket support avoids importing websockets.
