@@ -5,18 +5,30 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TypeVar
 
 import httpx
+import pytest
 
 from broker.app import create_app
 from broker.config import BrokerSettings, parse_config
 from broker.fakes.server import serve_in_thread
 
 T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = [sys.executable, "-m", "broker"]
 
 
 class FakeClock:
@@ -84,3 +96,73 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: flo
             msg = f"condition not met within {timeout} s"
             raise AssertionError(msg)
         time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Running:
+    """A broker process and what it has printed so far (read by a background thread)."""
+
+    proc: subprocess.Popen[str]
+    chunks: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.chunks)
+
+
+@contextmanager
+def process(*args: str, env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Run the broker in the background; SIGTERM it at the end and require exit status 0.
+
+    A test that kills the process itself (SIGKILL) skips the final SIGTERM.
+    """
+    proc = subprocess.Popen(
+        [*BROKER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    running = Running(proc)
+    assert proc.stdout is not None
+    reader = threading.Thread(target=_drain, args=(proc.stdout, running.chunks), daemon=True)
+    reader.start()
+    watchdog = threading.Timer(90, proc.kill)  # a hung test must not hang CI
+    watchdog.start()
+    try:
+        yield running
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+            reader.join(timeout=5)
+            assert proc.returncode == 0, running.output
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(timeout=5)
+        proc.stdout.close()
+
+
+def _drain(stream: IO[str], chunks: list[str]) -> None:
+    for line in stream:
+        chunks.append(line)
+
+
+def ready(base: str, proc: subprocess.Popen[str]) -> bool:
+    """True once the broker at *base* answers /readyz with 200; fails if it died."""
+    if proc.poll() is not None:
+        pytest.fail(f"broker exited early with status {proc.returncode}")
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

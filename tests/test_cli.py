@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from broker.fakes import hiro
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.server import serve_in_thread
-from tests.support import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-BROKER = [sys.executable, "-m", "broker"]
+from tests.support import BROKER, ROOT, free_port, process, ready, wait_for
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,48 +25,6 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         cwd=ROOT,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Running:
-    """A broker process and everything it printed (collected when it stops)."""
-
-    proc: subprocess.Popen[str]
-    output: str = ""
-
-
-@contextmanager
-def process(*args: str, env: dict[str, str] | None = None) -> Iterator[Running]:
-    """Run the broker in the background; SIGTERM it at the end and require exit status 0."""
-    proc = subprocess.Popen(
-        [*BROKER, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    running = Running(proc)
-    watchdog = threading.Timer(60, proc.kill)  # a hung test must not hang CI
-    watchdog.start()
-    try:
-        yield running
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=15)
-        running.output += rest
-        assert proc.returncode == 0, running.output
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def test_check_accepts_the_example_config(tmp_path: Path) -> None:
@@ -149,7 +96,7 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         args = ("serve", "--config", str(config), "--port", str(port))
         with process(*args, env=env) as broker:
             base = f"http://127.0.0.1:{port}"
-            wait_for(lambda: _ready(base, broker.proc), timeout=30)
+            wait_for(lambda: ready(base, broker.proc), timeout=30)
             token = httpx.get(f"{base}/token/hiro?format=raw").text
             assert fake.issued_access_tokens == [token]
         assert "serving 1 provider(s)" in broker.output
@@ -157,30 +104,16 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         assert token not in broker.output
 
 
-def _ready(base: str, proc: subprocess.Popen[str]) -> bool:
-    if proc.poll() is not None:
-        pytest.fail(f"broker exited early with status {proc.returncode}")
-    try:
-        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def test_demo_serves_real_tokens_from_local_fakes() -> None:
     """broker demo: three fake IdPs, tokens for each, and a token the fake accepts."""
     port = free_port()
     with process("demo", "--port", str(port), "--ttl", "30") as demo:
-        proc = demo.proc
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            demo.output += line
-            if "broker: serving on" in line:
-                break
+        wait_for(lambda: "broker: serving on" in demo.output, timeout=30)
         banner = demo.output
         hiro_url = re.search(r"^\s+hiro\s+(http://127\.0\.0\.1:\d+)$", banner, re.M)
         assert hiro_url is not None, banner
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _ready(base, proc), timeout=30)
+        wait_for(lambda: ready(base, demo.proc), timeout=30)
         for name in ("hiro", "aerion", "hub"):
             assert httpx.get(f"{base}/token/{name}").status_code == 200
         token = httpx.get(f"{base}/token/hiro", params={"format": "raw"}).text
