@@ -124,6 +124,12 @@ class FakeProvider:
         with self._lock:
             return self._tokens.access_state(token, self.now()) is TokenState.VALID
 
+    def access_token_expires_at(self, token: str) -> float | None:
+        """When ``token`` expires on this fake's clock (epoch seconds), or None if unknown."""
+        with self._lock:
+            grant = self._tokens.access(token)
+            return None if grant is None else grant.expires_at
+
     def is_refresh_token_valid(self, rt: str) -> bool:
         """True if refresh token ``rt`` would be accepted now."""
         with self._lock:
