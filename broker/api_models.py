@@ -23,7 +23,9 @@ class TokenBody(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(
         description="Stable code: unknown_provider, token_unavailable, token_pending,"
-        " needs_login, min_valid_unsatisfiable, invalid_parameter, not_found."
+        " needs_login, min_valid_unsatisfiable, invalid_parameter, not_found, unauthorized,"
+        " forbidden, host_not_allowed, proxied_request, browser_request, not_loopback,"
+        " required_header_missing."
     )
     message: str = Field(description="What went wrong, for humans. Never contains a secret.")
 
@@ -43,7 +45,9 @@ class ProviderBrief(BaseModel):
 
 class ReadyBody(BaseModel):
     ready: bool
-    providers: dict[str, ProviderBrief]
+    providers: dict[str, ProviderBrief] | None = Field(
+        None, description="Only for callers allowed to read status (all, without clients)."
+    )
 
 
 class ProviderStatus(BaseModel):
@@ -70,6 +74,12 @@ class ProvidersBody(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Clients are configured and no valid key was sent"},
+    403: {
+        "model": ErrorBody,
+        "description": "The client may not read this provider, or the request looks like it"
+        " came from a browser, a proxy or another host",
+    },
     404: {"model": ErrorBody, "description": "No such provider (`unknown_provider`)"},
     422: {
         "model": ErrorBody,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import signal
 import threading
@@ -35,8 +36,12 @@ from broker.config import BrokerSettings
 from broker.errors import TokenUnavailableError, UnknownProviderError
 from broker.manager import Provider, TokenManager
 from broker.reload import reload_config
+from broker.security import Denied, Guard, GuardMiddleware
 from broker.state import StateStore
 from broker.tokens import Token
+
+audit = logging.getLogger("broker.audit")
+"""One line per token handed out: which client, which provider; never the token."""
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 REFRESH_FAILED_HEADER = "X-Broker-Refresh-Failed"
@@ -86,6 +91,7 @@ def create_app(
                 settings, client=client, clock=clock, store=store or open_store(settings)
             )
             app.state.manager = manager
+            _announce_access_rules(settings, guard)
             await manager.start()
             stop_reloading = _reload_on_sighup(manager, config_path, settings)
             try:
@@ -100,9 +106,27 @@ def create_app(
         summary="Serves fresh OAuth2 bearer tokens to local processes.",
         lifespan=lifespan,
     )
+    guard = Guard(settings)
+    app.state.guard = guard
+    app.add_middleware(GuardMiddleware, guard=guard)
     _add_error_handlers(app)
-    _add_routes(app)
+    _add_routes(app, guard)
     return app
+
+
+def _announce_access_rules(settings: BrokerSettings, guard: Guard) -> None:
+    log = logging.getLogger("broker.security")
+    if guard.clients:
+        log.info("%d client(s) configured: token requests need a client key", len(guard.clients))
+    elif settings.security.allow_unauthenticated_network:
+        log.warning(
+            "SECURITY: security.allow_unauthenticated_network is set: anything that can reach"
+            " %s:%d can take tokens without a key",
+            settings.host,
+            settings.port,
+        )
+    else:
+        log.info("no clients configured: only processes on this host (loopback) may call")
 
 
 def open_store(settings: BrokerSettings) -> StateStore | None:
@@ -146,7 +170,7 @@ def _manager(request: Request) -> TokenManager:
     return manager
 
 
-def _add_routes(app: FastAPI) -> None:
+def _add_routes(app: FastAPI, guard: Guard) -> None:
     @app.get(
         "/token/{provider}",
         summary="The provider's current bearer token",
@@ -158,6 +182,7 @@ def _add_routes(app: FastAPI) -> None:
     ) -> Response:
         """Reads memory in steady state; waits only when no fitting token exists
         (cold start, or `min_valid` longer than the current token has left)."""
+        client = guard.authorize(request.headers.get("authorization"), provider, "token")
         manager = _manager(request)
         wanted = float(min_valid or 0)
         state = manager.get(provider)
@@ -166,6 +191,7 @@ def _add_routes(app: FastAPI) -> None:
         if token is None or not token.servable(now, wanted):
             token = await manager.token(provider, wanted)
             now = manager.now()
+        audit.info("token served", extra={"client": client, "provider": provider})
         return _token_response(token, now, _wants_raw(request, format), state)
 
     @app.post(
@@ -177,8 +203,12 @@ def _add_routes(app: FastAPI) -> None:
     async def refresh_token(provider: str, request: Request, format: Format = None) -> Response:
         """For a caller whose API call was just refused with the current token.
         Concurrent calls share one request to the identity provider."""
+        client = guard.authorize(request.headers.get("authorization"), provider, "token")
         manager = _manager(request)
         token = await manager.force_refresh(provider)
+        audit.info(
+            "token served after forced refresh", extra={"client": client, "provider": provider}
+        )
         return _token_response(
             token, manager.now(), _wants_raw(request, format), manager.get(provider)
         )
@@ -195,11 +225,17 @@ def _add_routes(app: FastAPI) -> None:
         responses={503: {"model": ReadyBody, "description": "Some provider has no token"}},
     )
     async def readyz(request: Request) -> JSONResponse:
+        """Details per provider only for callers allowed to read status."""
         manager = _manager(request)
         now = manager.now()
         providers = {name: _brief(p, now) for name, p in manager.providers.items()}
         ready = all(entry["state"] in ("ready", "degraded") for entry in providers.values())
-        body = {"ready": ready, "providers": providers}
+        body: dict[str, Any] = {"ready": ready}
+        try:
+            guard.authorize(request.headers.get("authorization"), None, "status")
+            body["providers"] = providers
+        except Denied:
+            pass  # a health checker without a key learns ready or not, nothing more
         return JSONResponse(body, status_code=200 if ready else 503, headers=NO_STORE)
 
     @app.get(
@@ -208,6 +244,7 @@ def _add_routes(app: FastAPI) -> None:
         response_model=ProvidersBody,
     )
     async def providers(request: Request) -> JSONResponse:
+        guard.authorize(request.headers.get("authorization"), None, "status")
         manager = _manager(request)
         now = manager.now()
         wall = datetime.now(UTC).timestamp()
@@ -298,6 +335,10 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Denied)
+    async def denied(request: Request, exc: Denied) -> Response:
+        return _error(exc.status, exc.code, exc.message, exc.headers())
+
     @app.exception_handler(UnknownProviderError)
     async def unknown_provider(request: Request, exc: UnknownProviderError) -> Response:
         return _error(404, "unknown_provider", str(exc))

@@ -15,7 +15,7 @@ import uvicorn
 
 from broker import __version__
 from broker.app import create_app, open_store
-from broker.config import BrokerSettings, load_config
+from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
 from broker.protocols import build_protocol
 from broker.state import StateError, StateStore
@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(config_path: str) -> int:
     settings = load_config(config_path)
+    for warning in inline_secret_warnings(config_path):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config_path}: OK, {len(settings.providers)} provider(s)")
     print(f"listen: http://{settings.host}:{settings.port}")
     for name, provider in settings.providers.items():
@@ -142,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update=overrides)
     configure_logging(settings.log_level)
     log = logging.getLogger("broker")
+    for warning in inline_secret_warnings(args.config):
+        log.warning("%s", warning)
     try:
         store = open_store(settings)
     except StateError as exc:

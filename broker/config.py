@@ -219,6 +219,50 @@ def _check_grant(p: _UserCredentials, grant: GrantType | None) -> None:
         raise ValueError(msg)
 
 
+class ClientConfig(BaseModel):
+    """A caller of the broker, identified by its key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Secret
+    """Sent as ``Authorization: Bearer <key>``; at least 16 characters."""
+    providers: list[str] = Field(default_factory=list)
+    """Providers whose tokens this client may read (and refresh); ``"*"`` for all."""
+    status: bool = False
+    """May read /providers and the details of /readyz."""
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> ClientConfig:
+        if len(self.key.get_secret_value()) < MIN_CLIENT_KEY_LENGTH:
+            msg = f"key: a client key must be at least {MIN_CLIENT_KEY_LENGTH} characters"
+            raise ValueError(msg)
+        return self
+
+
+class RequiredHeader(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$")
+    value: str = Field(min_length=1)
+
+
+class SecuritySettings(BaseModel):
+    """Defences against SSRF, DNS rebinding and browsers; see README "Security"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host header names accepted besides localhost, 127.0.0.1, ::1 and the listen address
+    (e.g. the compose service name ``broker``)."""
+    require_header: RequiredHeader | None = None
+    """A header every request must carry, as metadata servers require ``Metadata-Flavor``."""
+    allow_unauthenticated_network: bool = False
+    """Serve non-loopback callers without client keys. Dangerous; logged loudly."""
+
+
+MIN_CLIENT_KEY_LENGTH = 16
+
+
 class BrokerSettings(BaseSettings):
     """The whole configuration."""
 
@@ -242,12 +286,46 @@ class BrokerSettings(BaseSettings):
     state_key: Secret | None = None
     """Fernet key that encrypts the state directory's files at rest."""
     refresh: RefreshSettings = RefreshSettings()
+    clients: dict[ProviderName, ClientConfig] = Field(default_factory=dict)
+    """Callers and what they may read. None: only this host's processes may call."""
+    security: SecuritySettings = SecuritySettings()
     providers: dict[ProviderName, ProviderConfig]
 
     @model_validator(mode="after")
     def _some_providers(self) -> BrokerSettings:
         if not self.providers:
-            msg = "no providers configured"
+            msg = "providers: at least one provider must be configured"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _clients_name_real_providers(self) -> BrokerSettings:
+        keys: dict[str, str] = {}
+        for name, client in self.clients.items():
+            unknown = [p for p in client.providers if p != "*" and p not in self.providers]
+            if unknown:
+                msg = f"clients.{name}.providers: no provider named {unknown[0]!r}"
+                raise ValueError(msg)
+            other = keys.setdefault(client.key.get_secret_value(), name)
+            if other != name:
+                msg = f"clients.{name}.key: the same key as client {other!r}; give each its own"
+                raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _network_needs_clients(self) -> BrokerSettings:
+        from broker.security import is_loopback_address
+
+        if (
+            not is_loopback_address(self.host)
+            and not self.clients
+            and not self.security.allow_unauthenticated_network
+        ):
+            msg = (
+                f"host: {self.host} is reachable from other machines; configure clients"
+                " (each with its own key) or, knowingly, set"
+                " security.allow_unauthenticated_network: true"
+            )
             raise ValueError(msg)
         return self
 
@@ -301,6 +379,45 @@ def parse_config(text: str, *, source: str = "<config>") -> BrokerSettings:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+SECRET_KEYS = frozenset({"client_secret", "password", "refresh_token", "key", "state_key"})
+
+
+def inline_secret_warnings(path: Path | str) -> list[str]:
+    """Warnings for secrets written into a config file that others can read.
+
+    A secret given as ``{env: ...}`` or ``{file: ...}`` is fine anywhere; one
+    written inline is only as private as the file.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    if not mode & 0o077:
+        return []
+    inline = sorted(_inline_secrets(data, ""))
+    if not inline:
+        return []
+    return [
+        f"{path}: {key} is written inline and the file is readable by other users"
+        f" (mode {mode & 0o777:o}); use {{env: ...}} or {{file: ...}}, or chmod 600 {path}"
+        for key in inline
+    ]
+
+
+def _inline_secrets(data: object, prefix: str) -> list[str]:
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key in SECRET_KEYS and isinstance(value, str | int | float) and value != "":
+                found.append(where)
+            else:
+                found += _inline_secrets(value, where)
+    return found
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem: ``file: dotted.key: what is wrong``.
 
@@ -315,11 +432,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             del loc[2]
         if loc and loc[-1] == "[key]":  # the provider name itself is wrong
             loc[-1] = "(name)"
-        key = ".".join(str(part) for part in loc) or "(top level)"
+        key = ".".join(str(part) for part in loc)
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; config.example.yaml lists every key)"
-        lines.append(f"{source}: {key}: {message}")
+        lines.append(f"{source}: {key}: {message}" if key else f"{source}: {message}")
     return "\n".join(lines)

@@ -627,7 +627,10 @@ providers:
             id="missing-provider-type",
         ),
         pytest.param(
-            "providers: {}\n", "(top level)", "no providers configured", id="no-providers"
+            "providers: {}\n",
+            "providers",
+            "at least one provider must be configured",
+            id="no-providers",
         ),
         pytest.param("port: 8181\n", "providers", "Field required", id="providers-key-missing"),
         pytest.param("", "providers", "Field required", id="empty-file"),
@@ -730,7 +733,7 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
     path.write_text("providers: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == f"{path}: (top level): no providers configured"
+    assert str(info.value) == f"{path}: providers: at least one provider must be configured"
 
 
 def test_load_config_missing_file(tmp_path: Path) -> None:

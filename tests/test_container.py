@@ -147,10 +147,19 @@ def free_port() -> int:
         return port
 
 
+def local_secret(path: str) -> str:
+    """/run/secrets/<name> in a container is the compose secret's file here."""
+    name = path.removeprefix("/run/secrets/")
+    file: str = compose()["secrets"][name]["file"]
+    return str(ROOT / file)
+
+
 def compose_config(**changes: Any) -> dict[str, Any]:
-    """deploy/compose-config.yaml with the secret read from deploy/secrets/, plus *changes*."""
+    """deploy/compose-config.yaml with secrets read from deploy/secrets/, plus *changes*."""
     config: dict[str, Any] = yaml.safe_load(COMPOSE_CONFIG.read_text())
     config["providers"]["hiro"]["password"] = {"file": str(SECRET_FILE)}
+    for client in config.get("clients", {}).values():
+        client["key"] = {"file": local_secret(client["key"]["file"])}
     for key, value in changes.items():
         if key == "url":
             config["providers"]["hiro"]["url"] = value
@@ -254,7 +263,9 @@ def _run_compose_app(name: str, env: dict[str, str], *, broker: str, idp: str) -
     app_env = {
         **env,
         **{
-            k: v.replace("http://broker:8181", broker)
+            k: local_secret(v)
+            if v.startswith("/run/secrets/")
+            else v.replace("http://broker:8181", broker)
             for k, v in service.get("environment", {}).items()
         },
     }
@@ -302,8 +313,14 @@ def test_compose_file_agrees_with_dockerfile_and_config() -> None:
     assert all("ports" not in service for service in services.values())
     assert services["app-sidecar"]["network_mode"] == "service:broker"
 
-    (secret,) = broker["secrets"]
+    secret = broker["secrets"][0]
     assert compose()["secrets"][secret]["file"] == "./deploy/secrets/hiro_password.txt"
+    config = yaml.safe_load(COMPOSE_CONFIG.read_text())
+    for name, app in (("sidecar", "app-sidecar"), ("network-app", "app-network")):
+        key_secret = config["clients"][name]["key"]["file"].removeprefix("/run/secrets/")
+        assert key_secret in broker["secrets"], "the broker must know every client key"
+        assert services[app]["secrets"] == [key_secret], "each app holds only its own key"
+        assert services[app]["environment"]["BROKER_KEY_FILE"] == f"/run/secrets/{key_secret}"
     assert SECRET_FILE.read_text().strip() == hiro.DEMO_PASSWORD
     provider = yaml.safe_load(COMPOSE_CONFIG.read_text())["providers"]["hiro"]
     assert provider["password"] == {"file": f"/run/secrets/{secret}"}

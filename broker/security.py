@@ -1,0 +1,220 @@
+"""Who may take a token: request checks against SSRF, DNS rebinding and browsers, and callers.
+
+Two layers, each cheap enough for the token hot path:
+
+* :class:`GuardMiddleware` (pure ASGI) checks every request but ``/healthz``
+  before routing: the ``Host`` header must name this broker (DNS rebinding),
+  no proxy headers (SSRF through a forwarding proxy), no browser marks
+  (``Origin``, cross-site ``Sec-Fetch-Site``), the optional required header
+  (as cloud metadata servers do) and, when no clients are configured, a
+  loopback peer.
+* :meth:`Guard.authorize` checks the caller's key (``Authorization: Bearer``,
+  constant-time comparison) against the configured clients and the providers
+  each may read. It runs before the provider is looked up, so an
+  unauthenticated caller learns nothing about which providers exist.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from broker.config import BrokerSettings
+
+Need = Literal["token", "status"]
+
+PROXY_HEADERS = frozenset(
+    {b"x-forwarded-for", b"forwarded", b"x-forwarded-host", b"x-real-ip", b"x-forwarded-proto"}
+)
+"""A request that passed through a proxy was not made by a local process itself."""
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+MAX_HEADER_BYTES = 16 * 1024
+"""Legitimate callers send a few hundred bytes of headers; refuse floods early."""
+
+
+class Denied(Exception):
+    """A request the broker refuses; carries the HTTP answer."""
+
+    def __init__(self, status: int, code: str, message: str, *, challenge: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.challenge = challenge
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Cache-Control": "no-store"}
+        if self.challenge:
+            headers["WWW-Authenticate"] = 'Bearer realm="broker"'
+        return headers
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    key: bytes
+    providers: frozenset[str]
+    status: bool
+
+    def __repr__(self) -> str:
+        return f"Client(name={self.name!r}, providers={sorted(self.providers)!r})"
+
+    def may_read(self, provider: str) -> bool:
+        return "*" in self.providers or provider in self.providers
+
+
+class Guard:
+    """The broker's access rules, built once from the settings."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        security = settings.security
+        self.clients = tuple(
+            Client(
+                name=name,
+                key=client.key.get_secret_value().encode(),
+                providers=frozenset(client.providers),
+                status=client.status,
+            )
+            for name, client in settings.clients.items()
+        )
+        self.loopback_only = not self.clients and not security.allow_unauthenticated_network
+        self.allowed_hosts = frozenset(
+            _host_names([*LOOPBACK_NAMES, settings.host, *security.allowed_hosts])
+        )
+        header = security.require_header
+        self.required_header = (
+            (header.name.lower().encode(), header.value.encode()) if header is not None else None
+        )
+
+    # -- every request ------------------------------------------------------
+
+    def check_request(self, scope: Scope) -> None:
+        """Raise Denied unless the request may reach any route at all."""
+        host: bytes | None = None
+        size = 0
+        for name, value in scope["headers"]:
+            size += len(name) + len(value)
+            if name == b"host":
+                host = value
+            elif name in PROXY_HEADERS:
+                msg = "requests that came through a proxy are refused"
+                raise Denied(403, "proxied_request", msg)
+            elif name == b"origin":
+                msg = "requests from web pages are refused (Origin header present)"
+                raise Denied(403, "browser_request", msg)
+            elif name == b"sec-fetch-site" and value not in (b"none", b"same-origin"):
+                msg = "cross-site requests from browsers are refused"
+                raise Denied(403, "browser_request", msg)
+        if size > MAX_HEADER_BYTES:
+            msg = f"request headers larger than {MAX_HEADER_BYTES} bytes are refused"
+            raise Denied(431, "headers_too_large", msg)
+        if host is None or _strip_port(host.decode("latin-1")).lower() not in self.allowed_hosts:
+            msg = "the Host header does not name this broker (see security.allowed_hosts)"
+            raise Denied(403, "host_not_allowed", msg)
+        if self.required_header is not None:
+            name, wanted = self.required_header
+            if not any(n == name and hmac.compare_digest(v, wanted) for n, v in scope["headers"]):
+                msg = f"the {name.decode()} header is required"
+                raise Denied(412, "required_header_missing", msg)
+        if self.loopback_only and not _is_loopback(scope.get("client")):
+            msg = "no clients are configured, so only this host's processes may call"
+            raise Denied(403, "not_loopback", msg)
+
+    # -- routes that need a caller ------------------------------------------
+
+    def authorize(self, authorization: str | None, provider: str | None, need: Need) -> str:
+        """The caller's client name; raise Denied when it may not do *need* (on *provider*).
+
+        Without configured clients every (loopback) caller is ``anonymous``.
+        """
+        if not self.clients:
+            return "anonymous"
+        client = self._client_for(authorization)
+        if client is None:
+            msg = "a client key is required: Authorization: Bearer <key>"
+            raise Denied(401, "unauthorized", msg, challenge=True)
+        if need == "status":
+            if not client.status:
+                msg = f"client {client.name!r} may not read the broker's status"
+                raise Denied(403, "forbidden", msg)
+        elif provider is None or not client.may_read(provider):
+            msg = f"client {client.name!r} may not read this provider's token"
+            raise Denied(403, "forbidden", msg)
+        return client.name
+
+    def _client_for(self, authorization: str | None) -> Client | None:
+        if not authorization or authorization[:7].lower() != "bearer ":
+            return None
+        presented = authorization[7:].strip().encode()
+        found = None
+        # Compare against every key, in constant time each, so neither the
+        # comparison nor the loop reveals how much of a key was right.
+        for client in self.clients:
+            if hmac.compare_digest(presented, client.key):
+                found = client
+        return found
+
+
+class GuardMiddleware:
+    """Applies :meth:`Guard.check_request` to every HTTP request but liveness."""
+
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            try:
+                self.guard.check_request(scope)
+            except Denied as denied:
+                await send_denied(send, denied)
+                return
+        await self.app(scope, receive, send)
+
+
+async def send_denied(send: Send, denied: Denied) -> None:
+    body = json.dumps({"error": denied.code, "message": denied.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in denied.headers().items()]
+    await send({"type": "http.response.start", "status": denied.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def is_loopback_address(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_loopback(client: object) -> bool:
+    if client is None:  # a Unix socket: only local processes can connect
+        return True
+    host = client[0] if isinstance(client, tuple | list) else None
+    return isinstance(host, str) and is_loopback_address(host)
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):  # [::1]:8181
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def _host_names(names: Iterable[str]) -> Iterable[str]:
+    for name in names:
+        name = name.strip().lower()
+        if name and name not in ("0.0.0.0", "::"):  # wildcard binds are not names
+            yield name.strip("[]")

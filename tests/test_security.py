@@ -1,0 +1,328 @@
+"""Every access rule, attacked through real HTTP against a running broker."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.app import create_app
+from broker.config import inline_secret_warnings
+from broker.errors import ConfigError
+from broker.fakes.oauth2 import FakeOAuth2
+from broker.fakes.server import serve_in_thread
+from tests.support import running_broker, settings_from
+
+READER_KEY = "reader-key-7f3a9c2e41d0"
+OTHER_KEY = "other-key-0b8e5d6f2a91c"
+OPS_KEY = "ops-key-5c4b3a2918e7f6"
+
+PROVIDERS = """
+providers:
+  alpha:
+    type: oauth2
+    token_url: "{url}/oauth/token"
+    grant: client_credentials
+    client_id: app
+    client_secret: app-secret
+  beta:
+    type: oauth2
+    token_url: "{url}/oauth/token"
+    grant: client_credentials
+    client_id: app
+    client_secret: app-secret
+"""
+
+CLIENTS = f"""
+clients:
+  reader:
+    key: {READER_KEY}
+    providers: [alpha]
+  other:
+    key: {OTHER_KEY}
+    providers: ["*"]
+  ops:
+    key: {OPS_KEY}
+    status: true
+"""
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@contextmanager
+def broker(extra: str = CLIENTS) -> Iterator[tuple[httpx.Client, FakeOAuth2]]:
+    fake = FakeOAuth2(clients={"app": "app-secret"}, ttl=300)
+    with (
+        serve_in_thread(fake.app) as url,
+        running_broker(settings_from(extra + PROVIDERS.format(url=url))) as client,
+    ):
+        yield client, fake
+
+
+# -- callers ---------------------------------------------------------------------------
+
+
+def test_client_keys_decide_who_reads_what() -> None:
+    """No key 401, wrong key 401, another provider 403, own provider 200."""
+    with broker() as (client, fake):
+        missing = client.get("/token/alpha")
+        assert missing.status_code == 401
+        assert missing.json()["error"] == "unauthorized"
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert client.get("/token/alpha", headers=bearer("not-a-key-at-all-x")).status_code == 401
+        assert client.get("/token/alpha", headers={"Authorization": READER_KEY}).status_code == 401
+        forbidden = client.get("/token/beta", headers=bearer(READER_KEY))
+        assert forbidden.status_code == 403
+        assert forbidden.json()["error"] == "forbidden"
+        ok = client.get("/token/alpha", headers=bearer(READER_KEY))
+        assert ok.status_code == 200
+        assert ok.json()["access_token"] in fake.issued_access_tokens
+        assert client.get("/token/beta", headers=bearer(OTHER_KEY)).status_code == 200
+
+
+def test_unauthenticated_callers_learn_nothing_about_providers() -> None:
+    """An existing and a missing provider look the same without a key."""
+    with broker() as (client, _):
+        exists = client.get("/token/alpha")
+        missing = client.get("/token/nope")
+        assert (exists.status_code, exists.json()) == (missing.status_code, missing.json())
+        # A client limited to some providers cannot probe the others either.
+        limited = client.get("/token/nope", headers=bearer(READER_KEY))
+        assert (
+            limited.status_code == client.get("/token/beta", headers=bearer(READER_KEY)).status_code
+        )
+        assert client.get("/token/nope", headers=bearer(OTHER_KEY)).status_code == 404
+
+
+def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every configured key is checked with hmac.compare_digest, whichever matches."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    with broker() as (client, _):
+        compared.clear()
+        assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
+        keys = {b for _, b in compared}
+        assert {READER_KEY.encode(), OTHER_KEY.encode(), OPS_KEY.encode()} <= keys
+
+
+def test_status_needs_its_own_permission() -> None:
+    """/providers needs a status client; /readyz tells others only ready or not."""
+    with broker() as (client, _):
+        assert client.get("/providers").status_code == 401
+        assert client.get("/providers", headers=bearer(READER_KEY)).status_code == 403
+        status = client.get("/providers", headers=bearer(OPS_KEY))
+        assert status.status_code == 200
+        assert set(status.json()["providers"]) == {"alpha", "beta"}
+        assert set(client.get("/readyz").json()) == {"ready"}
+        assert "providers" in client.get("/readyz", headers=bearer(OPS_KEY)).json()
+        # Status rights are not token rights, and forced refresh follows the token rules.
+        assert client.get("/token/alpha", headers=bearer(OPS_KEY)).status_code == 403
+        assert client.post("/token/alpha/refresh", headers=bearer(OPS_KEY)).status_code == 403
+        assert client.post("/token/alpha/refresh").status_code == 401
+        assert client.post("/token/alpha/refresh", headers=bearer(READER_KEY)).status_code == 200
+
+
+def test_every_token_handed_out_is_audited(caplog: pytest.LogCaptureFixture) -> None:
+    """One broker.audit line per token: client and provider, never the token."""
+    caplog.set_level(logging.INFO, logger="broker.audit")
+    with broker() as (client, _):
+        token = client.get("/token/alpha", headers=bearer(READER_KEY)).json()["access_token"]
+        client.get("/token/beta", headers=bearer(OTHER_KEY))
+    audit = [r for r in caplog.records if r.name == "broker.audit"]
+    assert [(r.client, r.provider) for r in audit] == [("reader", "alpha"), ("other", "beta")]  # type: ignore[attr-defined]
+    for record in audit:
+        assert token not in record.getMessage()
+        assert READER_KEY not in record.getMessage()
+
+
+# -- requests that did not come from a local process ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({"Origin": "https://evil.example"}, 403, "browser_request"),
+        ({"Origin": "null"}, 403, "browser_request"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "browser_request"),
+        ({"Sec-Fetch-Site": "same-site"}, 403, "browser_request"),
+        ({"X-Forwarded-For": "203.0.113.9"}, 403, "proxied_request"),
+        ({"Forwarded": "for=203.0.113.9"}, 403, "proxied_request"),
+        ({"X-Real-IP": "203.0.113.9"}, 403, "proxied_request"),
+        ({"Host": "evil.example"}, 403, "host_not_allowed"),
+        ({"Host": "evil.example:8181"}, 403, "host_not_allowed"),
+        ({"Host": "127.0.0.1.nip.io"}, 403, "host_not_allowed"),
+    ],
+)
+def test_browsers_proxies_and_rebinding_are_refused(
+    headers: dict[str, str], status: int, code: str
+) -> None:
+    """Even with a valid key: web pages, proxies and foreign Host names get nothing."""
+    with broker() as (client, _):
+        response = client.get("/token/alpha", headers={**bearer(READER_KEY), **headers})
+        assert response.status_code == status
+        assert response.json()["error"] == code
+        assert "access_token" not in response.text
+        # Status pages are protected the same way (a rebinding page must not read them).
+        assert (
+            client.get("/providers", headers={**bearer(OPS_KEY), **headers}).status_code == status
+        )
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]:8181", "LOCALHOST:1"])
+def test_loopback_host_names_are_accepted(host: str) -> None:
+    """The names a local process uses pass the Host check; so does Sec-Fetch-Site: none."""
+    with broker() as (client, _):
+        headers = {**bearer(READER_KEY), "Host": host, "Sec-Fetch-Site": "none"}
+        assert client.get("/token/alpha", headers=headers).status_code == 200
+
+
+def test_cors_preflight_gets_no_cors_headers() -> None:
+    """No Access-Control-* header on any answer: browsers may not read tokens cross-origin."""
+    with broker() as (client, _):
+        preflight = client.options(
+            "/token/alpha",
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert preflight.status_code in (403, 405)
+        normal = client.get("/token/alpha", headers=bearer(READER_KEY))
+        for response in (preflight, normal):
+            assert not [h for h in response.headers if h.lower().startswith("access-control-")]
+
+
+def test_required_header_when_configured() -> None:
+    """With security.require_header, requests without it get 412 (as Vault's listener)."""
+    extra = CLIENTS + "security:\n  require_header: {name: X-Broker-Request, value: 'true'}\n"
+    with broker(extra) as (client, _):
+        missing = client.get("/token/alpha", headers=bearer(READER_KEY))
+        assert missing.status_code == 412
+        assert missing.json()["error"] == "required_header_missing"
+        wrong = client.get(
+            "/token/alpha", headers={**bearer(READER_KEY), "X-Broker-Request": "yes"}
+        )
+        assert wrong.status_code == 412
+        ok = client.get("/token/alpha", headers={**bearer(READER_KEY), "X-Broker-Request": "true"})
+        assert ok.status_code == 200
+        assert client.get("/healthz").status_code == 200  # liveness stays open
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/token/..%2Fproviders",
+        "/token/%2e%2e",
+        "/token/alpha%2F..%2Fbeta",
+        "/token/alpha/../beta",
+        "/token/" + "a" * 10_000,
+        "/token/%C4%A7lpha",
+        "/token/alph%00a",
+        "/token/ALPHA",
+        "/token/alpha%20",
+    ],
+)
+def test_path_tricks_never_reach_another_provider(path: str) -> None:
+    """Encoded slashes, dot segments, long, unicode and NUL names: no 500, no other token."""
+    with broker() as (client, _):
+        for headers in ({}, bearer(READER_KEY)):
+            response = client.get(path, headers=headers)
+            assert response.status_code in (401, 403, 404, 414), response.text
+            assert "access_token" not in response.text
+
+
+def test_oversized_headers_are_refused_and_the_broker_survives() -> None:
+    """A 100 KB header is refused by the server; the next request is served."""
+    with broker() as (client, _):
+        try:
+            response = client.get("/token/alpha", headers={"X-Big": "x" * 100_000})
+            assert response.status_code in (400, 413, 431)
+        except httpx.RemoteProtocolError:
+            pass  # the server may simply close the connection
+        assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
+
+
+# -- without clients --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_without_clients_only_loopback_peers_are_served() -> None:
+    """No clients configured: a caller from another address is refused before routing."""
+    settings = settings_from(PROVIDERS.format(url="http://127.0.0.1:9"))
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.10", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as remote:
+        response = await remote.get("/token/alpha")
+    assert response.status_code == 403
+    assert response.json()["error"] == "not_loopback"
+
+
+def test_without_clients_loopback_needs_no_key(caplog: pytest.LogCaptureFixture) -> None:
+    """The default: local processes call without a key, and the broker says so at start."""
+    caplog.set_level(logging.INFO, logger="broker.security")
+    with broker(extra="") as (client, _):
+        assert client.get("/token/alpha").status_code == 200
+        assert client.get("/providers").status_code == 200
+    assert any("only processes on this host" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
+def test_network_bind_without_clients_refuses_to_start(host: str) -> None:
+    """Binding beyond loopback without client keys is a config error, unless overridden."""
+    base = f"host: '{host}'\n" + PROVIDERS.format(url="http://127.0.0.1:9")
+    with pytest.raises(ConfigError) as caught:
+        settings_from(base)
+    assert "configure clients" in str(caught.value)
+    overridden = settings_from("security: {allow_unauthenticated_network: true}\n" + base)
+    assert overridden.security.allow_unauthenticated_network
+    assert settings_from(CLIENTS + base).clients
+
+
+def test_client_keys_are_validated() -> None:
+    """Short keys, shared keys and unknown providers are config errors; keys never echoed."""
+    base = PROVIDERS.format(url="http://127.0.0.1:9")
+    cases = {
+        "clients:\n  a: {key: short-key-1, providers: [alpha]}\n": "at least 16 characters",
+        f"clients:\n  a: {{key: {READER_KEY}, providers: [alpha]}}\n"
+        f"  b: {{key: {READER_KEY}, providers: [beta]}}\n": "the same key as client 'a'",
+        f"clients:\n  a: {{key: {READER_KEY}, providers: [gamma]}}\n": "no provider named 'gamma'",
+    }
+    for extra, problem in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            settings_from(extra + base)
+        assert problem in str(caught.value)
+        assert READER_KEY not in str(caught.value)
+        assert "short-key-1" not in str(caught.value)
+
+
+def test_inline_secrets_in_a_readable_config_are_warned_about(tmp_path: Path) -> None:
+    """A world-readable file with inline secrets gets a warning per secret; 0600 does not."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        CLIENTS
+        + PROVIDERS.format(url="http://127.0.0.1:9").replace(
+            "client_secret: app-secret", "client_secret: {env: SOME_SECRET}", 1
+        )
+    )
+    os.chmod(config, 0o644)
+    warnings = inline_secret_warnings(config)
+    assert len(warnings) == 4  # three client keys and beta's client_secret
+    assert all("readable by other users" in w for w in warnings)
+    assert not any(READER_KEY in w or "app-secret" in w for w in warnings)
+    os.chmod(config, 0o600)
+    assert inline_secret_warnings(config) == []
