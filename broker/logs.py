@@ -1,0 +1,247 @@
+"""Logging setup: one line per event, as text for people or JSON for log pipelines.
+
+:func:`configure_logging` installs one handler on the root logger and routes
+uvicorn's loggers through it, so every line of the process has the same
+shape::
+
+    2026-11-25T03:14:07Z INFO broker.manager hiro: new token (scheduled) valid for 3600 s
+    {"ts": "2026-11-25T03:14:07.123Z", "level": "INFO", "logger": "broker.manager",
+     "msg": "hiro: new token ...", "provider": "hiro", "duration_ms": 12}
+
+(the JSON object is on one line). Fields passed with ``extra={...}`` appear as
+top-level JSON keys, and as ``key=value`` after the message in text. Text
+lines escape line breaks (a traceback becomes one line with ``\\n``), so one
+event is always one line and a message cannot forge another line.
+
+:class:`SecretFilter` is a last line of defence: the broker never logs a
+secret on purpose, but if a configured secret value ever reaches a log
+record, it is replaced by ``[redacted]`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, TextIO
+
+LogFormat = Literal["text", "json"]
+
+REDACTED: Final = "[redacted]"
+
+UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+"""Routed through the root handler: their own handlers are removed and they propagate."""
+
+_RESERVED: Final = frozenset(
+    # Attributes every LogRecord has; anything else on a record came from extra=.
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "taskName", "color_message"}
+)
+"""``color_message`` is uvicorn's ANSI-coloured duplicate of the message: dropped."""
+
+_JSON_KEYS: Final = frozenset({"ts", "level", "logger", "msg", "exc_type", "exc", "stack"})
+
+_MARK: Final = "_broker_handler"
+"""Attribute set on the handler we install, so a second call replaces it."""
+
+
+def configure_logging(
+    level: str,
+    fmt: LogFormat = "text",
+    stream: TextIO | None = None,
+    *,
+    secrets: Callable[[], Iterable[str]] | None = None,
+) -> logging.Handler:
+    """Send every log record to *stream* (default: stderr) as *fmt* lines at *level*.
+
+    Replaces the handler a previous call installed (idempotent), removes
+    uvicorn's own handlers and makes its loggers propagate here. With *secrets*,
+    a :class:`SecretFilter` on the handler redacts those values from every
+    record. Returns the handler (tests; adding filters later).
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if secrets is not None:
+        handler.addFilter(SecretFilter(secrets))
+    setattr(handler, _MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.propagate = True
+    return handler
+
+
+def add_secret_filter(secrets: Callable[[], Iterable[str]]) -> Callable[[], None]:
+    """Add a :class:`SecretFilter` to the handler :func:`configure_logging` installed.
+
+    For secrets known only later (the manager's rotated refresh tokens and
+    current access tokens). Returns a function that removes the filter again.
+    Without a configured handler (tests using pytest's capture) it does nothing.
+    """
+    secret_filter = SecretFilter(secrets)
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, _MARK, False)]
+    for handler in handlers:
+        handler.addFilter(secret_filter)
+
+    def remove() -> None:
+        for handler in handlers:
+            handler.removeFilter(secret_filter)
+
+    return remove
+
+
+def _timestamp(created: float, *, millis: bool) -> str:
+    moment = datetime.fromtimestamp(created, UTC)
+    spec = "milliseconds" if millis else "seconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a caller passed with ``extra=``, in the order given."""
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")
+    }
+
+
+def _exception_text(record: logging.LogRecord, formatter: logging.Formatter) -> str | None:
+    """The traceback text, cached on the record like ``logging.Formatter`` does."""
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    return record.exc_text or None
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if not text or any(c in text for c in ' ="\\\r\n\t'):
+        return json.dumps(text)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """``<RFC 3339 UTC> LEVEL logger message [key=value ...]``, always one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            _timestamp(record.created, millis=False),
+            record.levelname,
+            record.name,
+            _escape(record.getMessage()),
+        ]
+        parts.extend(f"{key}={_text_value(value)}" for key, value in extra_fields(record).items())
+        exc = _exception_text(record, self)
+        if exc:
+            parts.append(_escape(exc))
+        if record.stack_info:
+            parts.append(_escape(self.formatStack(record.stack_info)))
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, extra fields, ``exc``.
+
+    An extra field whose name clashes with one of those keys is renamed
+    ``extra_<name>``; values JSON cannot encode are written as ``str(value)``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "ts": _timestamp(record.created, millis=True),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in extra_fields(record).items():
+            document[f"extra_{key}" if key in _JSON_KEYS else key] = value
+        exc = _exception_text(record, self)
+        if exc:
+            if record.exc_info and record.exc_info[0] is not None:
+                document["exc_type"] = record.exc_info[0].__name__
+            document["exc"] = exc
+        if record.stack_info:
+            document["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(document, default=str, ensure_ascii=False)
+
+
+TRUSTED_LOGGERS = frozenset({"broker.audit"})
+"""Loggers whose records are built from names only; skipping them keeps the per-request
+audit line off the cost of scanning every secret the broker holds."""
+
+
+class SecretFilter(logging.Filter):
+    """Replace every configured secret value in a record with ``[redacted]``.
+
+    *secrets* is called for each record (so reloaded secrets apply at once);
+    values shorter than *min_length* are ignored, as redacting them would
+    mangle ordinary words and numbers. The message is rendered with its args
+    and redacted; string extra fields (also inside lists and dicts) and the
+    exception text are redacted too. Put it on a handler, not a logger:
+    logger filters do not see records propagated from child loggers.
+    """
+
+    def __init__(self, secrets: Callable[[], Iterable[str]], *, min_length: int = 4) -> None:
+        super().__init__()
+        self._secrets = secrets
+        self._min_length = min_length
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in TRUSTED_LOGGERS:
+            return True
+        try:
+            values = sorted(
+                {s for s in self._secrets() if s and len(s) >= self._min_length},
+                key=len,
+                reverse=True,  # longest first: a secret containing another is fully covered
+            )
+        except Exception:  # a broken source must not lose the log line
+            return True
+        if not values:
+            return True
+
+        def scrub(text: str) -> str:
+            for value in values:
+                if value in text:
+                    text = text.replace(value, REDACTED)
+            return text
+
+        try:
+            message = record.getMessage()
+        except Exception:  # bad %-args: let logging report it as usual
+            message = None
+        if message is not None:
+            record.msg = scrub(message)
+            record.args = None
+        for key, value in extra_fields(record).items():
+            setattr(record, key, _scrub_value(value, scrub))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        return True
+
+
+def _scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, scrub) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub_value(v, scrub) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return scrub(str(value))

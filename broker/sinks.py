@@ -1,0 +1,272 @@
+"""File sinks: write each new access token to a file, like Vault Agent's file sink.
+
+For programs that cannot call ``GET /token/<name>``, a provider may name a
+file that the broker rewrites on every refresh::
+
+    providers:
+      hiro:
+        ...
+        sink:
+          path: /run/broker/hiro.token
+          format: token        # token | json | env
+          mode: 0640
+
+Formats:
+
+``token``
+    the bare access token, no trailing newline (``$(cat file)``, or a file-based
+    ``Authorization`` header in a proxy).
+``json``
+    ``{"access_token", "token_type", "expires_in", "expires_at"}``, as
+    ``GET /token/<name>`` answers, plus a newline.
+``env``
+    ``TOKEN='...'``, ``TOKEN_TYPE='Bearer'``, ``TOKEN_EXPIRES_AT='<RFC 3339>'``
+    (``env_prefix`` replaces ``TOKEN``); single-quoted, safe to ``.``-source in sh.
+
+Every write is atomic: a temporary file is created next to the target with
+``O_CREAT | O_EXCL`` and exactly the configured mode, written, fsynced, renamed
+over the target with :func:`os.replace`, and the directory is fsynced. A
+reader opens either the previous complete file or the new one, never a
+partial one. Errors name the file, never the token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal, NoReturn
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from broker.errors import BrokerError
+
+log = logging.getLogger("broker.sinks")
+
+TEMP_SUFFIX: Final = ".broker-tmp"
+"""Temporary files are ``.<name>.<random hex>.broker-tmp`` next to the target."""
+STALE_TEMP_SECONDS: Final = 60.0
+"""check() removes this sink's temporary files older than this (left by a killed broker)."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_OCTAL = re.compile(r"(?:0o?)?([0-7]{1,4})")
+
+
+class SinkError(BrokerError):
+    """A sink file cannot be written; the message names the path, never the token."""
+
+
+class SinkConfig(BaseModel):
+    """``providers.<name>.sink``: write the provider's token to a file on every refresh."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    """The file to (re)write. Its directory must exist and be writable by the broker."""
+    format: Literal["token", "json", "env"] = "token"
+    """``token``: the bare token; ``json``: like GET /token; ``env``: KEY='value' lines."""
+    mode: int = 0o600
+    """Permissions of the file: an octal YAML int (``0640``), a string (``"0640"``) or decimal."""
+    env_prefix: str = "TOKEN"
+    """Variable name prefix for ``format: env``: ``TOKEN``, ``TOKEN_TYPE``, ``TOKEN_EXPIRES_AT``."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _parse_mode(cls, value: object) -> object:
+        if isinstance(value, bool):
+            msg = "must be a file mode such as 0600 or '0640'"
+            raise ValueError(msg)
+        if isinstance(value, str):
+            match = _OCTAL.fullmatch(value.strip())
+            if match is None:
+                msg = "must be an octal file mode such as '0600' or '0o640'"
+                raise ValueError(msg)
+            return int(match.group(1), 8)
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _check_mode(cls, value: int) -> int:
+        if 0 <= value <= 0o777:
+            return value
+        hint = ""
+        digits = str(value)
+        if len(digits) <= 4 and set(digits) <= set("01234567") and int(digits, 8) <= 0o777:
+            # YAML read 640 as decimal: the octal mode needs a leading 0.
+            hint = f" ({value} is decimal; write 0{value} or '0{value}' for octal)"
+        msg = f"must be a file mode between 0 and 0777{hint}"
+        raise ValueError(msg)
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: Path) -> Path:
+        if not value.name or value.name in (".", ".."):
+            msg = "must name a file, not a directory"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("env_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _ENV_NAME.fullmatch(value):
+            msg = (
+                "must be a shell variable name: letters, digits and '_', not starting with a digit"
+            )
+            raise ValueError(msg)
+        return value
+
+
+def rfc3339(timestamp: float) -> str:
+    """Unix seconds as ``2026-11-25T03:14:07Z`` (whole seconds, UTC)."""
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def sh_quote(value: str) -> str:
+    """*value* in single quotes for sh: ``'`` becomes ``'\\''``; nothing else is special."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def render(config: SinkConfig, access_token: str, expires_at_wall: float, now_wall: float) -> bytes:
+    """The file content for one token (pure: no I/O, no clock)."""
+    if config.format == "token":
+        return access_token.encode("utf-8")
+    expires_at = rfc3339(expires_at_wall)
+    if config.format == "json":
+        document = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": max(int(expires_at_wall - now_wall), 0),
+            "expires_at": expires_at,
+        }
+        return (json.dumps(document) + "\n").encode("utf-8")
+    prefix = config.env_prefix
+    lines = [
+        f"{prefix}={sh_quote(access_token)}",
+        f"{prefix}_TYPE={sh_quote('Bearer')}",
+        f"{prefix}_EXPIRES_AT={sh_quote(expires_at)}",
+    ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+class FileSink:
+    """Writes one provider's token to ``config.path``; methods block (use a thread)."""
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        provider_name: str,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.provider = provider_name
+        self.path = config.path
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+
+    def __repr__(self) -> str:
+        return f"FileSink({self.provider!r}, {str(self.path)!r}, format={self.config.format!r})"
+
+    def check(self) -> None:
+        """At start: prove the directory accepts a file of ours, and sweep stale temp files.
+
+        Raises SinkError naming the path when the directory is missing, not a
+        directory or not writable, or when the path is a directory.
+        """
+        directory = self.path.parent
+        if not directory.is_dir():
+            self._fail(f"directory {directory} does not exist or is not a directory")
+        if self.path.is_dir():
+            self._fail("it is a directory")
+        probe = directory / f".{self.path.name}.check-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"ok\n")
+            finally:
+                os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+            self._fail(f"directory {directory} is not writable: {_reason(exc)}")
+        self._remove_stale_temps()
+
+    def write(
+        self, access_token: str, expires_at_wall: float, *, generation: int | None = None
+    ) -> None:
+        """Atomically replace the file with *access_token* in the configured format.
+
+        With *generation* (the provider's token counter), a write older than
+        one already done is skipped, so two writes racing in threads cannot
+        leave the older token on disk. Raises SinkError on failure; the file
+        is then the previous complete one.
+        """
+        if not access_token or any(c in access_token for c in "\x00\r\n"):
+            self._fail("refusing to write an empty or multi-line token")
+        with self._lock:
+            if generation is not None:
+                if self._generation is not None and generation < self._generation:
+                    log.debug("%s: skipping a sink write of an older token", self.provider)
+                    return
+                self._generation = generation
+            data = render(self.config, access_token, expires_at_wall, self._wall())
+            self._atomic_write(data)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _atomic_write(self, data: bytes) -> None:
+        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        replaced = False
+        try:
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+            fd = os.open(temp, flags, self.config.mode)
+            with os.fdopen(fd, "wb") as handle:
+                # The umask may have narrowed the mode at creation; set it exactly.
+                os.fchmod(handle.fileno(), self.config.mode)
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.path)
+            replaced = True
+            _fsync_directory(self.path.parent)
+        except OSError as exc:
+            if not replaced:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+            self._fail(f"cannot be written: {_reason(exc)}")
+
+    def _remove_stale_temps(self) -> None:
+        cutoff = self._wall() - STALE_TEMP_SECONDS
+        for entry in self.path.parent.glob(f".{self.path.name}.*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                info = entry.lstat()
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    entry.unlink()
+
+    def _fail(self, why: str) -> NoReturn:
+        msg = f"token sink {self.path} for provider {self.provider!r}: {why}"
+        raise SinkError(msg)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__

@@ -1,0 +1,267 @@
+"""Logging: text and JSON lines, uvicorn routed through them, secrets redacted."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.config
+import re
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import uvicorn.config
+
+from broker.logs import (
+    REDACTED,
+    UVICORN_LOGGERS,
+    JsonFormatter,
+    SecretFilter,
+    TextFormatter,
+    add_secret_filter,
+    configure_logging,
+)
+
+SECRET = "pw-93d2c7e4-user-password"
+MOMENT = datetime(2026, 11, 25, 3, 14, 7, 123456, tzinfo=UTC).timestamp()
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+log = logging.getLogger("broker.manager")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Put the root and uvicorn loggers back as they were after each test."""
+    root = logging.getLogger()
+    saved_root = (list(root.handlers), root.level)
+    saved = {
+        name: (list(lg.handlers), lg.level, lg.propagate)
+        for name in UVICORN_LOGGERS
+        for lg in [logging.getLogger(name)]
+    }
+    yield
+    for handler in root.handlers[:]:
+        if handler not in saved_root[0]:
+            root.removeHandler(handler)
+    root.setLevel(saved_root[1])
+    for name, (handlers, level, propagate) in saved.items():
+        lg = logging.getLogger(name)
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+def record(msg: str, *args: object, exc: bool = False, **extra: Any) -> logging.LogRecord:
+    """A record as ``log.info(msg, *args, extra=extra)`` would make it, at MOMENT."""
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            exc_info = sys.exc_info()
+    rec = log.makeRecord(log.name, logging.INFO, "f.py", 1, msg, args, exc_info, extra=extra)
+    rec.created = MOMENT
+    return rec
+
+
+def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+# -- formatters ---------------------------------------------------------------------
+
+
+def test_text_line_exact() -> None:
+    """Text: RFC 3339 UTC seconds, level, logger, the rendered message."""
+    line = TextFormatter().format(record("%s: new token valid for %d s", "hiro", 3600))
+    assert line == "2026-11-25T03:14:07Z INFO broker.manager hiro: new token valid for 3600 s"
+
+
+def test_text_appends_extra_fields() -> None:
+    """Extra fields follow the message as key=value, quoted when they contain spaces."""
+    line = TextFormatter().format(
+        record("new token", provider="hiro", duration_ms=12, reason="on demand")
+    )
+    assert line.endswith('new token provider=hiro duration_ms=12 reason="on demand"')
+
+
+def test_text_is_one_line_even_with_newlines_and_tracebacks() -> None:
+    """Line breaks in the message and the traceback are escaped: one event, one line."""
+    line = TextFormatter().format(record("first\nforged 2026 INFO line", exc=True))
+    assert "\n" not in line
+    assert "first\\nforged" in line
+    assert "Traceback (most recent call last):\\n" in line
+    assert line.endswith("ValueError: boom")
+
+
+def test_json_fields() -> None:
+    """JSON: ts (RFC 3339 UTC, ms), level, logger, msg and extra fields at the top level."""
+    doc = json.loads(
+        JsonFormatter().format(
+            record("%s: new token", "hiro", provider="hiro", duration_ms=12, event="refresh")
+        )
+    )
+    assert doc == {
+        "ts": "2026-11-25T03:14:07.123Z",
+        "level": "INFO",
+        "logger": "broker.manager",
+        "msg": "hiro: new token",
+        "provider": "hiro",
+        "duration_ms": 12,
+        "event": "refresh",
+    }
+
+
+def test_json_exception() -> None:
+    """An exception gives exc_type and the whole traceback as one string."""
+    doc = json.loads(JsonFormatter().format(record("failed", exc=True)))
+    assert doc["exc_type"] == "ValueError"
+    assert doc["exc"].startswith("Traceback (most recent call last):\n")
+    assert doc["exc"].endswith("ValueError: boom")
+
+
+def test_json_clashing_and_odd_extras() -> None:
+    """An extra named like a core key is renamed; values JSON cannot encode become strings."""
+    doc = json.loads(JsonFormatter().format(record("m", level="custom", path=io.StringIO)))
+    assert doc["level"] == "INFO"
+    assert doc["extra_level"] == "custom"
+    assert doc["path"] == str(io.StringIO)
+
+
+# -- configure_logging --------------------------------------------------------------
+
+
+def test_configure_json_lines_parse() -> None:
+    """Every event is one JSON object per line; levels below the threshold are dropped."""
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    log.debug("hidden")
+    log.info("new token", extra={"provider": "hiro", "duration_ms": 12, "event": "refresh"})
+    try:
+        raise KeyError("k")
+    except KeyError:
+        log.exception("%s: unexpected error", "hiro")
+    first, second = json_lines(out)
+    assert RFC3339_MS.match(first["ts"])
+    assert first["msg"] == "new token"
+    assert (first["provider"], first["duration_ms"], first["event"]) == ("hiro", 12, "refresh")
+    assert second["level"] == "ERROR"
+    assert second["msg"] == "hiro: unexpected error"
+    assert second["exc_type"] == "KeyError"
+    assert "raise KeyError" in second["exc"]
+
+
+def test_configure_text_one_line_per_event() -> None:
+    """Text mode writes exactly one line per event, tracebacks included."""
+    out = io.StringIO()
+    configure_logging("debug", "text", out)
+    log.debug("one")
+    log.warning("two\nstill two")
+    try:
+        raise ValueError("three")
+    except ValueError:
+        log.exception("three")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ DEBUG broker.manager one$", lines[0])
+    assert lines[1].endswith("WARNING broker.manager two\\nstill two")
+    assert lines[2].endswith("ValueError: three")
+
+
+def test_configure_twice_replaces_the_handler() -> None:
+    """A second call (reload, tests) does not duplicate lines; the new stream gets them."""
+    old, new = io.StringIO(), io.StringIO()
+    configure_logging("info", "text", old)
+    configure_logging("info", "json", new)
+    log.info("once")
+    assert old.getvalue() == ""
+    assert [doc["msg"] for doc in json_lines(new)] == ["once"]
+
+
+def test_uvicorn_loggers_use_the_same_handler() -> None:
+    """Even after uvicorn's own dictConfig, its records come out in our format, once."""
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 42, extra={"color_message": "\x1b[36m42\x1b[0m"}
+    )
+    logging.getLogger("uvicorn").warning("plain uvicorn")
+    docs = json_lines(out)
+    assert [(d["logger"], d["msg"]) for d in docs] == [
+        ("uvicorn.error", "Started server process [42]"),
+        ("uvicorn", "plain uvicorn"),
+    ]
+    assert "color_message" not in docs[0]
+    for name in UVICORN_LOGGERS:
+        assert logging.getLogger(name).handlers == []
+
+
+# -- SecretFilter --------------------------------------------------------------------
+
+
+def test_secret_filter_redacts_message_args_extra_and_exception() -> None:
+    """A configured secret is replaced wherever it appears in the record."""
+    out = io.StringIO()
+    configure_logging("info", "json", out, secrets=lambda: [SECRET, "cs-client-secret"])
+    log.info("login with %s", SECRET, extra={"body": f"password={SECRET}", "n": [SECRET, 3]})
+    try:
+        raise RuntimeError(f"rejected {SECRET}")
+    except RuntimeError:
+        log.exception("failed")
+    text = out.getvalue()
+    assert SECRET not in text
+    first, second = json_lines(out)
+    assert first["msg"] == f"login with {REDACTED}"
+    assert first["body"] == f"password={REDACTED}"
+    assert first["n"] == [REDACTED, 3]
+    assert f"RuntimeError: rejected {REDACTED}" in second["exc"]
+    assert second["exc_type"] == "RuntimeError"
+
+
+def test_secret_filter_reads_secrets_per_record_and_ignores_short_ones() -> None:
+    """The secrets callable is consulted each time; values under 4 characters are left alone."""
+    current = ["ab", ""]
+    secret_filter = SecretFilter(lambda: current)
+    first = record("ab is short: %s", "abc")
+    assert secret_filter.filter(first)
+    assert first.getMessage() == "ab is short: abc"
+    current.append("rotated-rt-0001")
+    second = record("got rotated-rt-0001 and rotated-rt-0001")
+    assert secret_filter.filter(second)
+    assert second.getMessage() == f"got {REDACTED} and {REDACTED}"
+
+
+def test_secret_filter_longest_secret_first() -> None:
+    """A secret that contains another is redacted whole, leaving no fragment."""
+    secret_filter = SecretFilter(lambda: ["abcd", "xxabcdyy"])
+    rec = record("t=xxabcdyy")
+    secret_filter.filter(rec)
+    assert rec.getMessage() == f"t={REDACTED}"
+
+
+def test_secret_filter_survives_a_broken_source() -> None:
+    """If the secrets callable raises, the record still goes out (unredacted by design)."""
+
+    def broken() -> list[str]:
+        raise RuntimeError("config gone")
+
+    rec = record("hello")
+    assert SecretFilter(broken).filter(rec)
+    assert rec.getMessage() == "hello"
+
+
+def test_add_secret_filter_later_and_remove() -> None:
+    """A filter added after configure_logging redacts until its remover is called."""
+    out = io.StringIO()
+    configure_logging("info", "text", out)
+    remove = add_secret_filter(lambda: ["at-5e1f-access-token"])
+    log.info("served at-5e1f-access-token")
+    remove()
+    log.info("again at-5e1f-access-token")
+    first, second = out.getvalue().splitlines()
+    assert first.endswith(f"served {REDACTED}")
+    assert second.endswith("again at-5e1f-access-token")

@@ -1,0 +1,325 @@
+"""File sinks: exact content per format, exact mode, atomic replacement, clean failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from broker.sinks import TEMP_SUFFIX, FileSink, SinkConfig, SinkError, render, sh_quote
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl-_x"
+NOW = datetime(2026, 11, 25, 3, 14, 7, tzinfo=UTC).timestamp()
+EXPIRES = NOW + 3600
+
+
+def sink(tmp_path: Path, **options: Any) -> FileSink:
+    config = SinkConfig(path=tmp_path / "hiro.token", **options)
+    return FileSink(config, "hiro", wall=lambda: NOW)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(TEMP_SUFFIX))
+
+
+@pytest.fixture
+def umask_077() -> Iterator[None]:
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+# -- formats ---------------------------------------------------------------------------
+
+
+def test_token_format_is_the_bare_token(tmp_path: Path) -> None:
+    """format: token writes the token and nothing else (no newline)."""
+    s = sink(tmp_path)
+    s.write(TOKEN, EXPIRES)
+    assert s.path.read_bytes() == TOKEN.encode()
+
+
+def test_json_format(tmp_path: Path) -> None:
+    """format: json is GET /token's body, expires_in counted from the sink's clock."""
+    s = sink(tmp_path, format="json")
+    s.write(TOKEN, EXPIRES - 0.4)
+    text = s.path.read_text()
+    assert text.endswith("}\n")
+    assert json.loads(text) == {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 3599,
+        "expires_at": "2026-11-25T04:14:06Z",
+    }
+
+
+def test_env_format_exact(tmp_path: Path) -> None:
+    """format: env writes three single-quoted KEY=value lines with the configured prefix."""
+    s = sink(tmp_path, format="env", env_prefix="HIRO_TOKEN")
+    s.write(TOKEN, EXPIRES)
+    assert s.path.read_text() == (
+        f"HIRO_TOKEN='{TOKEN}'\n"
+        "HIRO_TOKEN_TYPE='Bearer'\n"
+        "HIRO_TOKEN_EXPIRES_AT='2026-11-25T04:14:07Z'\n"
+    )
+
+
+def test_env_format_sources_safely_in_sh(tmp_path: Path) -> None:
+    """Quotes, $, backticks and spaces in a token survive sourcing verbatim and run nothing."""
+    nasty = "a'b\"c $(touch pwned) `id` $HOME \\ ;x"
+    s = sink(tmp_path, format="env")
+    s.write(nasty, EXPIRES)
+    sh = shutil.which("sh")
+    assert sh is not None
+    result = subprocess.run(
+        [sh, "-c", '. "$1" && printf %s "$TOKEN|$TOKEN_TYPE|$TOKEN_EXPIRES_AT"', "sh", s.path],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout == f"{nasty}|Bearer|2026-11-25T04:14:07Z"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sh_quote() -> None:
+    """Single quotes are closed, escaped and reopened."""
+    assert sh_quote("it's") == "'it'\\''s'"
+    assert sh_quote("") == "''"
+
+
+def test_render_expired_token_has_zero_expires_in() -> None:
+    """expires_in never goes negative."""
+    config = SinkConfig(path=Path("/x/t"), format="json")
+    assert json.loads(render(config, TOKEN, NOW - 5, NOW))["expires_in"] == 0
+
+
+# -- file mode --------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("umask_077")
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o400])
+def test_file_has_exactly_the_configured_mode(tmp_path: Path, mode: int) -> None:
+    """The file gets the configured mode whatever the umask, on first write and on replace."""
+    s = sink(tmp_path, mode=mode)
+    s.write(TOKEN, EXPIRES)
+    assert mode_of(s.path) == mode
+    s.write(TOKEN + "2", EXPIRES)
+    assert mode_of(s.path) == mode
+    assert s.path.read_text() == TOKEN + "2"
+
+
+# -- atomic replacement -------------------------------------------------------------------
+
+
+def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
+    """500 replacements while a reader loops: every read is exactly one written version."""
+    s = sink(tmp_path, format="json")
+    versions = [f"v{i:03d}-" + chr(97 + i % 26) * (200 + (i * 977) % 6000) for i in range(501)]
+    expected = {render(s.config, v, EXPIRES, NOW) for v in versions}
+    s.write(versions[0], EXPIRES)
+    done = threading.Event()
+    seen: list[bytes] = []
+    bad: list[bytes] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            data = s.path.read_bytes()
+            (seen if data in expected else bad).append(data)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in versions[1:]:
+            s.write(version, EXPIRES)
+    finally:
+        done.set()
+        thread.join()
+    assert bad == []
+    assert len(seen) > 50
+    assert len(set(seen)) > 1
+    assert s.path.read_bytes() == render(s.config, versions[-1], EXPIRES, NOW)
+    assert leftovers(tmp_path) == []
+
+
+def test_older_generation_does_not_overwrite_newer(tmp_path: Path) -> None:
+    """With generations, a late write of an older token is skipped."""
+    s = sink(tmp_path)
+    s.write("new-token", EXPIRES, generation=2)
+    s.write("old-token", EXPIRES, generation=1)
+    assert s.path.read_text() == "new-token"
+    s.write("newer-token", EXPIRES, generation=3)
+    assert s.path.read_text() == "newer-token"
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_failed_write_cleans_up_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync error removes the temp file, keeps the old file, names the path, not the token."""
+    s = sink(tmp_path)
+    s.write("previous-token", EXPIRES)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(SinkError) as caught:
+        s.write(TOKEN, EXPIRES)
+    message = str(caught.value)
+    assert str(s.path) in message
+    assert "Input/output error" in message
+    assert TOKEN not in message
+    assert "previous-token" not in message
+    assert leftovers(tmp_path) == []
+    assert s.path.read_text() == "previous-token"
+
+
+def test_failed_replace_cleans_up(tmp_path: Path) -> None:
+    """If the rename fails (the path is a non-empty directory), no temp file is left behind."""
+    s = sink(tmp_path)
+    s.path.mkdir()
+    (s.path / "inside").write_text("x")
+    with pytest.raises(SinkError, match=r"hiro\.token.*cannot be written") as caught:
+        s.write(TOKEN, EXPIRES)
+    assert TOKEN not in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    """Writing into a directory that does not exist fails with the path in the message."""
+    s = FileSink(SinkConfig(path=tmp_path / "nope" / "t"), "hub")
+    with pytest.raises(SinkError, match=r"nope/t for provider 'hub': cannot be written"):
+        s.write(TOKEN, EXPIRES)
+
+
+@pytest.mark.parametrize("bad", ["", "two\nlines", "nul\x00byte", "cr\rhere"])
+def test_refuses_empty_or_multiline_tokens(tmp_path: Path, bad: str) -> None:
+    """A token that would corrupt the formats is refused without being echoed."""
+    s = sink(tmp_path)
+    with pytest.raises(SinkError, match="refusing") as caught:
+        s.write(bad, EXPIRES)
+    assert "lines" not in str(caught.value)
+    assert "byte" not in str(caught.value)
+    assert not s.path.exists()
+
+
+# -- check() ------------------------------------------------------------------------------------
+
+
+def test_check_passes_and_leaves_nothing(tmp_path: Path) -> None:
+    """A writable directory passes; the probe file is removed."""
+    sink(tmp_path).check()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_missing_directory(tmp_path: Path) -> None:
+    """A missing directory is reported at start, naming it."""
+    s = FileSink(SinkConfig(path=tmp_path / "run" / "t"), "hub")
+    with pytest.raises(SinkError, match=r"directory .*/run does not exist"):
+        s.check()
+
+
+def test_check_path_is_a_directory(tmp_path: Path) -> None:
+    """A sink path that is a directory is reported at start."""
+    (tmp_path / "hiro.token").mkdir()
+    with pytest.raises(SinkError, match="it is a directory"):
+        sink(tmp_path).check()
+
+
+def test_check_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory refusing new files fails the check with the OS reason."""
+    real_open = os.open
+
+    def deny(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(TEMP_SUFFIX):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", deny)
+    with pytest.raises(SinkError, match="is not writable: Permission denied"):
+        sink(tmp_path).check()
+
+
+def test_check_removes_only_stale_temps_of_this_sink(tmp_path: Path) -> None:
+    """Old temp files of this sink go (they may hold a token); fresh ones and others stay."""
+    stale = tmp_path / f".hiro.token.aaaa{TEMP_SUFFIX}"
+    fresh = tmp_path / f".hiro.token.bbbb{TEMP_SUFFIX}"
+    other = tmp_path / f".hub.token.cccc{TEMP_SUFFIX}"
+    for path in (stale, fresh, other):
+        path.write_text("t")
+    for path in (stale, other):
+        os.utime(path, (NOW - 3600, NOW - 3600))
+    os.utime(fresh, (NOW - 5, NOW - 5))
+    sink(tmp_path).check()
+    assert leftovers(tmp_path) == sorted([fresh.name, other.name])
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "mode"),
+    [
+        ("mode: 0640", 0o640),  # YAML 1.1 octal int
+        ("mode: 416", 0o640),
+        ("mode: '0640'", 0o640),
+        ("mode: '0o640'", 0o640),
+        ("mode: 0o640", 0o640),  # PyYAML reads 0o640 as a string
+        ("mode: '600'", 0o600),
+        ("mode: 0", 0),
+    ],
+)
+def test_mode_accepts_yaml_ints_and_octal_strings(raw: str, mode: int) -> None:
+    """Modes may be YAML octal ints, decimal ints or octal strings."""
+    data = yaml.safe_load(f"path: /run/broker/t\n{raw}\n")
+    assert SinkConfig.model_validate(data).mode == mode
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (640, "640 is decimal; write 0640"),
+        (0o1777, "between 0 and 0777"),
+        (-1, "between 0 and 0777"),
+        ("rw-r-----", "octal file mode"),
+        ("0999", "octal file mode"),
+        (True, "file mode"),
+    ],
+)
+def test_mode_rejects(value: object, message: str) -> None:
+    """Out-of-range or non-octal modes are refused with a hint."""
+    with pytest.raises(ValidationError, match=message):
+        SinkConfig.model_validate({"path": "/run/t", "mode": value})
+
+
+def test_config_defaults_and_strictness() -> None:
+    """Defaults are token/0600/TOKEN; unknown keys and bad prefixes are refused; it is frozen."""
+    config = SinkConfig.model_validate({"path": "/run/broker/hiro.token"})
+    assert (config.format, config.mode, config.env_prefix) == ("token", 0o600, "TOKEN")
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        SinkConfig.model_validate({"path": "/t", "colour": "red"})
+    for prefix in ("1TOKEN", "MY-TOKEN", "", "A B"):
+        with pytest.raises(ValidationError, match="shell variable name"):
+            SinkConfig.model_validate({"path": "/t", "env_prefix": prefix})
+    with pytest.raises(ValidationError, match="must name a file"):
+        SinkConfig.model_validate({"path": "/"})
+    with pytest.raises(ValidationError, match="frozen"):
+        config.mode = 0o644  # type: ignore[misc]
