@@ -34,7 +34,9 @@ from broker.api_models import (
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
 from broker.errors import TokenUnavailableError, UnknownProviderError
+from broker.logs import add_secret_filter
 from broker.manager import Provider, TokenManager
+from broker.metrics import Metrics
 from broker.reload import reload_config
 from broker.security import Denied, Guard, GuardMiddleware
 from broker.state import StateStore
@@ -78,6 +80,7 @@ def create_app(
     *clock* and *transport* exist for tests (a fake clock, ``httpx.MockTransport``).
     """
     clock = clock or SystemClock()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,15 +91,21 @@ def create_app(
             trust_env=False,  # no proxy from the environment unless configured
         ) as client:
             manager = TokenManager(
-                settings, client=client, clock=clock, store=store or open_store(settings)
+                settings,
+                client=client,
+                clock=clock,
+                store=store or open_store(settings),
+                metrics=metrics,
             )
             app.state.manager = manager
             _announce_access_rules(settings, guard)
             await manager.start()
             stop_reloading = _reload_on_sighup(manager, config_path, settings)
+            stop_redacting = add_secret_filter(manager.secret_values)
             try:
                 yield
             finally:
+                stop_redacting()
                 stop_reloading()
                 await manager.stop()
 
@@ -111,7 +120,17 @@ def create_app(
     app.add_middleware(GuardMiddleware, guard=guard)
     _add_error_handlers(app)
     _add_routes(app, guard)
+    app.state.metrics = metrics
+    _add_metrics_route(app, guard, metrics)
     return app
+
+
+def _add_metrics_route(app: FastAPI, guard: Guard, metrics: Metrics) -> None:
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        guard.authorize(request.headers.get("authorization"), None, "status")
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type, headers=NO_STORE)
 
 
 def _announce_access_rules(settings: BrokerSettings, guard: Guard) -> None:
@@ -170,6 +189,11 @@ def _manager(request: Request) -> TokenManager:
     return manager
 
 
+def _metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
 def _add_routes(app: FastAPI, guard: Guard) -> None:
     @app.get(
         "/token/{provider}",
@@ -192,6 +216,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
             token = await manager.token(provider, wanted)
             now = manager.now()
         audit.info("token served", extra={"client": client, "provider": provider})
+        _metrics(request).token_served(provider, client)
         return _token_response(token, now, _wants_raw(request, format), state)
 
     @app.post(
@@ -209,6 +234,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         audit.info(
             "token served after forced refresh", extra={"client": client, "provider": provider}
         )
+        _metrics(request).token_served(provider, client)
         return _token_response(
             token, manager.now(), _wants_raw(request, format), manager.get(provider)
         )

@@ -17,6 +17,7 @@ from broker import __version__
 from broker.app import create_app, open_store
 from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
+from broker.logs import configure_logging
 from broker.protocols import build_protocol
 from broker.state import StateError, StateStore
 
@@ -93,14 +94,6 @@ def _check(config_path: str) -> int:
     return 0
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def uvicorn_config(
     settings: BrokerSettings, config_path: Path | None = None, store: StateStore | None = None
 ) -> uvicorn.Config:
@@ -142,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("broker")
     for warning in inline_secret_warnings(args.config):
         log.warning("%s", warning)

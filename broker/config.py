@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from broker.errors import ConfigError
 from broker.secrets import Indirect, Secret
+from broker.sinks import SinkConfig
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Provider names appear in URLs and env var names: keep them boring."""
@@ -94,6 +95,8 @@ class _ProviderBase(BaseModel):
     """Lifetime assumed when a response gives none (and the token is not a JWT with exp)."""
     refresh: RefreshSettings | None = None
     """Overrides the top-level refresh settings for this provider."""
+    sink: SinkConfig | None = None
+    """Also write each new access token to this file (atomically)."""
 
 
 class _UserCredentials(BaseModel):
@@ -277,6 +280,8 @@ class BrokerSettings(BaseSettings):
     """Listen address. Loopback by default: tokens are for this host only."""
     port: int = Field(8181, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``text``: one human-readable line per event; ``json``: one JSON object per line."""
     request_timeout: float = Field(10.0, gt=0)
     """How long a caller waits for a token that is being fetched (cold start,
     min_valid, forced refresh) before getting a 503."""

@@ -12,10 +12,11 @@ import asyncio
 
 import uvicorn
 
-from broker.cli import configure_logging, exit_zero_after_shutdown, uvicorn_config
+from broker.cli import exit_zero_after_shutdown, uvicorn_config
 from broker.config import BrokerSettings, parse_config
 from broker.fakes import aerion, hiro, hub
 from broker.fakes.server import FakeServer
+from broker.logs import configure_logging
 
 DEMO_CONFIG = """\
 # The demo's config: the same keys you would write for the real services.

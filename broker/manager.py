@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -30,8 +31,10 @@ from broker.errors import (
     TokenUnavailableError,
     UnknownProviderError,
 )
+from broker.metrics import Metrics, ProviderSnapshot
 from broker.protocols import TokenProtocol, build_protocol
 from broker.schedule import backoff_delay, refresh_delay
+from broker.sinks import FileSink, SinkError
 from broker.state import StateError, StateStore, fingerprint
 from broker.tokens import Token
 
@@ -72,6 +75,9 @@ class Provider:
     """Fingerprint of the login (type, endpoint, client, user, seed); keys the state file."""
     persist_error: str | None = None
     """Why the newest refresh token could not be saved, if it could not."""
+    sink: FileSink | None = field(default=None, repr=False)
+    sink_error: str | None = None
+    """Why the newest token could not be written to the sink file, if it could not."""
 
     @property
     def kind(self) -> str:
@@ -102,7 +108,9 @@ class TokenManager:
         clock: Clock,
         rng: random.Random | None = None,
         store: StateStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self._client = client
         self._clock = clock
         self._store = store
@@ -123,6 +131,7 @@ class TokenManager:
             policy=settings.refresh_for(name),
             refresh_token=seed,
             login_id=login_fingerprint(config),
+            sink=FileSink(config.sink, name) if config.sink is not None else None,
         )
         if self._store is not None:
             # A persisted refresh token is newer than any seed: it is what the
@@ -138,6 +147,8 @@ class TokenManager:
     async def start(self) -> None:
         """Start one refresh task per provider; each fetches its first token at once."""
         for provider in self.providers.values():
+            self._check_sink(provider)
+            self.metrics.watch_provider(provider.name, self._snapshot_fn(provider.name))
             self._start_task(provider)
 
     def _start_task(self, provider: Provider) -> None:
@@ -174,6 +185,7 @@ class TokenManager:
         summary: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "kept": []}
         for name in [n for n in old if n not in settings.providers]:
             await self._retire(name)
+            self.metrics.forget_provider(name)
             summary["removed"].append(name)
         for name, config in settings.providers.items():
             current = old.get(name)
@@ -188,6 +200,8 @@ class TokenManager:
                 await self._retire(name)
             provider = self._new_provider(name, settings)
             self.providers[name] = provider
+            self._check_sink(provider)
+            self.metrics.watch_provider(name, self._snapshot_fn(name))
             self._start_task(provider)
             summary["changed" if current is not None else "added"].append(name)
         self._settings = settings
@@ -201,6 +215,53 @@ class TokenManager:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+    def _snapshot_fn(self, name: str) -> Callable[[], ProviderSnapshot | None]:
+        """Reads whichever Provider object holds *name* at scrape time (reload swaps them)."""
+
+        def snapshot() -> ProviderSnapshot | None:
+            provider = self.providers.get(name)
+            if provider is None:
+                return None
+            now = self._clock.monotonic()
+            token = provider.token
+            return ProviderSnapshot(
+                state=provider.state(now),
+                up=token is not None and token.servable(now),
+                expires_in=token.remaining(now) if token is not None else None,
+                next_refresh_in=(
+                    provider.next_refresh_at - now if provider.next_refresh_at is not None else None
+                ),
+                backoff=max(provider.retry_at - now, 0.0) if provider.retry_at is not None else 0.0,
+                consecutive_failures=provider.consecutive_failures,
+                clock_skew=provider.clock_skew,
+            )
+
+        return snapshot
+
+    def _check_sink(self, provider: Provider) -> None:
+        if provider.sink is None:
+            return
+        try:
+            provider.sink.check()
+        except SinkError as exc:
+            provider.sink_error = str(exc)
+            log.error("%s", exc)
+
+    def secret_values(self) -> list[str]:
+        """Every secret and token the broker holds now, for the log SecretFilter.
+
+        Values under 8 characters are left out: they are not real secrets (Aerion's
+        default client secret is "public") and redacting them would mangle words.
+        """
+        values: list[str] = []
+        for provider in self.providers.values():
+            values.extend(provider.protocol.secret_values())
+            if provider.refresh_token:
+                values.append(provider.refresh_token)
+            if provider.token is not None:
+                values.append(provider.token.access_token)
+        return [value for value in values if len(value) >= 8]
 
     # -- what callers use ---------------------------------------------------
 
@@ -364,7 +425,26 @@ class TokenManager:
             provider.inflight = None
             provider.wake.set()
         self._record_success(provider, token, reason, self._clock.monotonic() - started)
+        await self._write_sink(provider, token)
         return token
+
+    async def _write_sink(self, provider: Provider, token: Token) -> None:
+        sink = provider.sink
+        if sink is None:
+            return
+        try:
+            await asyncio.to_thread(
+                sink.write,
+                token.access_token,
+                token.expires_at_wall,
+                generation=provider.generation,
+            )
+        except SinkError as exc:
+            # Callers of GET /token are unaffected; the file keeps the previous token.
+            provider.sink_error = str(exc)
+            log.error("%s", exc)
+        else:
+            provider.sink_error = None
 
     async def _obtain(self, provider: Provider) -> Token:
         protocol = provider.protocol
@@ -400,6 +480,22 @@ class TokenManager:
         return await self._send(provider, protocol.login_request(), False)
 
     async def _send(self, provider: Provider, request: httpx.Request, refreshing: bool) -> Token:
+        grant = "refresh_token" if refreshing else "login"
+        started = self._clock.monotonic()
+        try:
+            token = await self._send_once(provider, request, refreshing)
+        except TokenEndpointError as exc:
+            took = self._clock.monotonic() - started
+            self.metrics.token_request(provider.name, grant, exc.code, took)
+            raise
+        self.metrics.token_request(
+            provider.name, grant, "success", self._clock.monotonic() - started
+        )
+        return token
+
+    async def _send_once(
+        self, provider: Provider, request: httpx.Request, refreshing: bool
+    ) -> Token:
         timeout = provider.config.timeout
         request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
         started_mono = self._clock.monotonic()
@@ -461,9 +557,11 @@ class TokenManager:
         except StateError as exc:
             # Serving goes on from memory; a restart would need a new login.
             provider.persist_error = str(exc)
+            self.metrics.refresh_token_saved(provider.name, ok=False)
             log.error("%s: cannot save the new refresh token: %s", provider.name, exc)
         else:
             provider.persist_error = None
+            self.metrics.refresh_token_saved(provider.name, ok=True)
 
     async def _forget(self, provider: Provider) -> None:
         if self._store is None:
@@ -476,6 +574,7 @@ class TokenManager:
     # -- bookkeeping --------------------------------------------------------
 
     def _record_success(self, provider: Provider, token: Token, reason: str, took: float) -> None:
+        before = provider.state(self._clock.monotonic())
         provider.token = token
         provider.generation += 1
         provider.refreshes += 1
@@ -490,9 +589,18 @@ class TokenManager:
             reason,
             token.lifetime,
             took * 1000,
+            extra={
+                "event": "token_refreshed",
+                "provider": provider.name,
+                "reason": reason,
+                "duration_ms": round(took * 1000, 1),
+                "expires_in": round(token.lifetime),
+            },
         )
+        self._log_state_change(provider, before)
 
     def _record_failure(self, provider: Provider, exc: TokenEndpointError) -> None:
+        before = provider.state(self._clock.monotonic())
         provider.failures += 1
         provider.consecutive_failures += 1
         provider.last_error = exc
@@ -517,7 +625,32 @@ class TokenManager:
             exc.code,
             delay,
             "; still serving the current token" if servable else "",
+            extra={
+                "event": "token_request_failed",
+                "provider": provider.name,
+                "error": exc.code,
+                "kind": exc.kind.value,
+                "status": exc.status,
+                "retry_in_s": round(delay, 1),
+            },
         )
+        self._log_state_change(provider, before)
+
+    def _log_state_change(self, provider: Provider, before: ProviderState) -> None:
+        after = provider.state(self._clock.monotonic())
+        if after != before:
+            log.info(
+                "%s: state %s -> %s",
+                provider.name,
+                before,
+                after,
+                extra={
+                    "event": "state_changed",
+                    "provider": provider.name,
+                    "from": before,
+                    "to": after,
+                },
+            )
 
 
 def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableError:

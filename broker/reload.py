@@ -12,7 +12,7 @@ from broker.manager import TokenManager
 log = logging.getLogger("broker.reload")
 
 # Keys that only take effect at start: changing them needs a restart.
-RESTART_KEYS = ("host", "port", "log_level")
+RESTART_KEYS = ("host", "port", "log_level", "log_format")
 
 
 async def reload_config(
@@ -27,11 +27,13 @@ async def reload_config(
         new = load_config(path)
     except ConfigError as exc:
         log.error("config reload rejected, the running config stays in force:\n%s", exc)
+        manager.metrics.config_reloaded(ok=False)
         return running
     for key in RESTART_KEYS:
         if getattr(new, key) != getattr(running, key):
             log.warning("config reload: %s changed; it takes effect at the next restart", key)
     summary = await manager.update(new)
+    manager.metrics.config_reloaded(ok=True)
     log.info(
         "config reloaded from %s: added %s, removed %s, changed %s, unchanged %s",
         path,

@@ -32,6 +32,7 @@ def test_check_accepts_the_example_config(tmp_path: Path) -> None:
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     (secrets_dir / "hub_service_secret").write_text("s3cret-hub\n")
+    (secrets_dir / "monitoring_key").write_text("monitoring-key-0123456789\n")
     example = (ROOT / "config.example.yaml").read_text()
     config = tmp_path / "config.yaml"
     config.write_text(example.replace("/run/secrets/", f"{secrets_dir}/"))

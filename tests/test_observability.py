@@ -1,0 +1,137 @@
+"""Metrics, logs and file sinks as an operator sees them, against a running broker."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker.fakes import hiro
+from broker.fakes.hiro import FakeHiro
+from broker.fakes.server import serve_in_thread
+from tests.support import free_port, process, ready, running_broker, settings_from, wait_for
+
+OPS_KEY = "ops-metrics-key-2b7c9d1e"
+APP_KEY = "app-metrics-key-8f6a3e0c"
+
+
+def provider_yaml(url: str, extra: str = "") -> str:
+    return (
+        f"providers:\n  hiro:\n    type: hiro\n    url: {url}\n"
+        f"    client_id: {hiro.DEMO_CLIENT_ID}\n    client_secret: {hiro.DEMO_CLIENT_SECRET}\n"
+        f"    username: {hiro.DEMO_USERNAME}\n    password: {hiro.DEMO_PASSWORD}\n{extra}"
+    )
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {OPS_KEY}"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_move_as_refreshes_happen() -> None:
+    """Prometheus text that parses; token requests, expiry, state and served tokens move."""
+    fake = FakeHiro(ttl=2)
+    clients = (
+        f"clients:\n  ops: {{key: {OPS_KEY}, status: true}}\n"
+        f"  app: {{key: {APP_KEY}, providers: [hiro]}}\n"
+    )
+    app = {"Authorization": f"Bearer {APP_KEY}"}
+    with (
+        serve_in_thread(fake.app) as url,
+        running_broker(settings_from(clients + provider_yaml(url))) as client,
+    ):
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=app).status_code == 403
+        first = scrape(client)
+        for _ in range(3):
+            client.get("/token/hiro", headers=app)
+        wait_for(lambda: len(fake.token_requests("refresh_token")) >= 2)
+        later = scrape(client)
+    assert value(first, "broker_provider_up", provider="hiro") == 1
+    assert value(first, "broker_provider_state", provider="hiro", state="ready") == 1
+    assert value(first, "broker_provider_state", provider="hiro", state="failing") == 0
+    assert 0 < value(first, "broker_token_expires_in_seconds", provider="hiro") <= 2
+    logins = value(
+        later, "broker_token_requests_total", provider="hiro", grant="login", outcome="success"
+    )
+    refreshes = value(
+        later,
+        "broker_token_requests_total",
+        provider="hiro",
+        grant="refresh_token",
+        outcome="success",
+    )
+    assert logins == 1
+    assert refreshes >= 2
+    assert refreshes > value(
+        first,
+        "broker_token_requests_total",
+        provider="hiro",
+        grant="refresh_token",
+        outcome="success",
+    )
+    assert value(later, "broker_tokens_served_total", provider="hiro", client="app") == 3
+    assert value(later, "broker_token_request_seconds_count", provider="hiro") >= 3
+
+
+def test_json_logs_parse_and_carry_the_event_fields(tmp_path: Path) -> None:
+    """log_format: json gives one JSON object per line with event, provider and duration."""
+    fake = FakeHiro(ttl=2)
+    port = free_port()
+    with serve_in_thread(fake.app) as url:
+        config = tmp_path / "config.yaml"
+        config.write_text(f"port: {port}\nlog_format: json\n" + provider_yaml(url))
+        config.chmod(0o600)
+        with process("serve", "--config", str(config)) as broker:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: ready(base, broker.proc), timeout=30)
+            wait_for(
+                lambda: "token_refreshed" in broker.output and fake.token_requests("refresh_token")
+            )
+    lines = [line for line in broker.output.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    refreshed = [r for r in records if r.get("event") == "token_refreshed"]
+    assert refreshed
+    assert refreshed[0]["provider"] == "hiro"
+    assert isinstance(refreshed[0]["duration_ms"], int | float)
+    assert any(r["logger"].startswith("uvicorn") for r in records), "uvicorn logs in JSON too"
+    for secret in (hiro.DEMO_PASSWORD, hiro.DEMO_CLIENT_SECRET, *fake.issued_access_tokens):
+        assert secret not in broker.output
+
+
+def test_file_sink_follows_refreshes(tmp_path: Path) -> None:
+    """A provider's sink file always holds its current token, with the configured mode."""
+    fake = FakeHiro(ttl=2)
+    sink = tmp_path / "tokens" / "hiro.env"
+    sink.parent.mkdir()
+    extra = f"    sink: {{path: {sink}, format: env, mode: 0o640, env_prefix: HIRO_TOKEN}}\n"
+    with (
+        serve_in_thread(fake.app) as url,
+        running_broker(settings_from(provider_yaml(url, extra))) as client,
+    ):
+        wait_for(lambda: sink.exists())
+        wait_for(lambda: len(fake.issued_access_tokens) >= 3)
+        wait_for(lambda: fake.issued_access_tokens[-1] in sink.read_text())
+        served = client.get("/token/hiro").json()["access_token"]
+    text = sink.read_text()
+    assert f"HIRO_TOKEN='{served}'" in text.splitlines()
+    assert "HIRO_TOKEN_EXPIRES_AT=" in text
+    assert stat.S_IMODE(sink.stat().st_mode) == 0o640
+    assert [p.name for p in sink.parent.iterdir()] == ["hiro.env"], "no temp files left"
