@@ -40,7 +40,7 @@ from broker.metrics import Metrics
 from broker.reload import reload_config
 from broker.security import Denied, Guard, GuardMiddleware
 from broker.state import StateStore
-from broker.tokens import Token
+from broker.tokens import Token, rfc3339
 
 audit = logging.getLogger("broker.audit")
 """One line per token handed out: which client, which provider; never the token."""
@@ -215,8 +215,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         if token is None or not token.servable(now, wanted):
             token = await manager.token(provider, wanted)
             now = manager.now()
-        audit.info("token served", extra={"client": client, "provider": provider})
-        _metrics(request).token_served(provider, client)
+        record_served(_metrics(request), client, provider)
         return _token_response(token, now, _wants_raw(request, format), state)
 
     @app.post(
@@ -231,10 +230,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         client = guard.authorize(request.headers.get("authorization"), provider, "token")
         manager = _manager(request)
         token = await manager.force_refresh(provider)
-        audit.info(
-            "token served after forced refresh", extra={"client": client, "provider": provider}
-        )
-        _metrics(request).token_served(provider, client)
+        record_served(_metrics(request), client, provider)
         return _token_response(
             token, manager.now(), _wants_raw(request, format), manager.get(provider)
         )
@@ -285,26 +281,34 @@ def _wants_raw(request: Request, format: str | None) -> bool:
     return "text/plain" in accept and "json" not in accept
 
 
-def _rfc3339(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _token_response(token: Token, now: float, raw: bool, provider: Provider) -> Response:
+def token_payload(
+    token: Token, now: float, raw: bool, provider: Provider
+) -> tuple[bytes, str, dict[str, str]]:
+    """Body, media type and headers of a token answer (shared with the fast path)."""
     headers = NO_STORE
     error = provider.last_error
     if provider.consecutive_failures and error is not None:
         # Still valid, but the last refresh failed: callers may want to know.
         headers = {**NO_STORE, REFRESH_FAILED_HEADER: error.code}
     if raw:
-        return Response(token.access_token, media_type="text/plain", headers=headers)
-    body = {
-        "access_token": token.access_token,
-        "token_type": "Bearer",
-        "expires_in": max(int(token.remaining(now)), 0),
-        "expires_at": _rfc3339(token.expires_at_wall),
-    }
-    return Response(json.dumps(body), media_type="application/json", headers=headers)
+        return token.access_token.encode(), "text/plain; charset=utf-8", headers
+    body = (
+        f'{{"access_token": {json.dumps(token.access_token)}, "token_type": "Bearer",'
+        f' "expires_in": {max(int(token.remaining(now)), 0)},'
+        f' "expires_at": "{token.expires_at_text}"}}'
+    )
+    return body.encode(), "application/json", headers
+
+
+def record_served(metrics: Metrics, client: str, provider: str) -> None:
+    """The audit line and the metric for one token handed out (never the token)."""
+    audit.info("token served", extra={"client": client, "provider": provider})
+    metrics.token_served(provider, client)
+
+
+def _token_response(token: Token, now: float, raw: bool, provider: Provider) -> Response:
+    body, media_type, headers = token_payload(token, now, raw, provider)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 def _error_body(provider: Provider) -> dict[str, Any] | None:
@@ -327,12 +331,12 @@ def _status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
         "type": provider.kind,
         "state": provider.state(now),
         "expires_in": int(token.remaining(now)) if token is not None and servable else None,
-        "expires_at": _rfc3339(token.expires_at_wall) if token is not None else None,
-        "last_refresh": _rfc3339(provider.last_refresh_wall)
+        "expires_at": rfc3339(token.expires_at_wall) if token is not None else None,
+        "last_refresh": rfc3339(provider.last_refresh_wall)
         if provider.last_refresh_wall is not None
         else None,
         "next_refresh_in": round(max(next_at - now, 0.0), 1) if next_at is not None else None,
-        "next_refresh": _rfc3339(wall + max(next_at - now, 0.0)) if next_at is not None else None,
+        "next_refresh": rfc3339(wall + max(next_at - now, 0.0)) if next_at is not None else None,
         "refreshes": provider.refreshes,
         "failures": provider.failures,
         "consecutive_failures": provider.consecutive_failures,
@@ -343,7 +347,7 @@ def _status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
         else {
             "code": error.code,
             "message": error.message,
-            "at": _rfc3339(provider.last_error_wall)
+            "at": rfc3339(provider.last_error_wall)
             if provider.last_error_wall is not None
             else None,
         },

@@ -17,6 +17,7 @@ from broker import __version__
 from broker.app import create_app, open_store
 from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
+from broker.fastpath import TokenFastPath
 from broker.logs import configure_logging
 from broker.protocols import build_protocol
 from broker.state import StateError, StateStore
@@ -98,7 +99,7 @@ def uvicorn_config(
     settings: BrokerSettings, config_path: Path | None = None, store: StateStore | None = None
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings, config_path=config_path, store=store),
+        TokenFastPath(create_app(settings, config_path=config_path, store=store)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

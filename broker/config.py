@@ -282,6 +282,10 @@ class BrokerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     """``text``: one human-readable line per event; ``json``: one JSON object per line."""
+    max_concurrent_requests: int = Field(32, ge=1, le=1000)
+    """Token requests in flight to identity providers at once, over all providers; more
+    wait their turn (their timeout starts when they are sent), so thousands of providers
+    can start together without overwhelming the identity providers or the broker."""
     request_timeout: float = Field(10.0, gt=0)
     """How long a caller waits for a token that is being fetched (cold start,
     min_valid, forced refresh) before getting a 503."""

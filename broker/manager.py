@@ -36,7 +36,7 @@ from broker.protocols import TokenProtocol, build_protocol
 from broker.schedule import backoff_delay, refresh_delay
 from broker.sinks import FileSink, SinkError
 from broker.state import StateError, StateStore, fingerprint
-from broker.tokens import Token
+from broker.tokens import Token, rfc3339
 
 log = logging.getLogger("broker.manager")
 
@@ -116,6 +116,7 @@ class TokenManager:
         self._store = store
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._settings = settings
+        self._sending = asyncio.Semaphore(settings.max_concurrent_requests)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.providers: dict[str, Provider] = {
             name: self._new_provider(name, settings) for name in settings.providers
@@ -497,15 +498,17 @@ class TokenManager:
         self, provider: Provider, request: httpx.Request, refreshing: bool
     ) -> Token:
         timeout = provider.config.timeout
-        request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
-        started_mono = self._clock.monotonic()
-        started_wall = self._clock.wall()
+        # pool=None: waiting for a free connection is not the identity provider's fault.
+        request.extensions["timeout"] = httpx.Timeout(timeout, pool=None).as_dict()
         try:
-            response = await self._client.send(request, stream=True)
-            try:
-                body = await _read_capped(response, MAX_RESPONSE_BYTES)
-            finally:
-                await response.aclose()
+            async with self._sending:
+                started_mono = self._clock.monotonic()
+                started_wall = self._clock.wall()
+                response = await self._client.send(request, stream=True)
+                try:
+                    body = await _read_capped(response, MAX_RESPONSE_BYTES)
+                finally:
+                    await response.aclose()
         except httpx.TimeoutException:
             msg = f"no answer from the identity provider within {timeout:g} s"
             raise TokenEndpointError(msg, code="timeout", kind=FailureKind.TRANSIENT) from None
@@ -540,6 +543,7 @@ class TokenManager:
             obtained_at=started_mono,
             expires_at=started_mono + lifetime,
             expires_at_wall=started_wall + lifetime,
+            expires_at_text=rfc3339(started_wall + lifetime),
             scope=grant.scope,
         )
 

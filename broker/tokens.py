@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +32,8 @@ class Token:
     obtained_at: float
     expires_at: float
     expires_at_wall: float
+    expires_at_text: str = ""
+    """expires_at_wall as RFC 3339 UTC, computed once: every answer shows it."""
     scope: str | None = None
 
     def remaining(self, now: float) -> float:
@@ -44,3 +47,9 @@ class Token:
     @property
     def lifetime(self) -> float:
         return self.expires_at - self.obtained_at
+
+
+def rfc3339(timestamp: float) -> str:
+    """Unix seconds as RFC 3339 UTC to the second, e.g. ``2026-11-25T03:14:07Z``."""
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")

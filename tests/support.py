@@ -24,6 +24,7 @@ import pytest
 from broker.app import create_app
 from broker.config import BrokerSettings, parse_config
 from broker.fakes.server import serve_in_thread
+from broker.fastpath import TokenFastPath
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ def settings_from(yaml_text: str) -> BrokerSettings:
 def running_broker(settings: BrokerSettings) -> Iterator[httpx.Client]:
     """Serve the broker on 127.0.0.1 (lifespan on, real clock); yield a client for it."""
     with (
-        serve_in_thread(create_app(settings), lifespan="on") as base_url,
+        serve_in_thread(TokenFastPath(create_app(settings)), lifespan="on") as base_url,
         httpx.Client(base_url=base_url, timeout=10) as client,
     ):
         yield client

@@ -1,0 +1,77 @@
+"""The hot path: a warm ``GET /token/<name>`` answered without FastAPI's machinery.
+
+Every caller asks for its token all the time, so this one request is served
+by a plain ASGI function in front of the FastAPI app: the same request checks
+(:meth:`Guard.check_request`), the same caller authorization, the same body
+and headers (:func:`broker.app.token_payload`), the same audit line and
+metric. Whenever anything is not the plain case (a query string, no warm
+token, a denied or odd request, another route), the request goes to the
+FastAPI app unchanged, which owns every error answer and the documented API.
+The fast path therefore never decides anything the FastAPI route would not.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+from broker.app import record_served, token_payload
+from broker.manager import TokenManager
+from broker.security import Denied, Guard
+
+PREFIX = "/token/"
+
+
+class TokenFastPath:
+    """ASGI app: serves warm tokens itself, passes everything else to *app*."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or scope["query_string"]
+            or not scope["path"].startswith(PREFIX)
+            or not await self._serve(scope, send)
+        ):
+            await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, send: Send) -> bool:
+        """Answer from memory and return True, or return False having sent nothing."""
+        state = self.app.state
+        manager: TokenManager | None = getattr(state, "manager", None)  # set by the lifespan
+        if manager is None:
+            return False
+        guard: Guard = state.guard
+        name = scope["path"][len(PREFIX) :]
+        provider = manager.providers.get(name)
+        if provider is None:
+            return False
+        authorization = accept = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value
+        try:
+            guard.check_request(scope)
+            client = guard.authorize(authorization, name, "token")
+        except Denied:
+            return False
+        now = manager.now()
+        token = provider.token
+        if token is None or not token.servable(now):
+            return False
+        raw = accept is not None and b"text/plain" in accept and b"json" not in accept
+        body, media_type, headers = token_payload(token, now, raw, provider)
+        record_served(state.metrics, client, name)
+        raw_headers = [
+            (b"content-type", media_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+        return True
