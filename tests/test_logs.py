@@ -30,6 +30,7 @@ MOMENT = datetime(2026, 11, 25, 3, 14, 7, 123456, tzinfo=UTC).timestamp()
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 log = logging.getLogger("broker.manager")
+lib_log = logging.getLogger("somelib.client")  # a third-party library's logger
 
 
 @pytest.fixture(autouse=True)
@@ -54,15 +55,17 @@ def restore_logging() -> Iterator[None]:
         lg.propagate = propagate
 
 
-def record(msg: str, *args: object, exc: bool = False, **extra: Any) -> logging.LogRecord:
-    """A record as ``log.info(msg, *args, extra=extra)`` would make it, at MOMENT."""
+def record(
+    msg: str, *args: object, exc: bool = False, name: str = "broker.manager", **extra: Any
+) -> logging.LogRecord:
+    """A record as ``logging.getLogger(name).info(msg, *args, extra=extra)`` makes it, at MOMENT."""
     exc_info = None
     if exc:
         try:
             raise ValueError("boom")
         except ValueError:
             exc_info = sys.exc_info()
-    rec = log.makeRecord(log.name, logging.INFO, "f.py", 1, msg, args, exc_info, extra=extra)
+    rec = log.makeRecord(name, logging.INFO, "f.py", 1, msg, args, exc_info, extra=extra)
     rec.created = MOMENT
     return rec
 
@@ -207,11 +210,11 @@ def test_secret_filter_redacts_message_args_extra_and_exception() -> None:
     """A configured secret is replaced wherever it appears in the record."""
     out = io.StringIO()
     configure_logging("info", "json", out, secrets=lambda: [SECRET, "cs-client-secret"])
-    log.info("login with %s", SECRET, extra={"body": f"password={SECRET}", "n": [SECRET, 3]})
+    lib_log.info("login with %s", SECRET, extra={"body": f"password={SECRET}", "n": [SECRET, 3]})
     try:
         raise RuntimeError(f"rejected {SECRET}")
     except RuntimeError:
-        log.exception("failed")
+        lib_log.exception("failed")
     text = out.getvalue()
     assert SECRET not in text
     first, second = json_lines(out)
@@ -226,11 +229,11 @@ def test_secret_filter_reads_secrets_per_record_and_ignores_short_ones() -> None
     """The secrets callable is consulted each time; values under 4 characters are left alone."""
     current = ["ab", ""]
     secret_filter = SecretFilter(lambda: current)
-    first = record("ab is short: %s", "abc")
+    first = record("ab is short: %s", "abc", name="somelib.client")
     assert secret_filter.filter(first)
     assert first.getMessage() == "ab is short: abc"
     current.append("rotated-rt-0001")
-    second = record("got rotated-rt-0001 and rotated-rt-0001")
+    second = record("got rotated-rt-0001 and rotated-rt-0001", name="somelib.client")
     assert secret_filter.filter(second)
     assert second.getMessage() == f"got {REDACTED} and {REDACTED}"
 
@@ -238,7 +241,7 @@ def test_secret_filter_reads_secrets_per_record_and_ignores_short_ones() -> None
 def test_secret_filter_longest_secret_first() -> None:
     """A secret that contains another is redacted whole, leaving no fragment."""
     secret_filter = SecretFilter(lambda: ["abcd", "xxabcdyy"])
-    rec = record("t=xxabcdyy")
+    rec = record("t=xxabcdyy", name="somelib.client")
     secret_filter.filter(rec)
     assert rec.getMessage() == f"t={REDACTED}"
 
@@ -259,9 +262,28 @@ def test_add_secret_filter_later_and_remove() -> None:
     out = io.StringIO()
     configure_logging("info", "text", out)
     remove = add_secret_filter(lambda: ["at-5e1f-access-token"])
-    log.info("served at-5e1f-access-token")
+    lib_log.info("served at-5e1f-access-token")
     remove()
-    log.info("again at-5e1f-access-token")
+    lib_log.info("again at-5e1f-access-token")
     first, second = out.getvalue().splitlines()
     assert first.endswith(f"served {REDACTED}")
     assert second.endswith("again at-5e1f-access-token")
+
+
+def test_secret_filter_trusts_the_brokers_own_loggers() -> None:
+    """broker.* records are not scanned (they never hold secrets; scanning is O(providers))."""
+    stream = io.StringIO()
+    configure_logging("info", stream=stream, secrets=lambda: [SECRET])
+    log.info("not scanned %s", SECRET)
+    lib_log.info("scanned %s", SECRET)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith(f"not scanned {SECRET}")
+    assert lines[1].endswith("scanned [redacted]")
+
+
+def test_http_client_chatter_is_quiet_unless_debugging() -> None:
+    """httpx logs every request at INFO; the broker's own lines say it better."""
+    configure_logging("info", stream=io.StringIO())
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+    configure_logging("debug", stream=io.StringIO())
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.DEBUG
