@@ -89,6 +89,12 @@ def create_app(
             headers={"User-Agent": f"credential-broker/{__version__}"},
             follow_redirects=False,  # a token endpoint that redirects is misconfigured
             trust_env=False,  # no proxy from the environment unless configured
+            # As many pooled connections as requests may be in flight: httpx's default of
+            # 20 kept-alive connections closed and reopened them on every refresh burst.
+            limits=httpx.Limits(
+                max_connections=settings.max_concurrent_requests,
+                max_keepalive_connections=settings.max_concurrent_requests,
+            ),
         ) as client:
             manager = TokenManager(
                 settings,

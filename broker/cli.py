@@ -107,6 +107,9 @@ def uvicorn_config(
         access_log=False,  # per-request lines would flood the log; never with tokens anyway
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # Proxied requests are refused (broker.security), so never rewrite the peer
+        # address from X-Forwarded-For, which uvicorn trusts from 127.0.0.1 by default.
+        proxy_headers=False,
     )
 
 

@@ -51,9 +51,10 @@ class TokenFastPath:
             return False
         authorization = accept = None
         for key, value in scope["headers"]:
-            if key == b"authorization":
+            # The first of repeated headers counts, as in Starlette's request.headers.get.
+            if key == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-            elif key == b"accept":
+            elif key == b"accept" and accept is None:
                 accept = value
         try:
             guard.check_request(scope)

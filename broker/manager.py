@@ -117,6 +117,10 @@ class TokenManager:
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._settings = settings
         self._sending = asyncio.Semaphore(settings.max_concurrent_requests)
+        # A slow or hanging identity provider may hold only its share of the slots, so
+        # the others keep refreshing on time.
+        self._per_host_limit = max(1, settings.max_concurrent_requests // 4)
+        self._sending_to: dict[str, asyncio.Semaphore] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.providers: dict[str, Provider] = {
             name: self._new_provider(name, settings) for name in settings.providers
@@ -325,7 +329,11 @@ class TokenManager:
 
     # -- single flight ------------------------------------------------------
 
-    async def _join_or_start(self, provider: Provider, *, reason: str) -> Token:
+    async def _join_or_start(
+        self, provider: Provider, *, reason: str, bounded: bool = True
+    ) -> Token:
+        """Join the provider's request in flight or start one; *bounded* callers give up
+        after ``request_timeout`` (the background task waits as long as it takes)."""
         task = provider.inflight
         if task is None:
             now = self._clock.monotonic()
@@ -338,6 +346,8 @@ class TokenManager:
         try:
             # shield: a caller that goes away must not cancel the shared request
             # (a rotated refresh token in its answer would be lost).
+            if not bounded:
+                return await asyncio.shield(task)
             return await asyncio.wait_for(
                 asyncio.shield(task), timeout=self._settings.request_timeout
             )
@@ -376,7 +386,7 @@ class TokenManager:
                     continue  # a caller-triggered fetch finished: plan again
             # A failure is recorded and logged by _fetch; the next delay is its backoff.
             with contextlib.suppress(TokenUnavailableError):
-                await self._join_or_start(provider, reason="scheduled")
+                await self._join_or_start(provider, reason="scheduled", bounded=False)
 
     def _next_delay(self, provider: Provider, now: float) -> float:
         if provider.needs_login:
@@ -501,7 +511,10 @@ class TokenManager:
         # pool=None: waiting for a free connection is not the identity provider's fault.
         request.extensions["timeout"] = httpx.Timeout(timeout, pool=None).as_dict()
         try:
-            async with self._sending:
+            host = self._sending_to.setdefault(
+                request.url.netloc.decode("ascii"), asyncio.Semaphore(self._per_host_limit)
+            )
+            async with host, self._sending:
                 started_mono = self._clock.monotonic()
                 started_wall = self._clock.wall()
                 response = await self._client.send(request, stream=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -24,7 +25,8 @@ async def reload_config(
     added ones start, removed ones stop. Returns the settings now in force.
     """
     try:
-        new = load_config(path)
+        # Off the event loop: parsing thousands of providers takes seconds.
+        new = await asyncio.to_thread(load_config, path)
     except ConfigError as exc:
         log.error("config reload rejected, the running config stays in force:\n%s", exc)
         manager.metrics.config_reloaded(ok=False)
