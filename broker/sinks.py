@@ -48,12 +48,11 @@ from typing import Final, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from broker.atomic import TEMP_SUFFIX, reason, replace_file
 from broker.errors import BrokerError
 
 log = logging.getLogger("broker.sinks")
 
-TEMP_SUFFIX: Final = ".broker-tmp"
-"""Temporary files are ``.<name>.<random hex>.broker-tmp`` next to the target."""
 STALE_TEMP_SECONDS: Final = 60.0
 """check() removes this sink's temporary files older than this (left by a killed broker)."""
 
@@ -200,7 +199,7 @@ class FileSink:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 probe.unlink()
-            self._fail(f"directory {directory} is not writable: {_reason(exc)}")
+            self._fail(f"directory {directory} is not writable: {reason(exc)}")
         self._remove_stale_temps()
 
     def write(
@@ -227,25 +226,10 @@ class FileSink:
     # -- internals --------------------------------------------------------------------
 
     def _atomic_write(self, data: bytes) -> None:
-        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
-        replaced = False
         try:
-            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
-            fd = os.open(temp, flags, self.config.mode)
-            with os.fdopen(fd, "wb") as handle:
-                # The umask may have narrowed the mode at creation; set it exactly.
-                os.fchmod(handle.fileno(), self.config.mode)
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-            replaced = True
-            _fsync_directory(self.path.parent)
+            replace_file(self.path, data, mode=self.config.mode)
         except OSError as exc:
-            if not replaced:
-                with contextlib.suppress(OSError):
-                    temp.unlink()
-            self._fail(f"cannot be written: {_reason(exc)}")
+            self._fail(f"cannot be written: {reason(exc)}")
 
     def _remove_stale_temps(self) -> None:
         cutoff = self._wall() - STALE_TEMP_SECONDS
@@ -258,15 +242,3 @@ class FileSink:
     def _fail(self, why: str) -> NoReturn:
         msg = f"token sink {self.path} for provider {self.provider!r}: {why}"
         raise SinkError(msg)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__

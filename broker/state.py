@@ -57,6 +57,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from broker.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file
+
 log = logging.getLogger("broker.state")
 
 VERSION = 1
@@ -74,7 +76,6 @@ MAX_KEY_FILE_BYTES = 4 * 1024
 STALE_TEMP_SECONDS = 60.0
 """Temporary files older than this (left by a killed broker) are removed at start."""
 
-_TEMP_SUFFIX = ".tmp"
 _CHECK_PREFIX = ".write-check-"
 
 
@@ -188,7 +189,7 @@ class StateStore:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            msg = f"state directory {self.directory} cannot be created: {_reason(exc)}"
+            msg = f"state directory {self.directory} cannot be created: {reason(exc)}"
             raise StateError(msg) from None
         if not self.directory.is_dir():
             msg = f"state directory {self.directory} is not a directory"
@@ -212,7 +213,7 @@ class StateStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("state file %s cannot be read (%s); ignoring it", path, _reason(exc))
+            log.warning("state file %s cannot be read (%s); ignoring it", path, reason(exc))
             return None
         try:
             return self._parse(path, provider, fingerprint, raw)
@@ -262,7 +263,7 @@ class StateStore:
             path.unlink(missing_ok=True)
             self._fsync_directory()
         except OSError as exc:
-            msg = f"state file {path} cannot be deleted: {_reason(exc)}"
+            msg = f"state file {path} cannot be deleted: {reason(exc)}"
             raise StateError(msg) from None
 
     def providers(self) -> list[str]:
@@ -375,35 +376,18 @@ class StateStore:
     # -- writing ----------------------------------------------------------------
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}")
-        replaced = False
         try:
-            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
-            fd = os.open(temp, flags, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-            replaced = True
-            self._fsync_directory()
+            replace_file(path, data, mode=0o600)
         except OSError as exc:
-            if not replaced:
-                with contextlib.suppress(OSError):
-                    temp.unlink()
-            msg = f"state file {path} cannot be written: {_reason(exc)}"
+            msg = f"state file {path} cannot be written: {reason(exc)}"
             raise StateError(msg) from None
 
     def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)
 
     def _write_check(self) -> None:
         """Prove the directory is writable now rather than at the first save."""
-        probe = self.directory / f"{_CHECK_PREFIX}{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+        probe = self.directory / f"{_CHECK_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
         try:
             fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             try:
@@ -414,13 +398,13 @@ class StateStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 probe.unlink()
-            msg = f"state directory {self.directory} is not writable: {_reason(exc)}"
+            msg = f"state directory {self.directory} is not writable: {reason(exc)}"
             raise StateError(msg) from None
 
     def _remove_stale_temps(self) -> None:
         """Delete temporary files a killed broker left behind (they may hold a token)."""
         cutoff = time.time() - STALE_TEMP_SECONDS
-        for entry in self.directory.glob(f".*{_TEMP_SUFFIX}"):
+        for entry in self.directory.glob(f".*{TEMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     entry.unlink()
@@ -441,7 +425,3 @@ def _timestamp(value: object) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) and number >= 0 else None
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__

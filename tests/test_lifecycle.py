@@ -218,18 +218,19 @@ def test_sighup_reloads_and_keeps_unchanged_providers(tmp_path: Path) -> None:
             }
 
 
-class SlowFirstToken:
-    """Holds the first token request for *delay* seconds."""
+class HeldFirstToken:
+    """Holds the first login at the IdP until the test releases it."""
 
-    def __init__(self, app: ASGIApp, delay: float) -> None:
-        self.app, self.delay, self.first = app, delay, True
+    def __init__(self, app: ASGIApp) -> None:
+        self.app, self.first = app, True
         self.arrived = threading.Event()
+        self.release = threading.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/app") and self.first:
             self.first = False
             self.arrived.set()
-            await asyncio.sleep(self.delay)
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 20)
         await self.app(scope, receive, send)
 
 
@@ -238,23 +239,30 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tmp_path: Path) -> None
     fake = FakeHiro(ttl=60)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    slow = SlowFirstToken(fake.app, delay=1.5)
-    with serve_in_thread(slow) as url:
+    held = HeldFirstToken(fake.app)
+    with serve_in_thread(held) as url:
         config = tmp_path / "config.yaml"
         config.write_text(hiro_config(url, tmp_path / "state", port))
         with process("serve", "--config", str(config), env=ENV) as broker:
             wait_for(lambda: _answers(f"{base}/healthz"), timeout=30)
+            assert held.arrived.wait(timeout=10)  # the broker is waiting on the IdP
+            sent = threading.Event()
             result: list[httpx.Response] = []
-            caller = threading.Thread(
-                target=lambda: result.append(httpx.get(f"{base}/token/hiro", timeout=10))
-            )
+
+            def call() -> None:
+                hooks = {"request": [lambda _: sent.set()]}
+                with httpx.Client(event_hooks=hooks, timeout=20) as client:
+                    result.append(client.get(f"{base}/token/hiro"))
+
+            caller = threading.Thread(target=call)
             caller.start()
-            assert slow.arrived.wait(timeout=10)  # the broker is waiting on the IdP
-            wait_for(lambda: _answers(f"{base}/healthz"))
+            assert sent.wait(timeout=10)
+            wait_for(lambda: _answers(f"{base}/healthz"))  # the caller's request is in
             assert not result, "the caller must still be waiting"
             broker.proc.send_signal(signal.SIGTERM)
-            caller.join(timeout=10)
-            assert broker.proc.wait(timeout=8) == 0
+            held.release.set()
+            caller.join(timeout=15)
+            assert broker.proc.wait(timeout=10) == 0
         assert [r.status_code for r in result] == [200]
         assert result[0].json()["access_token"] == fake.issued_access_tokens[0]
 

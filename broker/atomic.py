@@ -1,0 +1,56 @@
+"""Durable, atomic file replacement: shared by the state directory and the token sinks.
+
+A reader, or a broker restarted after a crash, sees the previous file or the
+new one, never a part of either: the data goes to a temporary file in the same
+directory (created with its final mode), is flushed and fsynced, renamed over
+the target, and the directory is fsynced so the rename itself survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+"""Temporary files are named ``.<target name>.<random>.tmp`` (swept when stale)."""
+
+
+def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Atomically and durably replace *path* with *data*, with exactly *mode*.
+
+    Raises OSError. The temporary file is removed unless the rename happened;
+    if only the directory fsync failed, *path* already holds the new data.
+    """
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+    replaced = False
+    try:
+        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # the umask may have narrowed it at creation
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        replaced = True
+        fsync_directory(path.parent)
+    except OSError:
+        if not replaced:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        raise
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in *directory* durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def reason(exc: OSError) -> str:
+    """A short, secret-free description of an OS error (no file contents, no paths twice)."""
+    return exc.strerror or type(exc).__name__
