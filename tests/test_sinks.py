@@ -17,7 +17,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from broker.sinks import TEMP_SUFFIX, FileSink, SinkConfig, SinkError, render, sh_quote
+from broker.atomic import TEMP_SUFFIX
+from broker.sinks import FileSink, SinkConfig, SinkError, render, sh_quote
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl-_x"
 NOW = datetime(2026, 11, 25, 3, 14, 7, tzinfo=UTC).timestamp()
