@@ -43,6 +43,9 @@ log = logging.getLogger("broker.manager")
 MAX_RESPONSE_BYTES = 256 * 1024
 """A token response larger than this is refused: real ones are a few KiB."""
 
+SCHEDULED_CONCURRENCY = 4
+"""Planned refreshes in flight at once (bench/refresh_noise.py measures the effect)."""
+
 ProviderState = Literal["starting", "ready", "degraded", "failing", "rejected", "needs_login"]
 
 
@@ -117,6 +120,7 @@ class TokenManager:
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._settings = settings
         self._sending = asyncio.Semaphore(settings.max_concurrent_requests)
+        self._scheduled = asyncio.Semaphore(SCHEDULED_CONCURRENCY)
         # A slow or hanging identity provider may hold only its share of the slots, so
         # the others keep refreshing on time.
         self._per_host_limit = max(1, settings.max_concurrent_requests // 4)
@@ -418,7 +422,14 @@ class TokenManager:
     async def _fetch(self, provider: Provider, reason: str) -> Token:
         started = self._clock.monotonic()
         try:
-            token = await self._obtain(provider)
+            if reason == "scheduled":
+                # Planned refreshes trickle through a few at a time, so a burst of them
+                # (many providers with the same lifetime) cannot crowd the event loop
+                # while callers wait for answers; callers' own fetches skip this queue.
+                async with self._scheduled:
+                    token = await self._obtain(provider)
+            else:
+                token = await self._obtain(provider)
         except TokenEndpointError as exc:
             self._record_failure(provider, exc)
             raise
