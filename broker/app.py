@@ -283,8 +283,12 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
 def _wants_raw(request: Request, format: str | None) -> bool:
     if format is not None:
         return format == "raw"
-    accept = request.headers.get("accept", "")
-    return "text/plain" in accept and "json" not in accept
+    return accepts_raw(request.headers.get("accept"))
+
+
+def accepts_raw(accept: str | None) -> bool:
+    """True when the Accept header asks for the bare token (text/plain, not JSON)."""
+    return accept is not None and "text/plain" in accept and "json" not in accept
 
 
 def token_payload(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from broker.app import record_served, token_payload
+from broker.app import accepts_raw, record_served, token_payload
 from broker.manager import TokenManager
 from broker.security import Denied, Guard
 
@@ -55,7 +55,7 @@ class TokenFastPath:
             if key == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
             elif key == b"accept" and accept is None:
-                accept = value
+                accept = value.decode("latin-1")
         try:
             guard.check_request(scope)
             client = guard.authorize(authorization, name, "token")
@@ -65,8 +65,7 @@ class TokenFastPath:
         token = provider.token
         if token is None or not token.servable(now):
             return False
-        raw = accept is not None and b"text/plain" in accept and b"json" not in accept
-        body, media_type, headers = token_payload(token, now, raw, provider)
+        body, media_type, headers = token_payload(token, now, accepts_raw(accept), provider)
         record_served(state.metrics, client, name)
         raw_headers = [
             (b"content-type", media_type.encode()),

@@ -14,7 +14,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import yaml
 from broker.fakes import hiro
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.server import serve_in_thread
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_CONFIG = ROOT / "deploy" / "compose-config.yaml"
@@ -138,13 +137,6 @@ def build_stage(tmp: Path) -> Path:
         else:
             raise AssertionError(f"the test does not replay {instruction.keyword} yet")
     return venv
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def local_secret(path: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from broker.fakes.hiro import (
 )
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from tests.support import running_broker, settings_from, wait_for
+from tests.support import free_port, running_broker, settings_from, wait_for
 
 TTL = 3.0
 
@@ -137,13 +136,6 @@ def _maybe_serve(app: ASGIApp, fixed_url: str | None) -> Iterator[str]:
 def gaps(fake: FakeProvider) -> list[float]:
     times = [r.at for r in fake.token_requests()]
     return [b - a for a, b in itertools.pairwise(times)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- ASGI wrappers that break the transport the way networks do -----------------------
