@@ -31,6 +31,7 @@ from broker.api_models import (
     ReadyBody,
     TokenBody,
 )
+from broker.audit import AuditTrail
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
 from broker.errors import TokenUnavailableError, UnknownProviderError
@@ -42,8 +43,8 @@ from broker.security import Denied, Guard, GuardMiddleware
 from broker.state import StateStore
 from broker.tokens import Token, rfc3339
 
-audit = logging.getLogger("broker.audit")
-"""One line per token handed out: which client, which provider; never the token."""
+audit = AuditTrail()
+"""One ``broker.audit`` line per token handed out: which client, which provider; never the token."""
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 REFRESH_FAILED_HEADER = "X-Broker-Refresh-Failed"
@@ -312,7 +313,7 @@ def token_payload(
 
 def record_served(metrics: Metrics, client: str, provider: str) -> None:
     """The audit line and the metric for one token handed out (never the token)."""
-    audit.info("token served", extra={"client": client, "provider": provider})
+    audit.token_served(client, provider)
     metrics.token_served(provider, client)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -15,14 +17,18 @@ from typing import Any
 import pytest
 import uvicorn.config
 
+from broker.audit import AuditTrail
 from broker.logs import (
     REDACTED,
     UVICORN_LOGGERS,
     JsonFormatter,
+    LogFormat,
     SecretFilter,
     TextFormatter,
+    _timestamp,
     add_secret_filter,
     configure_logging,
+    sole_handler,
 )
 
 SECRET = "pw-93d2c7e4-user-password"
@@ -287,3 +293,160 @@ def test_http_client_chatter_is_quiet_unless_debugging() -> None:
     assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
     configure_logging("debug", stream=io.StringIO())
     assert logging.getLogger("httpx").getEffectiveLevel() == logging.DEBUG
+
+
+# -- timestamps and the audit trail's direct lines -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        0.0,
+        MOMENT,
+        1764040447.9994999,  # truncated to .999, not rounded up
+        1764040447.9999995,  # rounds to the next second at microsecond precision
+        1764040447.0000004,
+        -0.5,  # before 1970
+        2_000_000_000.5,
+    ],
+)
+@pytest.mark.parametrize("millis", [True, False])
+def test_timestamp_matches_datetime(created: float, millis: bool) -> None:
+    spec = "milliseconds" if millis else "seconds"
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec=spec).replace("+00:00", "Z")
+    assert _timestamp(created, millis=millis) == expected
+
+
+@contextlib.contextmanager
+def broker_handler_only() -> Iterator[None]:
+    """Take pytest's capture handlers off the root logger, so the broker's is the only one.
+
+    (A context manager, not a fixture: pytest adds its handlers after fixtures ran.)
+    """
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    root.handlers[:] = [h for h in saved if getattr(h, "_broker_handler", False)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+
+
+AUDIT_CASES = [("reader", "hiro"), ('odd "client" name', "aerion"), ("ünïcode", "hub")]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_audit_direct_lines_equal_what_logging_writes(fmt: LogFormat) -> None:
+    """The audit trail's direct write produces the same bytes as a logging call would."""
+    direct, logged = io.StringIO(), io.StringIO()
+    moments = [MOMENT, MOMENT + 0.5, MOMENT + 1.25]
+    first = configure_logging("info", fmt, direct)
+    trail = AuditTrail(clock=iter(moments).__next__)
+    with broker_handler_only():
+        assert sole_handler(trail.logger, logging.INFO) is first  # the direct write is used
+        for client, provider in AUDIT_CASES:
+            trail.token_served(client, provider)
+    handler = configure_logging("info", fmt, logged)
+    audit_log = logging.getLogger("broker.audit")
+    for moment, (client, provider) in zip(moments, AUDIT_CASES, strict=True):
+        rec = audit_log.makeRecord(
+            audit_log.name,
+            logging.INFO,
+            "",
+            0,
+            "token served",
+            (),
+            None,
+            extra={"client": client, "provider": provider},
+        )
+        rec.created = moment
+        handler.handle(rec)
+    assert direct.getvalue() == logged.getvalue()
+    assert len(direct.getvalue().splitlines()) == 3
+    if fmt == "json":
+        assert [(d["client"], d["provider"]) for d in json_lines(direct)] == AUDIT_CASES
+
+
+class CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_audit_lines_of_one_loop_iteration_are_one_write() -> None:
+    stream = CountingStream()
+    configure_logging("info", "text", stream)
+    trail = AuditTrail(clock=lambda: MOMENT)
+
+    async def serve_three() -> str:
+        for provider in ("alpha", "beta", "gamma"):
+            trail.token_served("reader", provider)
+        written_before_yielding = stream.getvalue()
+        await asyncio.sleep(0)  # the end of this loop iteration
+        return written_before_yielding
+
+    with broker_handler_only():
+        assert asyncio.run(serve_three()) == ""
+    assert stream.writes == 1
+    assert stream.getvalue().splitlines() == [
+        f"2026-11-25T03:14:07Z INFO broker.audit token served client=reader provider={p}"
+        for p in ("alpha", "beta", "gamma")
+    ]
+
+
+def test_audit_goes_through_logging_when_another_handler_listens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pytest's caplog (like an embedding app's handler) gets ordinary records."""
+    stream = io.StringIO()
+    configure_logging("info", "text", stream)
+    caplog.set_level(logging.INFO, logger="broker.audit")
+    trail = AuditTrail()
+    assert sole_handler(trail.logger, logging.INFO) is None
+    trail.token_served("reader", "hiro")
+    audit = [r for r in caplog.records if r.name == "broker.audit"]
+    assert [(r.client, r.provider) for r in audit] == [("reader", "hiro")]  # type: ignore[attr-defined]
+    assert stream.getvalue().count("token served client=reader provider=hiro") == 1
+
+
+def test_audit_respects_level_and_filters() -> None:
+    stream = io.StringIO()
+    configure_logging("warning", "text", stream)
+    trail = AuditTrail()
+    with broker_handler_only():
+        trail.token_served("reader", "hiro")
+    assert stream.getvalue() == ""
+
+    configure_logging("info", "text", stream)
+    audit_log = logging.getLogger("broker.audit")
+    seen: list[str] = []
+
+    def drop_reader(rec: logging.LogRecord) -> bool:
+        client: str = rec.client  # type: ignore[attr-defined]
+        seen.append(client)
+        return client != "reader"
+
+    audit_log.addFilter(drop_reader)
+    try:
+        with broker_handler_only():
+            trail.token_served("reader", "hiro")
+            trail.token_served("other", "hiro")
+    finally:
+        audit_log.removeFilter(drop_reader)
+    assert seen == ["reader", "other"]
+    assert stream.getvalue().splitlines()[0].endswith("token served client=other provider=hiro")
+    assert len(stream.getvalue().splitlines()) == 1
+
+
+class BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("disk full")
+
+
+def test_audit_on_a_broken_stream_reports_like_logging(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "text", BrokenStream())
+    with broker_handler_only():
+        AuditTrail().token_served("reader", "hiro")  # must not raise into the request
+    assert "--- Logging error ---" in capsys.readouterr().err
