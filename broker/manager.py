@@ -32,6 +32,7 @@ from broker.errors import (
     UnknownProviderError,
 )
 from broker.metrics import Metrics, ProviderSnapshot
+from broker.pacer import Pacer
 from broker.protocols import TokenProtocol, build_protocol
 from broker.schedule import backoff_delay, refresh_delay
 from broker.sinks import FileSink, SinkError
@@ -42,9 +43,6 @@ log = logging.getLogger("broker.manager")
 
 MAX_RESPONSE_BYTES = 256 * 1024
 """A token response larger than this is refused: real ones are a few KiB."""
-
-SCHEDULED_CONCURRENCY = 4
-"""Planned refreshes in flight at once (bench/refresh_noise.py measures the effect)."""
 
 ProviderState = Literal["starting", "ready", "degraded", "failing", "rejected", "needs_login"]
 
@@ -120,7 +118,7 @@ class TokenManager:
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._settings = settings
         self._sending = asyncio.Semaphore(settings.max_concurrent_requests)
-        self._scheduled = asyncio.Semaphore(SCHEDULED_CONCURRENCY)
+        self._planned = Pacer(clock)
         # A slow or hanging identity provider may hold only its share of the slots, so
         # the others keep refreshing on time.
         self._per_host_limit = max(1, settings.max_concurrent_requests // 4)
@@ -388,6 +386,10 @@ class TokenManager:
                 await self._sleep_or_wake(provider, delay)
                 if provider.wake.is_set():
                     continue  # a caller-triggered fetch finished: plan again
+            generation = provider.generation
+            await self._planned.wait()
+            if provider.generation != generation:
+                continue  # a caller's fetch brought a new token meanwhile: plan again
             # A failure is recorded and logged by _fetch; the next delay is its backoff.
             with contextlib.suppress(TokenUnavailableError):
                 await self._join_or_start(provider, reason="scheduled", bounded=False)
@@ -422,14 +424,7 @@ class TokenManager:
     async def _fetch(self, provider: Provider, reason: str) -> Token:
         started = self._clock.monotonic()
         try:
-            if reason == "scheduled":
-                # Planned refreshes trickle through a few at a time, so a burst of them
-                # (many providers with the same lifetime) cannot crowd the event loop
-                # while callers wait for answers; callers' own fetches skip this queue.
-                async with self._scheduled:
-                    token = await self._obtain(provider)
-            else:
-                token = await self._obtain(provider)
+            token = await self._obtain(provider)
         except TokenEndpointError as exc:
             self._record_failure(provider, exc)
             raise
@@ -526,6 +521,10 @@ class TokenManager:
                 request.url.netloc.decode("ascii"), asyncio.Semaphore(self._per_host_limit)
             )
             async with host, self._sending:
+                # A token request is ~1 ms of CPU in a few long steps; letting the loop
+                # answer waiting callers before sending and again before processing the
+                # answer keeps each step short (see broker/pacer.py).
+                await asyncio.sleep(0)
                 started_mono = self._clock.monotonic()
                 started_wall = self._clock.wall()
                 response = await self._client.send(request, stream=True)
@@ -533,6 +532,7 @@ class TokenManager:
                     body = await _read_capped(response, MAX_RESPONSE_BYTES)
                 finally:
                     await response.aclose()
+            await asyncio.sleep(0)
         except httpx.TimeoutException:
             msg = f"no answer from the identity provider within {timeout:g} s"
             raise TokenEndpointError(msg, code="timeout", kind=FailureKind.TRANSIENT) from None

@@ -72,9 +72,11 @@ def error(
 
 @asynccontextmanager
 async def managed(
-    idp: Callable[[httpx.Request], object], yaml_text: str = PASSWORD_PROVIDER
+    idp: Callable[[httpx.Request], object],
+    yaml_text: str = PASSWORD_PROVIDER,
+    clock: FakeClock | None = None,
 ) -> AsyncIterator[tuple[TokenManager, FakeClock]]:
-    clock = FakeClock()
+    clock = clock or FakeClock()
     transport = httpx.MockTransport(idp)  # type: ignore[arg-type]  # async handlers are supported
     async with httpx.AsyncClient(transport=transport) as client:
         manager = TokenManager(
@@ -286,3 +288,49 @@ async def test_garbage_answer_never_replaces_a_good_token() -> None:
         assert error is not None
         assert error.code == "invalid_response"
         assert manager.get("idp").state(clock.monotonic()) == "degraded"
+
+
+FIVE_PROVIDERS = "refresh: {jitter: 0}\nproviders:\n" + "".join(
+    f"  p{i}:\n    type: oauth2\n    token_url: https://idp.test/token\n"
+    f"    grant: password\n    client_id: app\n    client_secret: s\n"
+    f"    username: user{i}\n    password: pw\n"
+    for i in range(5)
+)
+
+
+async def test_planned_requests_start_2_ms_apart_and_callers_skip_the_queue() -> None:
+    """A crowd of providers due at once is spread out; a waiting caller is not."""
+    clock = FakeClock(start=1000.0)
+    idp = IdP(expires_in=300)
+    sent: list[tuple[str, float]] = []
+    user_of: dict[str, str] = {}  # refresh token -> the user it belongs to
+
+    async def timed(request: httpx.Request) -> httpx.Response:
+        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        user = form.get("username") or user_of[form["refresh_token"]]
+        sent.append((user, clock.monotonic()))
+        response = await idp(request)
+        user_of[json.loads(response.content)["refresh_token"]] = user
+        return response
+
+    async with managed(timed, FIVE_PROVIDERS, clock) as (manager, _):
+        assert sent == [("user0", 1000.0)]  # the others wait for their slots
+        token = await manager.token("p4")  # a caller's fetch does not wait for p4's slot
+        assert sent[-1] == ("user4", 1000.0)
+        await clock.advance(0.01)
+        assert [user for user, _ in sent] == ["user0", "user4", "user1", "user2", "user3"]
+        assert [at for _, at in sent[2:]] == pytest.approx([1000.002, 1000.004, 1000.006])
+        assert manager.current("p4") is token  # p4's own slot came and went without a request
+
+        # Refreshes at 2/3 of the lifetime: p0 and p4 are due at 1200.0, so p4 takes the
+        # next slot and each of the others (due 2 ms apart) moves one slot later.
+        sent.clear()
+        await clock.advance(201)
+        assert sent == [
+            ("user0", 1200.0),
+            ("user4", pytest.approx(1200.002)),
+            ("user1", pytest.approx(1200.004)),
+            ("user2", pytest.approx(1200.006)),
+            ("user3", pytest.approx(1200.008)),
+        ]
+        assert idp.grants().count("refresh_token") == 5
