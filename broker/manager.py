@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from broker.errors import (
     UnknownProviderError,
 )
 from broker.metrics import Metrics, ProviderSnapshot
-from broker.pacer import Pacer
+from broker.pacer import StartCalendar
 from broker.protocols import TokenProtocol, build_protocol
 from broker.schedule import backoff_delay, refresh_delay
 from broker.sinks import FileSink, SinkError
@@ -118,7 +119,7 @@ class TokenManager:
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._settings = settings
         self._sending = asyncio.Semaphore(settings.max_concurrent_requests)
-        self._planned = Pacer(clock)
+        self._calendar = StartCalendar()
         # A slow or hanging identity provider may hold only its share of the slots, so
         # the others keep refreshing on time.
         self._per_host_limit = max(1, settings.max_concurrent_requests // 4)
@@ -379,17 +380,15 @@ class TokenManager:
         """Refresh ahead of expiry, retry with backoff; runs until cancelled."""
         while True:
             now = self._clock.monotonic()
-            delay = self._next_delay(provider, now)
-            provider.next_refresh_at = now + delay
-            if delay > 0:
+            start = self._calendar.book(
+                now, now + self._next_delay(provider, now), _max_shift(provider)
+            )
+            provider.next_refresh_at = start
+            if start > now:
                 provider.wake.clear()
-                await self._sleep_or_wake(provider, delay)
+                await self._sleep_or_wake(provider, start - now)
                 if provider.wake.is_set():
                     continue  # a caller-triggered fetch finished: plan again
-            generation = provider.generation
-            await self._planned.wait()
-            if provider.generation != generation:
-                continue  # a caller's fetch brought a new token meanwhile: plan again
             # A failure is recorded and logged by _fetch; the next delay is its backoff.
             with contextlib.suppress(TokenUnavailableError):
                 await self._join_or_start(provider, reason="scheduled", bounded=False)
@@ -679,6 +678,20 @@ class TokenManager:
                     "to": after,
                 },
             )
+
+
+MAX_SHIFT_SHARE = 0.05
+MAX_SHIFT = 10.0
+
+
+def _max_shift(provider: Provider) -> float:
+    """How much later than planned a refresh may start to keep planned starts apart:
+    5 % of the token's lifetime, at most 10 s, so the margin before expiry stays
+    intact; unbounded while there is no token (start-up, failures) to lose."""
+    token = provider.token
+    if token is None:
+        return math.inf
+    return min(token.lifetime * MAX_SHIFT_SHARE, MAX_SHIFT)
 
 
 def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableError:

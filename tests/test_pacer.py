@@ -1,55 +1,55 @@
-"""The pacer that spreads planned token requests, on a fake clock."""
+"""The calendar that spaces planned token requests: pure, so table tests."""
 
 from __future__ import annotations
 
-import asyncio
+import math
 
 import pytest
 
-from broker.pacer import PLANNED_SPACING, Pacer
-from tests.support import FakeClock
-
-pytestmark = pytest.mark.anyio
+from broker.pacer import SLOT, StartCalendar
 
 
 @pytest.mark.parametrize(
-    ("arrivals", "spacing", "expected"),
+    ("bookings", "expected"),
     [
-        ([0.0, 0.0, 0.0], 0.002, [0.0, 0.002, 0.004]),  # a crowd: one slot each
-        ([0.0, 0.001, 0.010], 0.002, [0.0, 0.002, 0.010]),  # late enough: at once
-        ([0.0, 0.0, 0.0], 0.0, [0.0, 0.0, 0.0]),  # no spacing: no waiting
-        ([5.0, 5.0], PLANNED_SPACING, [5.0, 5.0 + PLANNED_SPACING]),
+        # (now, wanted, max_shift) per booking -> the start each one gets
+        pytest.param(
+            [(0.0, 0.0, math.inf)] * 3, [0.0, 0.002, 0.004], id="a crowd gets one slot each"
+        ),
+        pytest.param(
+            [(0.0, 0.0, math.inf), (0.0, 0.001, math.inf), (0.0, 0.010, math.inf)],
+            [0.0, 0.002, 0.010],
+            id="rounded up to the next free slot, and alone means not moved",
+        ),
+        pytest.param(
+            [(0.0, 5.0, math.inf), (0.0, 1.0, math.inf), (0.0, 5.0, math.inf)],
+            [5.0, 1.0, 5.002],
+            id="booked ahead, in any order",
+        ),
+        pytest.param(
+            [(0.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, 0.003)],
+            [1.0, 1.0, 1.002],
+            id="a start that would move more than max_shift keeps its time, unbooked",
+        ),
+        pytest.param([(7.0, 3.0, math.inf)], [7.0], id="never in the past"),
     ],
 )
-async def test_waiters_get_slots_a_spacing_apart_in_arrival_order(
-    arrivals: list[float], spacing: float, expected: list[float]
-) -> None:
-    clock = FakeClock(start=0.0)
-    pacer = Pacer(clock, spacing)
-    passed: list[tuple[int, float]] = []
-
-    async def waiter(index: int, arrival: float) -> None:
-        await clock.sleep(arrival)
-        await pacer.wait()
-        passed.append((index, clock.monotonic()))
-
-    tasks = [asyncio.create_task(waiter(i, at)) for i, at in enumerate(arrivals)]
-    await clock.advance(max(expected) + 1.0)
-    await asyncio.gather(*tasks)
-    assert [i for i, _ in passed] == list(range(len(arrivals)))
-    assert [at for _, at in passed] == pytest.approx(expected)
+def test_bookings(bookings: list[tuple[float, float, float]], expected: list[float]) -> None:
+    calendar = StartCalendar()
+    starts = [calendar.book(now, wanted, shift) for now, wanted, shift in bookings]
+    assert starts == pytest.approx(expected)
 
 
-async def test_a_cancelled_waiter_does_not_hold_up_the_next() -> None:
-    clock = FakeClock(start=0.0)
-    pacer = Pacer(clock, 1.0)
-    await pacer.wait()  # slot 0
-    cancelled = asyncio.create_task(pacer.wait())  # slot 1
-    await asyncio.sleep(0)
-    cancelled.cancel()
-    later = asyncio.create_task(pacer.wait())  # slot 2: its slot stays where it was reserved
-    await clock.advance(1.5)
-    assert not later.done()
-    await clock.advance(0.5)
-    assert later.done()
-    assert cancelled.cancelled()
+def test_a_crowd_of_10000_is_spread_over_20_seconds() -> None:
+    calendar = StartCalendar()
+    starts = [calendar.book(0.0, 0.0) for _ in range(10_000)]
+    assert starts[-1] == pytest.approx(9_999 * SLOT)
+    assert len(set(starts)) == 10_000
+    # Later crowds keep their spacing after old bookings are forgotten.
+    later = [calendar.book(100.0, 100.0) for _ in range(3)]
+    assert later == pytest.approx([100.0, 100.002, 100.004])
+
+
+def test_no_slot_means_no_spacing() -> None:
+    calendar = StartCalendar(slot=0)
+    assert [calendar.book(0.0, 1.0) for _ in range(3)] == [1.0, 1.0, 1.0]
