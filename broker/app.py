@@ -7,6 +7,7 @@ Route handlers never talk to an identity provider themselves; in steady state
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker import __version__
+from broker import __version__, heap
 from broker.api_models import (
     ERROR_RESPONSES,
     ProvidersBody,
@@ -72,6 +73,7 @@ def create_app(
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     store: StateStore | None = None,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """Build the broker's ASGI app. Nothing starts until the app's lifespan runs.
 
@@ -79,6 +81,7 @@ def create_app(
     *store* keeps refresh tokens across restarts; by default it is opened from
     ``settings.state_dir`` (the CLI opens it first to report problems early).
     *clock* and *transport* exist for tests (a fake clock, ``httpx.MockTransport``).
+    *freeze_heap* is for the server process: see :mod:`broker.heap`.
     """
     clock = clock or SystemClock()
     metrics = Metrics()
@@ -107,7 +110,9 @@ def create_app(
             app.state.manager = manager
             _announce_access_rules(settings, guard)
             await manager.start()
-            stop_reloading = _reload_on_sighup(manager, config_path, settings)
+            if freeze_heap:
+                heap.freeze()
+            stop_reloading = _reload_on_sighup(manager, config_path, settings, freeze_heap)
             stop_redacting = add_secret_filter(manager.secret_values)
             try:
                 yield
@@ -164,7 +169,7 @@ def open_store(settings: BrokerSettings) -> StateStore | None:
 
 
 def _reload_on_sighup(
-    manager: TokenManager, config_path: Path | None, settings: BrokerSettings
+    manager: TokenManager, config_path: Path | None, settings: BrokerSettings, frozen: bool
 ) -> Callable[[], None]:
     """Install a SIGHUP handler that reloads *config_path*; returns its remover."""
     if config_path is None or threading.current_thread() is not threading.main_thread():
@@ -176,7 +181,8 @@ def _reload_on_sighup(
 
     async def reload() -> None:
         async with lock:
-            running["settings"] = await reload_config(manager, config_path, running["settings"])
+            with heap.thawed() if frozen else contextlib.nullcontext():
+                running["settings"] = await reload_config(manager, config_path, running["settings"])
 
     def on_sighup() -> None:
         task = loop.create_task(reload())

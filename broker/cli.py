@@ -13,7 +13,7 @@ from types import FrameType
 
 import uvicorn
 
-from broker import __version__
+from broker import __version__, heap
 from broker.app import create_app, open_store
 from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
@@ -98,8 +98,11 @@ def _check(config_path: str) -> int:
 def uvicorn_config(
     settings: BrokerSettings, config_path: Path | None = None, store: StateStore | None = None
 ) -> uvicorn.Config:
+    """The server for this process; also sets its garbage collector up (:mod:`broker.heap`)."""
+    heap.tune()
+    app = create_app(settings, config_path=config_path, store=store, freeze_heap=True)
     return uvicorn.Config(
-        TokenFastPath(create_app(settings, config_path=config_path, store=store)),
+        TokenFastPath(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
