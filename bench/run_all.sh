@@ -43,7 +43,7 @@ run serving serving --seconds 5 --conns 1,16,256 --variants default,standard --l
     --profile-seconds 10 --out-dir "$OUT"
 run single_flight single_flight --callers 1000
 run refresh_noise refresh_noise --providers 1000 --ttl 20 --rounds 2 --ready-timeout 45 --profile
-run refresh_noise_100 refresh_noise --providers 100 --ttl 20 --rounds 2
+run refresh_noise_100 refresh_noise --providers 100 --ttl 10 --rounds 6
 run scale scale --providers 10,100,1000,10000 --ready-timeout 45
 run scale_staged scale --providers 1000 --stage 100
 run startup startup --providers 1,1000 --repeat 3 --timeout 30
