@@ -386,8 +386,7 @@ class TokenManager:
             provider.next_refresh_at = start
             if start > now:
                 provider.wake.clear()
-                await self._sleep_or_wake(provider, start - now)
-                if provider.wake.is_set():
+                if await self._clock.wait(provider.wake, start - now):
                     continue  # a caller-triggered fetch finished: plan again
             # A failure is recorded and logged by _fetch; the next delay is its backoff.
             with contextlib.suppress(TokenUnavailableError):
@@ -408,15 +407,6 @@ class TokenManager:
             policy=provider.policy,
             draw=provider.jitter_draw,
         )
-
-    async def _sleep_or_wake(self, provider: Provider, delay: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waker = asyncio.ensure_future(provider.wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
 
     # -- one token request ----------------------------------------------------
 

@@ -52,6 +52,16 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._now + max(seconds, 0.0), next(self._seq), future))
         await future
 
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        waker = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        return event.is_set()
+
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking sleepers in deadline order and letting them run."""
         target = self._now + seconds
