@@ -239,6 +239,7 @@ class Metrics:
         r.register(self._providers)
         self._series_lock = threading.Lock()
         self._series: dict[str, set[tuple[Counter | Histogram, tuple[str, ...]]]] = {}
+        self._served_series: dict[tuple[str, str | None], Counter] = {}
 
     # -- events -----------------------------------------------------------------
 
@@ -251,7 +252,14 @@ class Metrics:
 
     def token_served(self, provider: str, client: str | None = None) -> None:
         """A token was handed to a caller (*client*: its configured name, None if anonymous)."""
-        self._inc(self._tokens_served, name_label(provider), client_label(client))
+        # Once per token served: the series is looked up (labels validated, locks
+        # taken, tracked for forget_provider) only the first time.
+        series = self._served_series.get((provider, client))
+        if series is None:
+            labels = (name_label(provider), client_label(client))
+            self._track(self._tokens_served, labels)
+            series = self._served_series[provider, client] = self._tokens_served.labels(*labels)
+        series.inc()
 
     def refresh_token_saved(self, provider: str, ok: bool) -> None:
         """A refresh token was (ok) or could not be (not ok) saved to the state directory."""
@@ -283,6 +291,8 @@ class Metrics:
         """Drop every series labelled with *provider* (removed from the config)."""
         p = name_label(provider)
         self._providers.forget(p)
+        for key in [k for k in self._served_series if name_label(k[0]) == p]:
+            del self._served_series[key]
         with self._series_lock:
             series = self._series.pop(p, set())
         for metric, labels in series:

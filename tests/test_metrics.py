@@ -158,6 +158,10 @@ def test_forgotten_provider_vanishes(metrics: Metrics) -> None:
     assert value(s, "broker_tokens_served_total", provider="hub", client="app") == 1.0
     assert value(s, "broker_provider_up", provider="hub") == 1.0
     metrics.forget_provider("never-watched")  # no error
+    # A provider added again (a reload) counts from zero in a new series.
+    metrics.token_served("hiro", "app")
+    again = scrape(metrics)
+    assert value(again, "broker_tokens_served_total", provider="hiro", client="app") == 1.0
 
 
 def test_callback_returning_none_skips_the_provider(metrics: Metrics) -> None:
