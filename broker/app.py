@@ -309,12 +309,7 @@ def token_payload(
         headers = {**NO_STORE, REFRESH_FAILED_HEADER: error.code}
     if raw:
         return token.access_token.encode(), "text/plain; charset=utf-8", headers
-    body = (
-        f'{{"access_token": {json.dumps(token.access_token)}, "token_type": "Bearer",'
-        f' "expires_in": {max(int(token.remaining(now)), 0)},'
-        f' "expires_at": "{token.expires_at_text}"}}'
-    )
-    return body.encode(), "application/json", headers
+    return token.json_body(now), "application/json", headers
 
 
 def record_served(metrics: Metrics, client: str, provider: str) -> None:

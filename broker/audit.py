@@ -46,13 +46,14 @@ class AuditTrail:
         self._templates: dict[tuple[str, str], Callable[[float], str]] = {}
 
     def token_served(self, client: str, provider: str) -> None:
+        if self._pending:  # a flush is scheduled: this iteration's lines go where it writes
+            self._pending.append((self._clock(), client, provider))
+            return
         handler = sole_handler(self.logger, logging.INFO)
         if handler is None or not isinstance(handler.formatter, LineFormatter):
             self._log(client, provider)
             return
         self._pending.append((self._clock(), client, provider))
-        if len(self._pending) > 1:
-            return  # a flush is already scheduled
         try:
             asyncio.get_running_loop().call_soon(self.flush, handler)
         except RuntimeError:  # not on an event loop: write at once

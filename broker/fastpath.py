@@ -15,11 +15,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from broker.app import accepts_raw, record_served, token_payload
+from broker.app import NO_STORE, accepts_raw, record_served, token_payload
 from broker.manager import TokenManager
 from broker.security import Denied, Guard
 
 PREFIX = "/token/"
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
+NO_STORE_RAW = _raw(NO_STORE)
+"""The headers of nearly every answer, encoded once."""
 
 
 class TokenFastPath:
@@ -69,8 +77,8 @@ class TokenFastPath:
         record_served(state.metrics, client, name)
         raw_headers = [
             (b"content-type", media_type.encode()),
-            (b"content-length", str(len(body)).encode()),
-            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+            (b"content-length", b"%d" % len(body)),
+            *(NO_STORE_RAW if headers is NO_STORE else _raw(headers)),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +36,21 @@ class Token:
     expires_at_text: str = ""
     """expires_at_wall as RFC 3339 UTC, computed once: every answer shows it."""
     scope: str | None = None
+    _json_parts: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+    """The JSON answer around ``expires_in``: made once, served to every caller."""
+
+    def __post_init__(self) -> None:
+        head = (
+            f'{{"access_token": {json.dumps(self.access_token)}, "token_type": "Bearer",'
+            ' "expires_in": '
+        )
+        tail = f', "expires_at": "{self.expires_at_text}"}}'
+        object.__setattr__(self, "_json_parts", (head.encode(), tail.encode()))
+
+    def json_body(self, now: float) -> bytes:
+        """The ``GET /token`` JSON answer at *now* (``expires_in`` counts down)."""
+        head, tail = self._json_parts
+        return b"%s%d%s" % (head, max(int(self.remaining(now)), 0), tail)
 
     def remaining(self, now: float) -> float:
         """Seconds this token stays valid after *now* (negative once expired)."""
