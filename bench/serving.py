@@ -4,7 +4,9 @@
                                       [--ladder] [--profile-seconds 10] [--json]
 
 Runs the broker as a real process (``python -m broker serve``) with one provider against the
-fake IdP (``bench._idp``, token TTL 1 h, so no refresh happens during the run) and, under the
+fake IdP (``bench._idp``, token TTL 1 h, so no refresh happens during the run) and one client
+with a key (caller authentication and every request check on; wrk sends the key to every
+server, so all get the same request) and, under the
 same uvicorn settings (the broker's own ``uvicorn_config``), a raw ASGI app that answers the
 same bytes: the practical limit of the stack. With ``--ladder`` also a one-route Starlette
 app and a one-route FastAPI app, which splits the gap into framework and broker code.
@@ -74,6 +76,12 @@ class WrkResult:
     errors: int
 
 
+CLIENT_KEY = "bench-client-key-0123456789abcdef"  # a bench-only key
+CLIENTS = ["clients:", "  bench:", f"    key: {{value: {CLIENT_KEY}}}", "    providers: [p0]"]
+"""Caller authentication on, as the issue asks: wrk sends this client's key."""
+AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
+
+
 def _ms(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     if match is None:
@@ -83,6 +91,7 @@ def _ms(text: str) -> float:
 
 def run_wrk(url: str, conns: int, seconds: float, cpus: str | None, threads: int) -> WrkResult:
     cmd = ["wrk", "--latency", "-t", str(min(threads, conns)), "-c", str(conns)]
+    cmd += ["-H", f"Authorization: Bearer {CLIENT_KEY}"]  # every server gets the same request
     cmd += ["-d", f"{seconds:g}s", "--timeout", "5s", url]
     out = subprocess.run(
         pinned(cmd, cpus), capture_output=True, text=True, check=True, timeout=seconds + 30
@@ -125,7 +134,11 @@ def measure_variant(
     server_cpus = "0" if args.pin else None
     port = free_port()
     config = broker_config(
-        tmp / f"broker-{variant}.yaml", port=port, token_url=token_url, providers=1
+        tmp / f"broker-{variant}.yaml",
+        port=port,
+        token_url=token_url,
+        providers=1,
+        extra=CLIENTS,
     )
     broker = start_broker(
         config, port, tmp / f"broker-{variant}.log", cpus=server_cpus, extra_path=extra
@@ -134,7 +147,7 @@ def measure_variant(
     try:
         wait_ready(broker.url, 30)
         token_path = "/token/p0"  # noqa: S105  # a path
-        body = httpx.get(broker.url + token_path, trust_env=False).content
+        body = httpx.get(broker.url + token_path, headers=AUTH, trust_env=False).content
         body_file = tmp / "body.json"
         body_file.write_bytes(body)
         urls = {"broker": broker.url + token_path}
