@@ -252,8 +252,10 @@ def test_oversized_headers_are_refused_and_the_broker_survives() -> None:
         try:
             response = client.get("/token/alpha", headers={"X-Big": "x" * 100_000})
             assert response.status_code in (400, 413, 431)
-        except httpx.RemoteProtocolError:
-            pass  # the server may simply close the connection
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            # The server may instead close the connection; while the client is still
+            # sending the 100 KB, the client sees that as a reset (read or write error).
+            pass
         assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
 
 
