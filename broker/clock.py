@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 
@@ -51,3 +53,25 @@ class SystemClock:
         except TimeoutError:
             return event.is_set()
         return True
+
+
+SKEW_THRESHOLD = 2.0
+"""Date headers have one-second resolution; smaller differences are noise, not skew."""
+
+
+def measure_skew(date_header: str | None, wall_now: float) -> float | None:
+    """The identity provider's clock minus ours, or None when there is no usable Date.
+
+    Differences under SKEW_THRESHOLD count as 0.
+    """
+    if not date_header:
+        return None
+    try:
+        moment = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110: HTTP dates are always GMT
+        moment = moment.replace(tzinfo=UTC)
+    server_time = moment.timestamp()
+    skew = server_time - wall_now
+    return skew if abs(skew) >= SKEW_THRESHOLD else 0.0

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
 
-from broker.clock import Clock
+from broker.clock import Clock, measure_skew
 from broker.config import BrokerSettings, ProviderConfig, RefreshSettings
 from broker.errors import (
     FailureKind,
@@ -37,7 +34,7 @@ from broker.pacer import StartCalendar
 from broker.protocols import TokenProtocol, build_protocol
 from broker.schedule import backoff_delay, refresh_delay
 from broker.sinks import FileSink, SinkError
-from broker.state import StateError, StateStore, fingerprint
+from broker.state import StateError, StateStore, login_fingerprint
 from broker.tokens import Token, rfc3339
 
 log = logging.getLogger("broker.manager")
@@ -698,48 +695,6 @@ def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableE
         f"provider {provider.name!r} has no valid token{detail}",
         retry_after=retry_after,
     )
-
-
-def login_fingerprint(config: ProviderConfig) -> str:
-    """What identifies a login: a persisted refresh token is reused only for the same one.
-
-    Only non-secret parts go in, plus a hash of the seeded refresh token so that
-    a new seed in the config wins over an older persisted rotation of the old one.
-    """
-    seed = config.refresh_token.get_secret_value() if config.refresh_token else ""
-    endpoint = [
-        str(getattr(config, key, "") or "")
-        for key in ("url", "token_url", "auth_api", "flow", "company_url")
-    ]
-    return fingerprint(
-        config.type,
-        *endpoint,
-        config.client_id or "",
-        config.username or "",
-        hashlib.sha256(seed.encode()).hexdigest() if seed else "",
-    )
-
-
-SKEW_THRESHOLD = 2.0
-"""Date headers have one-second resolution; smaller differences are noise, not skew."""
-
-
-def measure_skew(date_header: str | None, wall_now: float) -> float | None:
-    """The identity provider's clock minus ours, or None when there is no usable Date.
-
-    Differences under SKEW_THRESHOLD count as 0.
-    """
-    if not date_header:
-        return None
-    try:
-        moment = parsedate_to_datetime(date_header)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:  # RFC 9110: HTTP dates are always GMT
-        moment = moment.replace(tzinfo=UTC)
-    server_time = moment.timestamp()
-    skew = server_time - wall_now
-    return skew if abs(skew) >= SKEW_THRESHOLD else 0.0
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

@@ -58,6 +58,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from broker.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file
+from broker.config import ProviderConfig
 
 log = logging.getLogger("broker.state")
 
@@ -425,3 +426,23 @@ def _timestamp(value: object) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) and number >= 0 else None
+
+
+def login_fingerprint(config: ProviderConfig) -> str:
+    """What identifies a login: a persisted refresh token is reused only for the same one.
+
+    Only non-secret parts go in, plus a hash of the seeded refresh token so that
+    a new seed in the config wins over an older persisted rotation of the old one.
+    """
+    seed = config.refresh_token.get_secret_value() if config.refresh_token else ""
+    endpoint = [
+        str(getattr(config, key, "") or "")
+        for key in ("url", "token_url", "auth_api", "flow", "company_url")
+    ]
+    return fingerprint(
+        config.type,
+        *endpoint,
+        config.client_id or "",
+        config.username or "",
+        hashlib.sha256(seed.encode()).hexdigest() if seed else "",
+    )

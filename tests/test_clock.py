@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.clock import SystemClock
+from broker.clock import SystemClock, measure_skew
 
 pytestmark = pytest.mark.anyio
 
@@ -37,3 +37,24 @@ async def test_wait_adds_no_task() -> None:
     assert len(asyncio.all_tasks()) == before + 1  # the waiter itself, nothing more
     event.set()
     assert await waiting is True
+
+
+NOW = 1_795_576_447.0  # Wed, 25 Nov 2026 03:14:07 GMT
+
+
+@pytest.mark.parametrize(
+    ("date_header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("yesterday", None),
+        ("Wed, 25 Nov 2026 03:14:07 GMT", 0.0),
+        ("Wed, 25 Nov 2026 03:14:08 GMT", 0.0),  # under SKEW_THRESHOLD: Date's resolution
+        ("Wed, 25 Nov 2026 03:14:37 GMT", 30.0),
+        ("Wed, 25 Nov 2026 03:13:37 GMT", -30.0),
+        ("Wed, 25 Nov 2026 03:14:37 -0000", 30.0),  # no zone: HTTP dates are GMT
+        ("Wed, 25 Nov 2026 04:14:37 +0100", 30.0),
+    ],
+)
+def test_measure_skew(date_header: str | None, expected: float | None) -> None:
+    assert measure_skew(date_header, NOW) == expected
