@@ -42,6 +42,23 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         raise
 
 
+def write_probe(probe: Path) -> None:
+    """Prove a directory writable now, not at the first real write: create *probe*
+    (a temporary file name in it), write to it and remove it. Raises OSError, having
+    removed the probe if it was created."""
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"ok\n")
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        raise
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename or unlink in *directory* durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import secrets
 import stat
@@ -48,7 +47,7 @@ from typing import Final, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from broker.atomic import TEMP_SUFFIX, reason, replace_file
+from broker.atomic import TEMP_SUFFIX, reason, replace_file, write_probe
 from broker.errors import BrokerError
 
 log = logging.getLogger("broker.sinks")
@@ -190,15 +189,8 @@ class FileSink:
             self._fail("it is a directory")
         probe = directory / f".{self.path.name}.check-{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
-            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, b"ok\n")
-            finally:
-                os.close(fd)
-            probe.unlink()
+            write_probe(probe)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                probe.unlink()
             self._fail(f"directory {directory} is not writable: {reason(exc)}")
         self._remove_stale_temps()
 

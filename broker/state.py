@@ -57,7 +57,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from broker.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file
+from broker.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file, write_probe
 from broker.config import ProviderConfig
 
 log = logging.getLogger("broker.state")
@@ -390,15 +390,8 @@ class StateStore:
         """Prove the directory is writable now rather than at the first save."""
         probe = self.directory / f"{_CHECK_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
         try:
-            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            try:
-                os.write(fd, b"ok\n")
-            finally:
-                os.close(fd)
-            probe.unlink()
+            write_probe(probe)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                probe.unlink()
             msg = f"state directory {self.directory} is not writable: {reason(exc)}"
             raise StateError(msg) from None
 
