@@ -81,9 +81,15 @@ class RefreshSettings(BaseModel):
     """First retry delay after a failed token request; doubles each time."""
     backoff_max: float = Field(300.0, gt=0)
     """Longest retry delay."""
-    force_cooldown: float = Field(1.0, ge=0)
-    """A forced refresh within this many seconds of the last new token returns
-    that token instead of asking the identity provider again."""
+    caller_burst: int = Field(10, ge=1, le=1000)
+    """Token requests that callers may trigger in a row (``min_valid`` fetches,
+    forced refreshes) before the rate limit applies; planned refreshes are not counted."""
+    caller_interval: float = Field(10.0, gt=0)
+    """Seconds per caller-triggered token request once the burst is spent (one
+    allowance comes back every this many seconds)."""
+    serve_min_remaining: float = Field(1.0, ge=1)
+    """A token with less than this many seconds left is never served (it counts as
+    expired): every answer's ``expires_in`` is at least this."""
 
 
 class _ProviderBase(BaseModel):
