@@ -5,7 +5,7 @@
     BrokerError
      ├─ ConfigError            bad YAML, env or secret file at start → exit non-zero
      ├─ UnknownProviderError   no such provider → HTTP 404
-     ├─ TokenUnavailableError  no servable token now → HTTP 503 + Retry-After
+     ├─ TokenUnavailableError  no fitting token now → HTTP 503 (422, 429) + Retry-After
      └─ TokenEndpointError     the identity provider said no, or answered garbage
 
 Messages never contain a secret or a token: they name the provider, the HTTP
@@ -31,12 +31,20 @@ class UnknownProviderError(BrokerError, LookupError):
 
 
 class TokenUnavailableError(BrokerError):
-    """No token that may be served exists right now."""
+    """No token that may be served exists right now; *status* is the HTTP answer's."""
 
-    def __init__(self, message: str, *, retry_after: float, code: str = "token_unavailable"):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        code: str = "token_unavailable",
+        status: int = 503,
+    ):
         super().__init__(message)
         self.retry_after = retry_after
         self.code = code
+        self.status = status
 
 
 class FailureKind(enum.Enum):
@@ -44,6 +52,7 @@ class FailureKind(enum.Enum):
 
     TRANSIENT = "transient"  # network, 5xx, 429, garbage: retry with backoff
     REJECTED = "rejected"  # the credentials or grant were refused: retrying will not help soon
+    MISCONFIGURED = "misconfigured"  # no token endpoint at that URL (404, 405, a redirect)
 
 
 class TokenEndpointError(BrokerError):

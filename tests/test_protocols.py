@@ -31,6 +31,7 @@ from tests.support import settings_from
 
 TRANSIENT = FailureKind.TRANSIENT
 REJECTED = FailureKind.REJECTED
+MISCONFIGURED = FailureKind.MISCONFIGURED
 WALL = 1_800_000_000.0
 """The wall clock (Unix seconds) when a response arrives, unless a row says otherwise."""
 
@@ -783,7 +784,14 @@ HIRO_401 = frozenset({401})
             400, "temporarily_unavailable", True, frozenset(), (TRANSIENT, False), id="temp-unavail"
         ),
         pytest.param(400, "slow_down", False, frozenset(), (TRANSIENT, False), id="slow_down"),
-        pytest.param(302, None, False, frozenset(), (TRANSIENT, False), id="redirect"),
+        # The URL is wrong: a configuration error, even on a refresh, whatever the body.
+        pytest.param(302, None, False, frozenset(), (MISCONFIGURED, False), id="redirect"),
+        pytest.param(308, None, True, HIRO_401, (MISCONFIGURED, False), id="308-refresh"),
+        pytest.param(404, None, False, frozenset(), (MISCONFIGURED, False), id="404"),
+        pytest.param(
+            404, "invalid_grant", True, frozenset(), (MISCONFIGURED, False), id="404-refresh"
+        ),
+        pytest.param(405, None, True, frozenset(), (MISCONFIGURED, False), id="405"),
         pytest.param(200, None, False, frozenset(), (TRANSIENT, False), id="odd-2xx"),
         # A dead refresh token: fall back to the primary grant.
         pytest.param(
@@ -801,7 +809,6 @@ HIRO_401 = frozenset({401})
         pytest.param(400, "invalid_client", True, frozenset(), (REJECTED, False), id="inv-client"),
         pytest.param(400, "invalid_scope", False, frozenset(), (REJECTED, False), id="inv-scope"),
         pytest.param(403, None, True, HIRO_401, (REJECTED, False), id="403-refresh"),
-        pytest.param(404, None, False, frozenset(), (REJECTED, False), id="404"),
         pytest.param(400, "E_FORBIDDEN", False, frozenset(), (REJECTED, False), id="odd-code"),
     ],
 )
@@ -1459,7 +1466,7 @@ TEXT_HEADERS = {"Content-Type": "text/html"}
             b"",
             {"Location": "https://idp.test/login"},
             False,
-            ("http_302", TRANSIENT, False, 302, None),
+            ("unexpected_redirect", MISCONFIGURED, False, 302, None),
             id="302-redirect",
         ),
         pytest.param(

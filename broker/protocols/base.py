@@ -37,6 +37,8 @@ PERMANENT_OAUTH_ERRORS = frozenset(
         "access_denied",
     }
 )
+# Statuses that say no token endpoint lives at the URL, whatever the body says.
+MISCONFIGURED_STATUSES = frozenset({404, 405})
 # Codes an authorization server uses when the problem is on its side (RFC 6749 §4.1.2.1).
 TRANSIENT_OAUTH_ERRORS = frozenset({"server_error", "temporarily_unavailable", "slow_down"})
 
@@ -175,9 +177,14 @@ def classify_http_error(
       refresh token, like HIRO's 401) means the refresh token is dead: fall back
       to the primary grant.
     * Any other 4xx is a rejection of our credentials or request.
+    * 404 and 405 (nothing answers token requests at that URL) and any 3xx (a
+      token endpoint never redirects; we do not follow) mean the URL is wrong:
+      a configuration error, whatever the body says.
     """
     if error_code in TRANSIENT_OAUTH_ERRORS or status in (408, 425, 429) or status >= 500:
         return FailureKind.TRANSIENT, False
+    if status in MISCONFIGURED_STATUSES or 300 <= status < 400:
+        return FailureKind.MISCONFIGURED, False
     if refreshing and (error_code == "invalid_grant" or status in refresh_rejected_statuses):
         return FailureKind.REJECTED, True
     if 400 <= status < 500:
@@ -235,6 +242,8 @@ def token_endpoint_error(
     detail = f": {protocol.scrub(description)}" if description else ""
     if description is None and data is None and body.strip():
         detail = " (body is not JSON)"
+    if kind is FailureKind.MISCONFIGURED:
+        stable_code, detail = _misconfigured(protocol, status, headers)
     msg = f"{what} failed: token endpoint answered HTTP {status} {stable_code}{detail}"
     return TokenEndpointError(
         msg,
@@ -243,4 +252,23 @@ def token_endpoint_error(
         status=status,
         refresh_token_rejected=rt_rejected,
         retry_after=retry_after_seconds(headers, wall_now),
+    )
+
+
+def _misconfigured(protocol: TokenProtocol, status: int, headers: httpx.Headers) -> tuple[str, str]:
+    """The code and explanation for a token URL that is not a token endpoint."""
+    if 300 <= status < 400:
+        location = headers.get("location", "")
+        # Scheme, host and path say what went wrong (http -> https, a login page);
+        # a query string could carry anything, so it is left out.
+        target = location.split("?", 1)[0].split("#", 1)[0]
+        where = f" to {protocol.scrub(target)}" if target else ""
+        return (
+            "unexpected_redirect",
+            f": redirected{where}; token requests are never redirected: configure the final URL",
+        )
+    return (
+        "endpoint_not_found",
+        ": no token endpoint at this URL (check the url, token_url or auth_api, including"
+        " any trailing slash)",
     )
