@@ -16,16 +16,26 @@ class TokenBody(BaseModel):
         description="The bearer token to send as `Authorization: Bearer ...`."
     )
     token_type: str = Field("Bearer", description="Always `Bearer`.")
-    expires_in: int = Field(description="Whole seconds the token stays valid from now.")
-    expires_at: str = Field(description="When it expires, RFC 3339 UTC.")
+    expires_in: int = Field(
+        description="Whole seconds the token stays valid from now (rounded down; at least"
+        " `serve_min_remaining`, 1 by default: a token with less left is never served)."
+    )
+    expires_at: str = Field(
+        description="When it expires, RFC 3339 UTC to the millisecond; never served at or after it."
+    )
+    etag: str = Field(
+        description="Names this token (a keyed hash, never the token), as the `ETag` header."
+        " After an API refused the token, send it as `If-Match` to `POST .../refresh`."
+    )
 
 
 class ErrorBody(BaseModel):
     error: str = Field(
         description="Stable code: unknown_provider, token_unavailable, token_pending,"
-        " needs_login, min_valid_unsatisfiable, invalid_parameter, not_found, unauthorized,"
-        " forbidden, host_not_allowed, proxied_request, browser_request, not_loopback,"
-        " required_header_missing."
+        " needs_login, refresh_rate_limited, min_valid_unsatisfiable, invalid_parameter,"
+        " not_found, method_not_allowed, unauthorized, forbidden, host_not_allowed,"
+        " proxied_request, browser_request, not_loopback, required_header_missing,"
+        " headers_too_large, http_<status>."
     )
     message: str = Field(description="What went wrong, for humans. Never contains a secret.")
 
@@ -37,8 +47,10 @@ class ProviderError(BaseModel):
 
 class ProviderBrief(BaseModel):
     state: str = Field(
-        description="starting, ready, degraded (serving, last refresh failed),"
-        " failing, rejected (credentials refused) or needs_login."
+        description="starting (no outcome yet), ready, degraded (serving, last refresh"
+        " failed), expired (the token ran out, a request is under way), failing (no token,"
+        " transient errors), rejected (credentials refused), misconfigured (no token"
+        " endpoint at the URL) or needs_login."
     )
     error: ProviderError | None
 
@@ -85,6 +97,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": ErrorBody,
         "description": "Bad parameter (`invalid_parameter`) or a `min_valid` the provider's"
         " tokens cannot meet (`min_valid_unsatisfiable`)",
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "Callers asked this provider for new tokens too often"
+        " (`refresh_rate_limited`); see `Retry-After`",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
     503: {
         "model": ErrorBody,

@@ -15,41 +15,35 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker import __version__, heap
+from broker.answers import NO_STORE, accepts_raw, record_served, token_payload
 from broker.api_models import (
     ERROR_RESPONSES,
     ProvidersBody,
     ReadyBody,
     TokenBody,
 )
-from broker.audit import AuditTrail
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
 from broker.errors import TokenUnavailableError, UnknownProviderError
 from broker.logs import add_secret_filter
 from broker.manager import Provider, TokenManager
 from broker.metrics import Metrics
+from broker.policy import SERVING_STATES
 from broker.reload import reload_config
 from broker.security import Denied, Guard, GuardMiddleware
 from broker.state import StateStore
 from broker.tokens import Token, rfc3339
 
-audit = AuditTrail()
-"""One ``broker.audit`` line per token handed out: which client, which provider; never the token."""
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-REFRESH_FAILED_HEADER = "X-Broker-Refresh-Failed"
-"""Set on a token answer while the last refresh attempt failed; its value is the error code."""
 MAX_MIN_VALID = 86400
 
 MinValid = Annotated[
@@ -63,6 +57,22 @@ MinValid = Annotated[
 Format = Annotated[
     Literal["json", "raw"] | None,
     Query(description="`raw` returns the bare token as text/plain (as `Accept: text/plain`)."),
+]
+Rejected = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        description="The `etag` of the token your API refused (as the `If-Match` header).",
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        max_length=200,
+        description="The `ETag` of the token your API refused: refresh only if it is still"
+        " the current one, else get the newer token at once.",
+    ),
 ]
 
 
@@ -237,12 +247,21 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         response_model=None,
         responses={200: {"model": TokenBody, "content": {"text/plain": {}}}, **ERROR_RESPONSES},
     )
-    async def refresh_token(provider: str, request: Request, format: Format = None) -> Response:
-        """For a caller whose API call was just refused with the current token.
-        Concurrent calls share one request to the identity provider."""
+    async def refresh_token(
+        provider: str,
+        request: Request,
+        format: Format = None,
+        rejected: Rejected = None,
+        if_match: IfMatch = None,
+    ) -> Response:
+        """For a caller whose API call was just refused with a token: send its `ETag`
+        as `If-Match`. If a newer token exists it is the answer at once; otherwise
+        the broker gets a new one (concurrent calls share one request to the
+        identity provider). Caller-triggered requests are rate limited per provider
+        (429 `refresh_rate_limited`)."""
         client = guard.authorize(request.headers.get("authorization"), provider, "token")
         manager = _manager(request)
-        token = await manager.force_refresh(provider)
+        token = await manager.force_refresh(provider, rejected=if_match or rejected or None)
         record_served(_metrics(request), client, provider)
         return _token_response(
             token, manager.now(), _wants_raw(request, format), manager.get(provider)
@@ -264,7 +283,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         manager = _manager(request)
         now = manager.now()
         providers = {name: _brief(p, now) for name, p in manager.providers.items()}
-        ready = all(entry["state"] in ("ready", "degraded") for entry in providers.values())
+        ready = all(entry["state"] in SERVING_STATES for entry in providers.values())
         body: dict[str, Any] = {"ready": ready}
         try:
             guard.authorize(request.headers.get("authorization"), None, "status")
@@ -282,7 +301,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         guard.authorize(request.headers.get("authorization"), None, "status")
         manager = _manager(request)
         now = manager.now()
-        wall = datetime.now(UTC).timestamp()
+        wall = manager.wall()
         body = {"providers": {name: _status(p, now, wall) for name, p in manager.providers.items()}}
         return JSONResponse(body, headers=NO_STORE)
 
@@ -291,31 +310,6 @@ def _wants_raw(request: Request, format: str | None) -> bool:
     if format is not None:
         return format == "raw"
     return accepts_raw(request.headers.get("accept"))
-
-
-def accepts_raw(accept: str | None) -> bool:
-    """True when the Accept header asks for the bare token (text/plain, not JSON)."""
-    return accept is not None and "text/plain" in accept and "json" not in accept
-
-
-def token_payload(
-    token: Token, now: float, raw: bool, provider: Provider
-) -> tuple[bytes, str, dict[str, str]]:
-    """Body, media type and headers of a token answer (shared with the fast path)."""
-    headers = NO_STORE
-    error = provider.last_error
-    if provider.consecutive_failures and error is not None:
-        # Still valid, but the last refresh failed: callers may want to know.
-        headers = {**NO_STORE, REFRESH_FAILED_HEADER: error.code}
-    if raw:
-        return token.access_token.encode(), "text/plain; charset=utf-8", headers
-    return token.json_body(now), "application/json", headers
-
-
-def record_served(metrics: Metrics, client: str, provider: str) -> None:
-    """The audit line and the metric for one token handed out (never the token)."""
-    audit.token_served(client, provider)
-    metrics.token_served(provider, client)
 
 
 def _token_response(token: Token, now: float, raw: bool, provider: Provider) -> Response:
@@ -336,14 +330,14 @@ def _brief(provider: Provider, now: float) -> dict[str, Any]:
 
 def _status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
     token = provider.token
-    servable = token is not None and token.servable(now)
+    servable = provider.servable(now)
     error = provider.last_error
     next_at = provider.next_refresh_at
     return {
         "type": provider.kind,
         "state": provider.state(now),
-        "expires_in": int(token.remaining(now)) if token is not None and servable else None,
-        "expires_at": rfc3339(token.expires_at_wall) if token is not None else None,
+        "expires_in": token.expires_in(now) if token is not None and servable else None,
+        "expires_at": token.expires_at_text if token is not None else None,
         "last_refresh": rfc3339(provider.last_refresh_wall)
         if provider.last_refresh_wall is not None
         else None,
@@ -387,10 +381,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TokenUnavailableError)
     async def unavailable(request: Request, exc: TokenUnavailableError) -> Response:
-        if exc.code == "min_valid_unsatisfiable":
-            return _error(422, exc.code, str(exc))
+        if exc.status == 422:  # asking again cannot help: no Retry-After
+            return _error(exc.status, exc.code, str(exc))
         retry_after = str(max(1, math.ceil(exc.retry_after)))
-        return _error(503, exc.code, str(exc), {"Retry-After": retry_after})
+        return _error(exc.status, exc.code, str(exc), {"Retry-After": retry_after})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -17,8 +17,10 @@ The broker's URL comes from ``broker_url=``, else the ``BROKER_URL`` environment
 else ``http://127.0.0.1:8181``. A token is fetched with ``GET /token/<provider>`` and reused
 until ``refresh_before`` seconds before it expires (the broker refreshes well ahead of that, so
 a fetch is a memory read on the broker's side). When the API answers 401 the helper asks the
-broker for a new token once (``POST /token/<provider>/refresh``), sends the request again once
-and returns whatever that answer is: a second 401 reaches the caller, there is no loop.
+broker for a new token once (``POST /token/<provider>/refresh`` with ``If-Match:`` the refused
+token's ETag, so the broker answers at once with a newer token if one exists and refreshes only
+if the refused one is still current), sends the request again once and returns whatever that
+answer is: a second 401 reaches the caller, there is no loop.
 
 ``headers=`` are sent to the broker only (e.g. a client key for the broker), never to the API.
 A broker that cannot be reached or answers with an error raises :class:`BrokerUnavailable`,
@@ -104,6 +106,8 @@ class BrokerToken:
     """When the token expires (UTC), from the broker's ``expires_at``."""
     fresh_until: float
     """Monotonic-clock time after which the helpers fetch a new one."""
+    etag: str | None = None
+    """The broker's name for this token, sent as ``If-Match`` when an API refuses it."""
 
 
 class _TokenSource:
@@ -170,18 +174,24 @@ class _TokenSource:
             replaced = self._replaced(stale)
             if replaced is not None:
                 return replaced
-            return self._fetch_sync("POST", f"{self._token_url}/refresh")
+            return self._fetch_sync("POST", f"{self._token_url}/refresh", self._if_match(stale))
 
-    def _fetch_sync(self, method: str, url: str) -> str:
+    def _if_match(self, stale: str) -> dict[str, str]:
+        """``If-Match`` naming the refused token, when the broker told us its ETag."""
+        cached = self._cached
+        if cached is not None and cached.access_token == stale and cached.etag:
+            return {"If-Match": cached.etag}
+        return {}
+
+    def _fetch_sync(self, method: str, url: str, extra: Mapping[str, str] | None = None) -> str:
         started = self._clock()
+        headers = {**self._headers, **(extra or {})}
         try:
             if self._client is not None:
-                response = self._client.request(
-                    method, url, headers=self._headers, timeout=self._timeout
-                )
+                response = self._client.request(method, url, headers=headers, timeout=self._timeout)
             else:
                 with _own_client(self._timeout) as client:
-                    response = client.request(method, url, headers=self._headers)
+                    response = client.request(method, url, headers=headers)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         return self._store(response, started)
@@ -203,20 +213,24 @@ class _TokenSource:
             replaced = self._replaced(stale)
             if replaced is not None:
                 return replaced
-            return await self._fetch_async("POST", f"{self._token_url}/refresh")
+            url = f"{self._token_url}/refresh"
+            return await self._fetch_async("POST", url, self._if_match(stale))
 
-    async def _fetch_async(self, method: str, url: str) -> str:
+    async def _fetch_async(
+        self, method: str, url: str, extra: Mapping[str, str] | None = None
+    ) -> str:
         started = self._clock()
+        headers = {**self._headers, **(extra or {})}
         try:
             if self._async_client is not None:
                 response = await self._async_client.request(
-                    method, url, headers=self._headers, timeout=self._timeout
+                    method, url, headers=headers, timeout=self._timeout
                 )
             else:
                 # A client per fetch: fetches are rare (once per token lifetime) and a
                 # short-lived client is bound to no event loop and leaks no connections.
                 async with _own_async_client(self._timeout) as client:
-                    response = await client.request(method, url, headers=self._headers)
+                    response = await client.request(method, url, headers=headers)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         with self._lock:
@@ -235,6 +249,7 @@ class _TokenSource:
             expires_at = datetime.fromisoformat(body["expires_at"])
             if not isinstance(access_token, str) or not access_token:
                 raise TypeError("access_token is not a non-empty string")
+            etag = body.get("etag") or response.headers.get("etag")
         except (ValueError, TypeError, KeyError) as exc:
             # Describe the problem without echoing the body: it may hold a token.
             raise BrokerUnavailable(
@@ -248,6 +263,7 @@ class _TokenSource:
             access_token=access_token,
             expires_at=expires_at,
             fresh_until=started + expires_in - self._refresh_before,
+            etag=etag if isinstance(etag, str) else None,
         )
         return access_token
 

@@ -3,11 +3,11 @@
 Every caller asks for its token all the time, so this one request is served
 by a plain ASGI function in front of the FastAPI app: the same request checks
 (:meth:`Guard.check_request`), the same caller authorization, the same body
-and headers (:func:`broker.app.token_payload`), the same audit line and
-metric. Whenever anything is not the plain case (a query string, no warm
-token, a denied or odd request, another route), the request goes to the
-FastAPI app unchanged, which owns every error answer and the documented API.
-The fast path therefore never decides anything the FastAPI route would not.
+and headers (:mod:`broker.answers`), the same audit line and metric. Whenever
+anything is not the plain case (a query string, no warm token, a denied or
+odd request, another route), the request goes to the FastAPI app unchanged,
+which owns every error answer and the documented API. The fast path therefore
+never decides anything the FastAPI route would not.
 """
 
 from __future__ import annotations
@@ -15,26 +15,28 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from broker.app import NO_STORE, accepts_raw, record_served, token_payload
+from broker.answers import REFRESH_FAILED_HEADER, accepts_raw, record_served, token_payload
 from broker.manager import TokenManager
 from broker.security import Denied, Guard
+from broker.tokens import Token
 
 PREFIX = "/token/"
 
-
-def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-
-
-NO_STORE_RAW = _raw(NO_STORE)
-"""The headers of nearly every answer, encoded once."""
+HeaderKey = tuple[str, str, str | None]
+"""What a token answer's headers depend on besides the token: provider, media type, failure."""
 
 
 class TokenFastPath:
-    """ASGI app: serves warm tokens itself, passes everything else to *app*."""
+    """ASGI app: serves warm tokens itself, passes everything else to *app*.
+
+    ``served`` counts the answers it gave itself, so tests can tell which
+    path answered a request.
+    """
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
+        self.served = 0
+        self._headers: dict[HeaderKey, tuple[Token, list[tuple[bytes, bytes]]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -78,8 +80,23 @@ class TokenFastPath:
         raw_headers = [
             (b"content-type", media_type.encode()),
             (b"content-length", b"%d" % len(body)),
-            *(NO_STORE_RAW if headers is NO_STORE else _raw(headers)),
+            *self._raw_headers(name, token, media_type, headers),
         ]
+        self.served += 1
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
         return True
+
+    def _raw_headers(
+        self, name: str, token: Token, media_type: str, headers: dict[str, str]
+    ) -> list[tuple[bytes, bytes]]:
+        """The encoded headers, made once per token and failure state, not per request."""
+        key = (name, media_type, headers.get(REFRESH_FAILED_HEADER))
+        cached = self._headers.get(key)
+        if cached is not None and cached[0] is token:
+            return cached[1]
+        encoded = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        if len(self._headers) > 4096:
+            self._headers.clear()  # entries of providers a reload removed; rebuilt on demand
+        self._headers[key] = (token, encoded)
+        return encoded

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-from broker.clock import Clock, measure_skew
+from broker.clock import Clock
 from broker.config import BrokerSettings, ProviderConfig, RefreshSettings
 from broker.errors import (
     FailureKind,
@@ -29,20 +31,20 @@ from broker.errors import (
     TokenUnavailableError,
     UnknownProviderError,
 )
+from broker.exchange import exchange
 from broker.metrics import Metrics, ProviderSnapshot
 from broker.pacer import StartCalendar
+from broker.policy import CallerBucket, Outcome, ProviderState, provider_state
 from broker.protocols import TokenProtocol, build_protocol
 from broker.schedule import backoff_delay, refresh_delay
 from broker.sinks import FileSink, SinkError
 from broker.state import StateError, StateStore, login_fingerprint
-from broker.tokens import Token, rfc3339
+from broker.tokens import Token, matches_etag, place_token
 
 log = logging.getLogger("broker.manager")
 
-MAX_RESPONSE_BYTES = 256 * 1024
-"""A token response larger than this is refused: real ones are a few KiB."""
-
-ProviderState = Literal["starting", "ready", "degraded", "failing", "rejected", "needs_login"]
+SLOW_RETRY_KINDS = frozenset({FailureKind.REJECTED, FailureKind.MISCONFIGURED})
+"""Failures that retrying soon cannot fix: they are retried only every ``backoff_max``."""
 
 
 @dataclass(eq=False)
@@ -53,6 +55,8 @@ class Provider:
     config: ProviderConfig = field(repr=False)
     protocol: TokenProtocol
     policy: RefreshSettings
+    bucket: CallerBucket = field(repr=False)
+    """Limits the token requests callers trigger (min_valid, forced refresh)."""
     refresh_token: str | None = field(default=None, repr=False)
     token: Token | None = None
     inflight: asyncio.Task[Token] | None = field(default=None, repr=False)
@@ -62,6 +66,8 @@ class Provider:
     refreshes: int = 0
     failures: int = 0
     consecutive_failures: int = 0
+    outcome: Outcome = None
+    """How the last token request ended (None until the first one has)."""
     last_error: TokenEndpointError | None = None
     last_error_wall: float | None = None
     last_refresh_wall: float | None = None
@@ -77,23 +83,21 @@ class Provider:
     sink: FileSink | None = field(default=None, repr=False)
     sink_error: str | None = None
     """Why the newest token could not be written to the sink file, if it could not."""
+    sink_expiry: asyncio.Task[None] | None = field(default=None, repr=False)
+    """Removes the sink file when its token is no longer servable and none replaced it."""
 
     @property
     def kind(self) -> str:
         return self.config.type
 
+    def servable(self, now: float, min_valid: float = 0.0) -> bool:
+        return self.token is not None and self.token.servable(now, min_valid)
+
     def state(self, now: float) -> ProviderState:
         """Where this provider stands, for /providers and /readyz."""
-        servable = self.token is not None and self.token.servable(now)
-        if self.needs_login:
-            return "needs_login"
-        if self.consecutive_failures == 0:
-            return "ready" if servable else "starting"
-        if servable:
-            return "degraded"
-        if self.last_error is not None and self.last_error.kind is FailureKind.REJECTED:
-            return "rejected"
-        return "failing"
+        return provider_state(
+            outcome=self.outcome, servable=self.servable(now), needs_login=self.needs_login
+        )
 
 
 class TokenManager:
@@ -114,6 +118,8 @@ class TokenManager:
         self._clock = clock
         self._store = store
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
+        # Names tokens in ETags; random per process, so a tag says nothing about the token.
+        self._etag_key = secrets.token_bytes(32)
         self._settings = settings
         self._sending = asyncio.Semaphore(settings.max_concurrent_requests)
         self._calendar = StartCalendar()
@@ -129,11 +135,13 @@ class TokenManager:
     def _new_provider(self, name: str, settings: BrokerSettings) -> Provider:
         config = settings.providers[name]
         seed = config.refresh_token.get_secret_value() if config.refresh_token else None
+        policy = settings.refresh_for(name)
         provider = Provider(
             name=name,
             config=config,
             protocol=build_protocol(config),
-            policy=settings.refresh_for(name),
+            policy=policy,
+            bucket=CallerBucket(policy.caller_burst, policy.caller_interval),
             refresh_token=seed,
             login_id=login_fingerprint(config),
             sink=FileSink(config.sink, name) if config.sink is not None else None,
@@ -183,23 +191,32 @@ class TokenManager:
     async def update(self, settings: BrokerSettings) -> dict[str, list[str]]:
         """Apply a reloaded config: unchanged providers keep their tokens and schedules.
 
-        Returns the provider names that were ``added``, ``removed``, ``changed``
-        and ``kept``.
+        A provider whose only change is its ``refresh`` policy keeps its token
+        and is replanned under the new policy (``retuned``). Returns the
+        provider names that were ``added``, ``removed``, ``changed``,
+        ``retuned`` and ``kept``.
         """
         old = self.providers
-        summary: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "kept": []}
+        summary: dict[str, list[str]] = {
+            "added": [],
+            "removed": [],
+            "changed": [],
+            "retuned": [],
+            "kept": [],
+        }
         for name in [n for n in old if n not in settings.providers]:
             await self._retire(name)
             self.metrics.forget_provider(name)
             summary["removed"].append(name)
         for name, config in settings.providers.items():
             current = old.get(name)
-            if (
-                current is not None
-                and current.config == config
-                and current.policy == settings.refresh_for(name)
-            ):
-                summary["kept"].append(name)
+            policy = settings.refresh_for(name)
+            if current is not None and current.config == config:
+                if current.policy == policy:
+                    summary["kept"].append(name)
+                else:
+                    self._retune(current, policy)
+                    summary["retuned"].append(name)
                 continue
             if current is not None:
                 await self._retire(name)
@@ -212,10 +229,22 @@ class TokenManager:
         self._settings = settings
         return summary
 
+    def _retune(self, provider: Provider, policy: RefreshSettings) -> None:
+        """A new refresh policy for a provider whose login did not change."""
+        provider.policy = policy
+        provider.bucket = CallerBucket(policy.caller_burst, policy.caller_interval)
+        if provider.token is not None:
+            provider.token = dataclasses.replace(
+                provider.token, serve_min_remaining=policy.serve_min_remaining
+            )
+        provider.wake.set()  # plan the next refresh under the new policy
+
     async def _retire(self, name: str) -> None:
         provider = self.providers.pop(name)
         running: list[asyncio.Task[Any]] = [
-            task for task in (self._tasks.pop(name, None), provider.inflight) if task is not None
+            task
+            for task in (self._tasks.pop(name, None), provider.inflight, provider.sink_expiry)
+            if task is not None
         ]
         for task in running:
             task.cancel()
@@ -232,7 +261,7 @@ class TokenManager:
             token = provider.token
             return ProviderSnapshot(
                 state=provider.state(now),
-                up=token is not None and token.servable(now),
+                up=provider.servable(now),
                 expires_in=token.remaining(now) if token is not None else None,
                 next_refresh_in=(
                     provider.next_refresh_at - now if provider.next_refresh_at is not None else None
@@ -280,6 +309,9 @@ class TokenManager:
     def now(self) -> float:
         return self._clock.monotonic()
 
+    def wall(self) -> float:
+        return self._clock.wall()
+
     def current(self, name: str, min_valid: float = 0.0) -> Token | None:
         """The token to serve right now without waiting, or None. Never an expired one."""
         token = self.get(name).token
@@ -288,7 +320,12 @@ class TokenManager:
         return None
 
     async def token(self, name: str, min_valid: float = 0.0) -> Token:
-        """A token valid for at least *min_valid* more seconds, fetching one if needed."""
+        """A token valid for at least *min_valid* more seconds, fetching one if needed.
+
+        Without a servable token this joins (or starts) the provider's fetch.
+        A fetch only because the servable token has less than *min_valid* left
+        is caller-triggered: it draws from the provider's rate limit.
+        """
         provider = self.get(name)
         now = self._clock.monotonic()
         token = provider.token
@@ -301,33 +338,75 @@ class TokenManager:
                 f"provider {name!r} issues tokens that live {token.lifetime:.0f} s;"
                 f" min_valid={min_valid:.0f} cannot be met"
             )
-            raise TokenUnavailableError(msg, retry_after=0, code="min_valid_unsatisfiable")
-        fresh = await self._join_or_start(provider, reason="on demand")
+            raise _unsatisfiable(msg)
+        fresh = await self._fetch_for_caller(
+            provider, reason="min_valid" if provider.servable(now) else "on demand"
+        )
         if not fresh.servable(self._clock.monotonic(), min_valid):
             msg = f"provider {name!r} returned a token valid for less than {min_valid:.0f} s"
-            raise TokenUnavailableError(msg, retry_after=0, code="min_valid_unsatisfiable")
+            raise _unsatisfiable(msg)
         return fresh
 
-    async def force_refresh(self, name: str) -> Token:
-        """Get a new token now (a caller's API call was refused with the current one).
+    async def force_refresh(self, name: str, rejected: str | None = None) -> Token:
+        """A token other than the one a caller's API just refused.
 
-        Joins a request already in flight. A token obtained within
-        ``force_cooldown`` seconds is returned as is, so a crowd of callers
-        that all saw the same 401 causes one refresh, not one each.
+        *rejected* is that token's ETag (``If-Match``). If a newer token than
+        the rejected one exists, it is the answer at once: a crowd of callers
+        that saw the same 401 causes one request to the identity provider, not
+        one each. Otherwise this joins the fetch in flight or starts one (rate
+        limited). When no new token can be had now (backoff, a failed fetch), a
+        still-valid current token is the answer, unless it is the rejected one.
         """
         provider = self.get(name)
         token = provider.token
         now = self._clock.monotonic()
         if (
-            provider.inflight is None
+            rejected is not None
             and token is not None
             and token.servable(now)
-            and now - token.obtained_at < provider.policy.force_cooldown
+            and not matches_etag(token.etag, rejected)
         ):
             return token
-        return await self._join_or_start(provider, reason="forced")
+        try:
+            fresh = await self._fetch_for_caller(provider, reason="forced")
+        except TokenUnavailableError as exc:
+            current = provider.token
+            if (
+                exc.status == 503
+                and exc.code != "needs_login"
+                and current is not None
+                and current.servable(self._clock.monotonic())
+                and (rejected is None or not matches_etag(current.etag, rejected))
+            ):
+                return current  # answered like a GET; X-Broker-Refresh-Failed says why
+            raise
+        if rejected is not None and matches_etag(fresh.etag, rejected):
+            msg = f"provider {name!r}: the identity provider issued the refused token again"
+            raise TokenUnavailableError(msg, retry_after=self._retry_after(provider))
+        return fresh
 
     # -- single flight ------------------------------------------------------
+
+    async def _fetch_for_caller(self, provider: Provider, *, reason: str) -> Token:
+        """Join the provider's fetch in flight, or start one for a caller.
+
+        A caller never starts a fetch while the provider needs a login or backs
+        off (an outage must not become a flood), and a fetch that a servable
+        token does not make necessary (``min_valid``, forced) draws from the
+        provider's rate limit first.
+        """
+        if provider.inflight is None:
+            now = self._clock.monotonic()
+            if provider.needs_login:
+                raise _unavailable(provider, retry_after=provider.policy.backoff_max)
+            if provider.retry_at is not None and now < provider.retry_at:
+                raise _unavailable(provider, retry_after=provider.retry_at - now)
+            if provider.servable(now):
+                wait = provider.bucket.take(now)
+                if wait > 0:
+                    self.metrics.caller_fetch_refused(provider.name)
+                    raise _rate_limited(provider, wait)
+        return await self._join_or_start(provider, reason=reason)
 
     async def _join_or_start(
         self, provider: Provider, *, reason: str, bounded: bool = True
@@ -336,24 +415,19 @@ class TokenManager:
         after ``request_timeout`` (the background task waits as long as it takes)."""
         task = provider.inflight
         if task is None:
-            now = self._clock.monotonic()
-            if provider.needs_login:
-                raise _unavailable(provider, retry_after=provider.policy.backoff_max)
-            if provider.retry_at is not None and now < provider.retry_at:
-                # In backoff: callers must not turn an outage into a flood.
-                raise _unavailable(provider, retry_after=provider.retry_at - now)
             task = self._start_fetch(provider, reason)
         try:
             # shield: a caller that goes away must not cancel the shared request
             # (a rotated refresh token in its answer would be lost).
             if not bounded:
                 return await asyncio.shield(task)
-            return await asyncio.wait_for(
-                asyncio.shield(task), timeout=self._settings.request_timeout
-            )
-        except TimeoutError:
-            msg = f"provider {provider.name!r}: the identity provider has not answered yet"
-            raise TokenUnavailableError(msg, retry_after=1, code="token_pending") from None
+            if not task.done():
+                finished = asyncio.Event()
+                task.add_done_callback(lambda _: finished.set())
+                if not await self._clock.wait(finished, self._settings.request_timeout):
+                    msg = f"provider {provider.name!r}: the identity provider has not answered yet"
+                    raise TokenUnavailableError(msg, retry_after=1, code="token_pending")
+            return task.result()
         except TokenEndpointError:
             raise _unavailable(provider, retry_after=self._retry_after(provider)) from None
 
@@ -400,7 +474,9 @@ class TokenManager:
         return refresh_delay(
             now=now,
             obtained_at=token.obtained_at,
-            expires_at=token.expires_at,
+            # Plan against the end of serving, not of the token: for a short token
+            # the serving floor is a real part of its life.
+            expires_at=token.serve_until,
             policy=provider.policy,
             draw=provider.jitter_draw,
         )
@@ -435,19 +511,43 @@ class TokenManager:
         sink = provider.sink
         if sink is None:
             return
+        generation = provider.generation
+        if not token.servable(self._clock.monotonic()):
+            return  # a sink, like every answer, never gets a token it may not serve
         try:
             await asyncio.to_thread(
-                sink.write,
-                token.access_token,
-                token.expires_at_wall,
-                generation=provider.generation,
+                sink.write, token.access_token, token.expires_at_wall, generation=generation
             )
         except SinkError as exc:
             # Callers of GET /token are unaffected; the file keeps the previous token.
             provider.sink_error = str(exc)
             log.error("%s", exc)
+            return
+        provider.sink_error = None
+        if provider.sink_expiry is not None:
+            provider.sink_expiry.cancel()
+        provider.sink_expiry = asyncio.get_running_loop().create_task(
+            self._expire_sink(provider, sink, token, generation), name=f"sink:{provider.name}"
+        )
+
+    async def _expire_sink(
+        self, provider: Provider, sink: FileSink, token: Token, generation: int
+    ) -> None:
+        """Remove the sink file once its token may no longer be served, unless replaced."""
+        await self._clock.sleep(token.serve_until - self._clock.monotonic())
+        if provider.token is not token:
+            return
+        try:
+            await asyncio.to_thread(sink.clear, generation=generation)
+        except SinkError as exc:
+            provider.sink_error = str(exc)
+            log.error("%s", exc)
         else:
-            provider.sink_error = None
+            log.warning(
+                "%s: token expired with no replacement; removed the sink file %s",
+                provider.name,
+                sink.path,
+            )
 
     async def _obtain(self, provider: Provider) -> Token:
         protocol = provider.protocol
@@ -499,62 +599,38 @@ class TokenManager:
     async def _send_once(
         self, provider: Provider, request: httpx.Request, refreshing: bool
     ) -> Token:
-        timeout = provider.config.timeout
-        # pool=None: waiting for a free connection is not the identity provider's fault.
-        request.extensions["timeout"] = httpx.Timeout(timeout, pool=None).as_dict()
-        try:
-            host = self._sending_to.setdefault(
-                request.url.netloc.decode("ascii"), asyncio.Semaphore(self._per_host_limit)
-            )
-            async with host, self._sending:
-                # A token request is ~1 ms of CPU in a few long steps; letting the loop
-                # answer waiting callers before sending and again before processing the
-                # answer keeps each step short (see broker/pacer.py).
-                await asyncio.sleep(0)
-                started_mono = self._clock.monotonic()
-                started_wall = self._clock.wall()
-                response = await self._client.send(request, stream=True)
-                try:
-                    body = await _read_capped(response, MAX_RESPONSE_BYTES)
-                finally:
-                    await response.aclose()
-            await asyncio.sleep(0)
-        except httpx.TimeoutException:
-            msg = f"no answer from the identity provider within {timeout:g} s"
-            raise TokenEndpointError(msg, code="timeout", kind=FailureKind.TRANSIENT) from None
-        except httpx.HTTPError as exc:
-            code = "connect_error" if isinstance(exc, httpx.ConnectError) else "network_error"
-            msg = f"cannot reach the identity provider: {type(exc).__name__}"
-            raise TokenEndpointError(msg, code=code, kind=FailureKind.TRANSIENT) from None
-        wall = self._clock.wall()
-        provider.clock_skew = measure_skew(response.headers.get("date"), wall)
-        # Absolute expiries (HIRO's expires-at, a JWT's exp) are on the provider's
-        # clock: read them against its time, not ours, when the two disagree. Date
-        # is truncated to the second, so its clock may be up to 1 s later than it
-        # says: assume so, the token then counts as expiring early, never late.
-        provider_now = wall + (provider.clock_skew + 1.0 if provider.clock_skew else 0.0)
-        grant = provider.protocol.parse_response(
-            response, body, wall_now=provider_now, refreshing=refreshing
+        host = self._sending_to.setdefault(
+            request.url.netloc.decode("ascii"), asyncio.Semaphore(self._per_host_limit)
         )
-        lifetime = grant.lifetime
-        if lifetime is None:
-            lifetime = provider.config.default_expires_in
-        if lifetime <= 0:
-            msg = "the identity provider issued a token that had already expired"
+        async with host, self._sending:
+            answer = await exchange(
+                self._client,
+                provider.protocol,
+                request,
+                refreshing=refreshing,
+                timeout=provider.config.timeout,
+                default_expires_in=provider.config.default_expires_in,
+                clock=self._clock,
+            )
+        provider.clock_skew = answer.clock_skew
+        grant = answer.grant
+        floor = provider.policy.serve_min_remaining
+        if answer.lifetime <= floor:
+            # It could never be served (see serve_min_remaining).
+            msg = f"the identity provider issued a token that lives {answer.lifetime:.1f} s"
             raise TokenEndpointError(msg, code="expired_on_arrival", kind=FailureKind.TRANSIENT)
         if grant.refresh_token is not None and grant.refresh_token != provider.refresh_token:
             # Rotation: the old refresh token may already be dead at the provider,
             # so the new one goes to disk before anything relies on it.
             await self._persist(provider, grant.refresh_token)
             provider.refresh_token = grant.refresh_token
-        # Count the lifetime from when we asked: the token was issued no earlier.
-        return Token(
-            access_token=grant.access_token,
-            obtained_at=started_mono,
-            expires_at=started_mono + lifetime,
-            expires_at_wall=started_wall + lifetime,
-            expires_at_text=rfc3339(started_wall + lifetime),
-            scope=grant.scope,
+        return place_token(
+            grant.access_token,
+            sent_at=answer.sent_at,
+            sent_at_wall=answer.sent_at_wall,
+            lifetime=answer.lifetime,
+            etag_key=self._etag_key,
+            serve_min_remaining=floor,
         )
 
     # -- the state directory ------------------------------------------------
@@ -593,6 +669,7 @@ class TokenManager:
         provider.generation += 1
         provider.refreshes += 1
         provider.consecutive_failures = 0
+        provider.outcome = "success"
         provider.retry_at = None
         provider.needs_login = False
         provider.jitter_draw = self._rng.random()
@@ -617,11 +694,12 @@ class TokenManager:
         before = provider.state(self._clock.monotonic())
         provider.failures += 1
         provider.consecutive_failures += 1
+        provider.outcome = exc.kind
         provider.last_error = exc
         provider.last_error_wall = self._clock.wall()
-        if exc.kind is FailureKind.REJECTED:
-            # Retrying refused credentials soon will not help and can lock the
-            # account; retry slowly so a fixed secret heals on its own.
+        if exc.kind in SLOW_RETRY_KINDS:
+            # Retrying refused credentials or a wrong URL soon will not help (and
+            # can lock the account); retry slowly so a fixed config heals on its own.
             delay = provider.policy.backoff_max
         else:
             delay = backoff_delay(
@@ -631,7 +709,7 @@ class TokenManager:
                 retry_after=exc.retry_after,
             )
         provider.retry_at = self._clock.monotonic() + delay
-        servable = provider.token is not None and provider.token.servable(self._clock.monotonic())
+        servable = provider.servable(self._clock.monotonic())
         log.warning(
             "%s: token request failed: %s [%s]; retry in %.1f s%s",
             provider.name,
@@ -697,17 +775,15 @@ def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableE
     )
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        msg = f"token response of {declared} bytes refused (limit {limit})"
-        raise TokenEndpointError(msg, code="response_too_large", kind=FailureKind.TRANSIENT)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            msg = f"token response larger than {limit} bytes refused"
-            raise TokenEndpointError(msg, code="response_too_large", kind=FailureKind.TRANSIENT)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _rate_limited(provider: Provider, wait: float) -> TokenUnavailableError:
+    policy = provider.policy
+    msg = (
+        f"provider {provider.name!r}: callers asked for more than {policy.caller_burst} new"
+        f" tokens in a row (one more every {policy.caller_interval:g} s); the current token"
+        " is still valid"
+    )
+    return TokenUnavailableError(msg, retry_after=wait, code="refresh_rate_limited", status=429)
+
+
+def _unsatisfiable(message: str) -> TokenUnavailableError:
+    return TokenUnavailableError(message, retry_after=0, code="min_valid_unsatisfiable", status=422)

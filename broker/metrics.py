@@ -40,10 +40,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp
 
+from broker.policy import PROVIDER_STATES
+
 log = logging.getLogger("broker.metrics")
 
-PROVIDER_STATES: Final = ("starting", "ready", "degraded", "failing", "rejected", "needs_login")
-"""Every state ``broker_provider_state`` reports (mirrors ``broker.manager.ProviderState``)."""
 
 OTHER: Final = "other"
 """The label value used when a value is not a safe identifier."""
@@ -235,6 +235,13 @@ class Metrics:
         )
         for outcome in ("success", "failure"):
             self._config_reloads.labels(outcome)
+        self._caller_fetches_refused = Counter(
+            "broker_caller_fetches_refused",
+            "Token requests callers asked for (min_valid, forced refresh) that the per-provider"
+            " rate limit refused with 429.",
+            ["provider"],
+            registry=r,
+        )
         self._providers = _ProviderCollector()
         r.register(self._providers)
         self._series_lock = threading.Lock()
@@ -261,6 +268,10 @@ class Metrics:
             series = self._served_series[provider, client] = self._tokens_served.labels(*labels)
         series.inc()
 
+    def caller_fetch_refused(self, provider: str) -> None:
+        """A caller-triggered token request was refused by the rate limit."""
+        self._inc(self._caller_fetches_refused, name_label(provider))
+
     def refresh_token_saved(self, provider: str, ok: bool) -> None:
         """A refresh token was (ok) or could not be (not ok) saved to the state directory."""
         self._inc(self._refresh_token_saves, name_label(provider), "success" if ok else "failure")
@@ -286,6 +297,8 @@ class Metrics:
         for outcome in ("success", "failure"):
             self._track(self._refresh_token_saves, (p, outcome))
             self._refresh_token_saves.labels(p, outcome)
+        self._track(self._caller_fetches_refused, (p,))
+        self._caller_fetches_refused.labels(p)
 
     def forget_provider(self, provider: str) -> None:
         """Drop every series labelled with *provider* (removed from the config)."""

@@ -35,13 +35,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import secrets
 import stat
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal, NoReturn
 
@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from broker.atomic import TEMP_SUFFIX, reason, replace_file, write_probe
 from broker.errors import BrokerError
+from broker.tokens import rfc3339
 
 log = logging.getLogger("broker.sinks")
 
@@ -123,12 +124,6 @@ class SinkConfig(BaseModel):
         return value
 
 
-def rfc3339(timestamp: float) -> str:
-    """Unix seconds as ``2026-11-25T03:14:07Z`` (whole seconds, UTC)."""
-    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def sh_quote(value: str) -> str:
     """*value* in single quotes for sh: ``'`` becomes ``'\\''``; nothing else is special."""
     return "'" + value.replace("'", "'\\''") + "'"
@@ -143,7 +138,7 @@ def render(config: SinkConfig, access_token: str, expires_at_wall: float, now_wa
         document = {
             "access_token": access_token,
             "token_type": "Bearer",
-            "expires_in": max(int(expires_at_wall - now_wall), 0),
+            "expires_in": max(math.floor(expires_at_wall - now_wall), 0),
             "expires_at": expires_at,
         }
         return (json.dumps(document) + "\n").encode("utf-8")
@@ -214,6 +209,20 @@ class FileSink:
                 self._generation = generation
             data = render(self.config, access_token, expires_at_wall, self._wall())
             self._atomic_write(data)
+
+    def clear(self, *, generation: int) -> None:
+        """Remove the file if it still holds the token of *generation* (now expired).
+
+        A reader then finds no token rather than an expired one; the next
+        write recreates the file. Raises SinkError if it cannot be removed.
+        """
+        with self._lock:
+            if self._generation != generation:
+                return  # a newer token is (being) written
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                self._fail(f"cannot remove the expired token: {reason(exc)}")
 
     # -- internals --------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ SECRET = "app-secret-7c1d"
 
 CONFIG = """
 request_timeout: 5
-refresh: {{backoff_initial: 0.2, backoff_max: 1, force_cooldown: 0}}
+refresh: {{backoff_initial: 0.2, backoff_max: 1}}
 providers:
   idp:
     type: oauth2
@@ -49,7 +49,8 @@ def test_token_json_shape_and_headers() -> None:
         assert response.headers["content-type"] == "application/json"
         assert response.headers["cache-control"] == "no-store"
         body = response.json()
-        assert {"access_token", "token_type", "expires_in", "expires_at"} == set(body)
+        assert {"access_token", "token_type", "expires_in", "expires_at", "etag"} == set(body)
+        assert response.headers["etag"] == body["etag"]
         assert fake.issued_access_tokens[-1] == body["access_token"]
         assert body["token_type"] == "Bearer"
         assert 55 <= body["expires_in"] <= 60

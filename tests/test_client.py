@@ -28,10 +28,7 @@ from tests.support import running_broker, settings_from
 ROOT = Path(__file__).resolve().parent.parent
 ME = "/api/auth/6/me/account"
 
-# force_cooldown 0: a forced refresh right after the broker's first login must really refresh.
 CONFIG = f"""
-refresh:
-  force_cooldown: 0
 providers:
   hiro:
     type: hiro

@@ -109,7 +109,7 @@ def test_sigkill_at_any_moment_never_loses_the_login(tmp_path: Path) -> None:
     with a rotation grace period still accepts), and at a random time.
     """
     rng = random.Random(20261125)
-    fake = FakeHiro(ttl=1.0, rotate_refresh_tokens=True)
+    fake = FakeHiro(ttl=2.0, rotate_refresh_tokens=True)
     killer = KillMidRotation(fake.app)
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -180,10 +180,11 @@ async def test_expired_token_is_never_served() -> None:
     idp = IdP(expires_in=30)
     async with managed(idp) as (manager, clock):
         idp.script.extend(error(503) for _ in range(100))
-        await clock.advance(29.9)
+        # Served while at least serve_min_remaining (1 s) is left, not a moment after.
+        await clock.advance(28.999)
         assert manager.current("idp") is not None
         assert manager.get("idp").state(clock.monotonic()) == "degraded"
-        await clock.advance(0.2)
+        await clock.advance(0.002)
         assert manager.current("idp") is None
         with pytest.raises(TokenUnavailableError) as caught:
             await manager.token("idp")
@@ -258,19 +259,160 @@ async def test_min_valid_longer_than_any_token_is_refused_without_asking() -> No
         assert len(idp.forms) == 1
 
 
-async def test_forced_refresh_coalesces_within_the_cooldown() -> None:
-    """Many forced refreshes right after a new token return it; later ones fetch anew."""
+async def test_forced_refresh_with_if_match_causes_one_request_for_a_crowd() -> None:
+    """Fifty callers whose API refused tok-1 share one refresh; later ones get tok-2 at once."""
     idp = IdP(expires_in=300)
     async with managed(idp) as (manager, clock):
-        await clock.advance(5)
+        refused = manager.current("idp")
+        assert refused is not None
+        await clock.advance(0.2)  # right after the first token: no cooldown applies any more
+        idp.gate = asyncio.Event()
+        crowd = asyncio.gather(
+            *(manager.force_refresh("idp", rejected=refused.etag) for _ in range(50))
+        )
+        await settle()
+        idp.gate.set()
+        answers = await crowd
+        assert {"tok-2"} == {t.access_token for t in answers}
+        late = await manager.force_refresh("idp", rejected=refused.etag)
+        assert late.access_token == "tok-2"
+        assert idp.grants() == ["password", "refresh_token"]
+
+
+async def test_if_match_accepts_the_tag_with_or_without_quotes() -> None:
+    """The ETag as sent ("..."), bare, weak or in a list all name the token."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, _):
+        token = manager.current("idp")
+        assert token is not None
+        forms: list[Callable[[str], str]] = [
+            lambda tag: tag,
+            lambda tag: tag.strip('"'),
+            lambda tag: f"W/{tag}",
+            lambda tag: f'"other", {tag}',
+        ]
+        for form in forms:
+            fresh = await manager.force_refresh("idp", rejected=form(token.etag))
+            assert fresh.etag != token.etag
+            token = fresh
+        assert len(idp.forms) == 5
+
+
+async def test_forced_refresh_without_if_match_always_asks_the_idp() -> None:
+    """No If-Match: a new token each time, even right after the start-up login."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, _):
         first = await manager.force_refresh("idp")
-        again = await asyncio.gather(*(manager.force_refresh("idp") for _ in range(50)))
-        assert first.access_token == "tok-2"
-        assert {"tok-2"} == {t.access_token for t in again}
-        await clock.advance(2)
-        third = await manager.force_refresh("idp")
-        assert third.access_token == "tok-3"
-        assert idp.grants() == ["password", "refresh_token", "refresh_token"]
+        second = await manager.force_refresh("idp")
+        assert [first.access_token, second.access_token] == ["tok-2", "tok-3"]
+
+
+async def test_the_idp_reissuing_the_refused_token_is_not_an_answer() -> None:
+    """A server that hands out the same token again cannot satisfy If-Match: 503, not a 200."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, _):
+        refused = manager.current("idp")
+        assert refused is not None
+        idp.script.append(httpx.Response(200, json={"access_token": "tok-1", "expires_in": 300}))
+        with pytest.raises(TokenUnavailableError) as caught:
+            await manager.force_refresh("idp", rejected=refused.etag)
+        assert caught.value.status == 503
+
+
+CALLER_LIMIT = PASSWORD_PROVIDER.replace(
+    "providers:", "refresh: {caller_burst: 3, caller_interval: 10}\nproviders:"
+)
+
+
+async def test_caller_triggered_fetches_are_rate_limited_per_provider() -> None:
+    """A burst of 3, then one per 10 s; the 429 says when; planned refreshes still run."""
+    idp = IdP(expires_in=300)
+    async with managed(idp, CALLER_LIMIT) as (manager, clock):
+        for _ in range(3):
+            await manager.force_refresh("idp")
+        with pytest.raises(TokenUnavailableError) as caught:
+            await manager.force_refresh("idp")
+        assert (caught.value.status, caught.value.code) == (429, "refresh_rate_limited")
+        assert caught.value.retry_after == pytest.approx(10)
+        await clock.advance(1)
+        with pytest.raises(TokenUnavailableError) as caught:
+            await manager.token("idp", min_valid=299.5)  # min_valid draws from the same bucket
+        assert caught.value.status == 429
+        assert len(idp.forms) == 4
+        await clock.advance(9)
+        await manager.token("idp", min_valid=299.5)
+        assert len(idp.forms) == 5
+        await clock.advance(250)  # the planned refresh is not limited by the bucket
+        assert idp.grants()[-1] == "refresh_token"
+        assert len(idp.forms) == 6
+
+
+async def test_superseded_if_match_and_joins_never_use_the_bucket() -> None:
+    """Answering with a newer token, or joining a fetch in flight, costs nothing."""
+    idp = IdP(expires_in=300)
+    async with managed(idp, CALLER_LIMIT.replace("caller_burst: 3", "caller_burst: 1")) as (
+        manager,
+        _,
+    ):
+        refused = manager.current("idp")
+        assert refused is not None
+        idp.gate = asyncio.Event()
+        joined = asyncio.gather(*(manager.force_refresh("idp") for _ in range(5)))
+        await settle()
+        idp.gate.set()
+        assert {t.access_token for t in await joined} == {"tok-2"}
+        for _ in range(5):
+            assert (await manager.force_refresh("idp", rejected=refused.etag)).access_token == (
+                "tok-2"
+            )
+        assert len(idp.forms) == 2
+
+
+async def test_forced_refresh_in_backoff_answers_with_the_valid_token() -> None:
+    """While a retry is not due, a forced refresh gets the current token, unless it was refused."""
+    idp = IdP(expires_in=300)
+    async with managed(idp) as (manager, _):
+        current = manager.current("idp")
+        assert current is not None
+        idp.script.append(error(503))
+        with pytest.raises(TokenUnavailableError):
+            await manager.force_refresh("idp", rejected=current.etag)  # failed, refused token
+        again = await manager.force_refresh("idp")  # in backoff now: the valid token
+        assert again is current
+        with pytest.raises(TokenUnavailableError) as caught:
+            await manager.force_refresh("idp", rejected=current.etag)
+        assert caught.value.status == 503
+        assert caught.value.retry_after > 0
+        assert len(idp.forms) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "state"),
+    [
+        pytest.param(error(401, "invalid_client"), "rejected", id="refused-credentials"),
+        pytest.param(error(404), "misconfigured", id="no-token-endpoint"),
+        pytest.param(
+            httpx.Response(301, headers={"Location": "https://idp.test/login"}),
+            "misconfigured",
+            id="redirect",
+        ),
+    ],
+)
+async def test_refused_or_misconfigured_retry_only_every_backoff_max(
+    answer: httpx.Response, state: str
+) -> None:
+    """Retrying soon cannot fix refused credentials or a wrong URL: one attempt per 300 s."""
+    idp = IdP(expires_in=30)
+    idp.script.extend([answer] * 5)
+    async with managed(idp) as (manager, clock):
+        assert len(idp.forms) == 1
+        assert manager.get("idp").state(clock.monotonic()) == state
+        await clock.advance(299.9)
+        assert len(idp.forms) == 1
+        await clock.advance(0.2)
+        assert len(idp.forms) == 2
+        await clock.advance(300)
+        assert len(idp.forms) == 3
 
 
 async def test_garbage_answer_never_replaces_a_good_token() -> None:
@@ -322,15 +464,12 @@ async def test_planned_requests_start_2_ms_apart_and_callers_skip_the_queue() ->
         assert [at for _, at in sent[2:]] == pytest.approx([1000.002, 1000.004, 1000.006])
         assert manager.current("p4") is token  # p4's own slot came and went without a request
 
-        # Refreshes at 2/3 of the lifetime: p0 and p4 are due at 1200.0, so p4 takes the
-        # next slot and each of the others (due 2 ms apart) moves one slot later.
+        # Refreshes at 2/3 of the servable lifetime (300 s less the 1 s serving floor):
+        # p0 and p4 are due at the same moment, so p4 takes the next slot and each of
+        # the others (due 2 ms apart) moves one slot later.
+        due = 1000.0 + 299 * 2 / 3
         sent.clear()
         await clock.advance(201)
-        assert sent == [
-            ("user0", 1200.0),
-            ("user4", pytest.approx(1200.002)),
-            ("user1", pytest.approx(1200.004)),
-            ("user2", pytest.approx(1200.006)),
-            ("user3", pytest.approx(1200.008)),
-        ]
+        assert [user for user, _ in sent] == ["user0", "user4", "user1", "user2", "user3"]
+        assert [at for _, at in sent] == pytest.approx([due + 0.002 * n for n in range(5)])
         assert idp.grants().count("refresh_token") == 5

@@ -8,12 +8,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.metrics import (
-    PROVIDER_STATES,
     Metrics,
     ProviderSnapshot,
     client_label,
     code_label,
 )
+from broker.policy import PROVIDER_STATES
 
 SECRET = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.sig-8f3e"
 

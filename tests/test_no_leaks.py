@@ -72,28 +72,28 @@ def test_nothing_secret_in_logs_or_responses(caplog: pytest.LogCaptureFixture) -
 
 SCENARIOS: dict[str, tuple[Callable[[], FakeProvider], str, list[str]]] = {
     "hiro-app": (
-        lambda: FakeHiro(ttl=1.5),
+        lambda: FakeHiro(ttl=2.5),
         f"type: hiro\nurl: '{{url}}'\nclient_id: {hiro.DEMO_CLIENT_ID}\n"
         f"client_secret: {hiro.DEMO_CLIENT_SECRET}\nusername: {hiro.DEMO_USERNAME}\n"
         f"password: {hiro.DEMO_PASSWORD}\n",
         [hiro.DEMO_CLIENT_SECRET, hiro.DEMO_PASSWORD],
     ),
     "hiro-token": (
-        lambda: FakeHiro(ttl=1.5),
+        lambda: FakeHiro(ttl=2.5),
         f"type: hiro\nflow: token\nurl: '{{url}}'\nclient_id: {hiro.DEMO_CLIENT_ID}\n"
         f"client_secret: {hiro.DEMO_CLIENT_SECRET}\nusername: {hiro.DEMO_USERNAME}\n"
         f"password: {hiro.DEMO_PASSWORD}\n",
         [hiro.DEMO_CLIENT_SECRET, hiro.DEMO_PASSWORD],
     ),
     "aerion": (
-        lambda: FakeAerion(ttl=1.5),
+        lambda: FakeAerion(ttl=2.5),
         f"type: aerion\nurl: '{{url}}'\ncompany_url: https://acme.aerion.app\n"
         f"client_id: {aerion.DEMO_CLIENT_ID}\nusername: {aerion.DEMO_EMAIL}\n"
         f"password: {aerion.DEMO_PASSWORD}\n",
         [aerion.DEMO_PASSWORD],
     ),
     "hub": (
-        lambda: FakeHub(ttl=1.5),
+        lambda: FakeHub(ttl=2.5),
         f"type: hub\nurl: '{{url}}'\nclient_id: {hub.DEMO_SERVICE_ID}\n"
         f"client_secret: {hub.DEMO_SERVICE_SECRET}\nscope: 0-0-0-0-0\n"
         f"username: {hub.DEMO_LOGIN}\npassword: {hub.DEMO_PASSWORD}\n",
