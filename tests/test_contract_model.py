@@ -155,7 +155,7 @@ class TokenContract(RuleBasedStateMachine):
         self.checked = 0
         # (caller requests before it, when, the new burst): a reload starts a full bucket.
         self.bucket_resets: list[tuple[int, float, int]] = []
-        self.client = httpx.AsyncClient(transport=httpx.MockTransport(self.server))  # type: ignore[arg-type]  # async handlers are supported
+        self.client = httpx.AsyncClient(transport=httpx.MockTransport(self.server))
         self.manager = TokenManager(
             self.settings, client=self.client, clock=self.clock, rng=random.Random(3)
         )
