@@ -7,13 +7,12 @@ Route handlers never talk to an identity provider themselves; in steady state
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,7 +38,7 @@ from broker.logs import add_secret_filter
 from broker.manager import Provider, TokenManager
 from broker.metrics import Metrics
 from broker.policy import SERVING_STATES
-from broker.reload import reload_config
+from broker.reload import Reloader
 from broker.security import Denied, Guard, GuardMiddleware
 from broker.state import StateStore
 from broker.tokens import Token, rfc3339
@@ -80,6 +79,7 @@ def create_app(
     settings: BrokerSettings,
     *,
     config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     store: StateStore | None = None,
@@ -87,7 +87,9 @@ def create_app(
 ) -> FastAPI:
     """Build the broker's ASGI app. Nothing starts until the app's lifespan runs.
 
-    With *config_path*, SIGHUP re-reads that file (see :mod:`broker.reload`).
+    With *config_path*, SIGHUP re-reads that file (see :mod:`broker.reload`),
+    applying *overrides* (the command line's ``--host`` and ``--port``) again;
+    ``app.state.reloader`` is the :class:`~broker.reload.Reloader` then.
     *store* keeps refresh tokens across restarts; by default it is opened from
     ``settings.state_dir`` (the CLI opens it first to report problems early).
     *clock* and *transport* exist for tests (a fake clock, ``httpx.MockTransport``).
@@ -122,7 +124,9 @@ def create_app(
             await manager.start()
             if freeze_heap:
                 heap.freeze()
-            stop_reloading = _reload_on_sighup(manager, config_path, settings, freeze_heap)
+            stop_reloading = _reload_on_sighup(
+                app, manager, guard, config_path, overrides, freeze_heap
+            )
             stop_redacting = add_secret_filter(manager.secret_values)
             try:
                 yield
@@ -179,27 +183,29 @@ def open_store(settings: BrokerSettings) -> StateStore | None:
 
 
 def _reload_on_sighup(
-    manager: TokenManager, config_path: Path | None, settings: BrokerSettings, frozen: bool
+    app: FastAPI,
+    manager: TokenManager,
+    guard: Guard,
+    config_path: Path | None,
+    overrides: Mapping[str, Any] | None,
+    frozen_heap: bool,
 ) -> Callable[[], None]:
     """Install a SIGHUP handler that reloads *config_path*; returns its remover."""
-    if config_path is None or threading.current_thread() is not threading.main_thread():
+    if config_path is None:
+        return lambda: None
+    reloader = Reloader(
+        manager=manager,
+        guard=guard,
+        path=config_path,
+        in_use=manager.settings,
+        overrides=overrides,
+        frozen_heap=frozen_heap,
+    )
+    app.state.reloader = reloader
+    if threading.current_thread() is not threading.main_thread():
         return lambda: None  # signals reach only the main thread (tests run us elsewhere)
     loop = asyncio.get_running_loop()
-    running = {"settings": settings}
-    lock = asyncio.Lock()  # two quick SIGHUPs apply one after the other
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def reload() -> None:
-        async with lock:
-            with heap.thawed() if frozen else contextlib.nullcontext():
-                running["settings"] = await reload_config(manager, config_path, running["settings"])
-
-    def on_sighup() -> None:
-        task = loop.create_task(reload())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
 
     def remove() -> None:
         loop.remove_signal_handler(signal.SIGHUP)

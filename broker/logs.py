@@ -75,12 +75,18 @@ def configure_logging(
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
-    root.setLevel(level.upper())
     for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.propagate = True
+    set_level(level)
+    return handler
+
+
+def set_level(level: str) -> None:
+    """Log at *level* from now on (at start, and when a reload changes ``log_level``)."""
+    logging.getLogger().setLevel(level.upper())
     # httpx logs every request at INFO; the broker logs each token request itself, with
     # the provider and outcome, so the client libraries speak up only for problems
     # (or at debug level).
@@ -88,7 +94,6 @@ def configure_logging(
         logging.getLogger(name).setLevel(
             logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
         )
-    return handler
 
 
 CLIENT_LOGGERS = ("httpx", "httpcore")

@@ -312,6 +312,11 @@ class TokenManager:
     def wall(self) -> float:
         return self._clock.wall()
 
+    @property
+    def settings(self) -> BrokerSettings:
+        """The settings in force (the last ones :meth:`update` applied)."""
+        return self._settings
+
     def current(self, name: str, min_valid: float = 0.0) -> Token | None:
         """The token to serve right now without waiting, or None. Never an expired one."""
         token = self.get(name).token

@@ -71,12 +71,19 @@ class Client:
         return "*" in self.providers or provider in self.providers
 
 
-class Guard:
-    """The broker's access rules, built once from the settings."""
+@dataclass(frozen=True)
+class AccessRules:
+    """Who may call and from where, built from the settings; replaced whole on a reload."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    clients: tuple[Client, ...]
+    loopback_only: bool
+    allowed_hosts: frozenset[str]
+    required_header: tuple[bytes, bytes] | None
+
+    @classmethod
+    def from_settings(cls, settings: BrokerSettings) -> AccessRules:
         security = settings.security
-        self.clients = tuple(
+        clients = tuple(
             Client(
                 name=name,
                 key=client.key.get_secret_value().encode(),
@@ -85,19 +92,41 @@ class Guard:
             )
             for name, client in settings.clients.items()
         )
-        self.loopback_only = not self.clients and not security.allow_unauthenticated_network
-        self.allowed_hosts = frozenset(
-            _host_names([*LOOPBACK_NAMES, settings.host, *security.allowed_hosts])
-        )
         header = security.require_header
-        self.required_header = (
-            (header.name.lower().encode(), header.value.encode()) if header is not None else None
+        return cls(
+            clients=clients,
+            loopback_only=not clients and not security.allow_unauthenticated_network,
+            allowed_hosts=frozenset(
+                _host_names([*LOOPBACK_NAMES, settings.host, *security.allowed_hosts])
+            ),
+            required_header=(
+                (header.name.lower().encode(), header.value.encode())
+                if header is not None
+                else None
+            ),
         )
+
+
+class Guard:
+    """The broker's access rules. :meth:`update` swaps them in one assignment, so a
+    reload takes effect for every request that starts after it: a revoked key is
+    refused from that moment on."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.rules = AccessRules.from_settings(settings)
+
+    def update(self, settings: BrokerSettings) -> None:
+        self.rules = AccessRules.from_settings(settings)
+
+    @property
+    def clients(self) -> tuple[Client, ...]:
+        return self.rules.clients
 
     # -- every request ------------------------------------------------------
 
     def check_request(self, scope: Scope) -> None:
         """Raise Denied unless the request may reach any route at all."""
+        rules = self.rules
         host: bytes | None = None
         size = 0
         for name, value in scope["headers"]:
@@ -116,15 +145,15 @@ class Guard:
         if size > MAX_HEADER_BYTES:
             msg = f"request headers larger than {MAX_HEADER_BYTES} bytes are refused"
             raise Denied(431, "headers_too_large", msg)
-        if host is None or _strip_port(host.decode("latin-1")).lower() not in self.allowed_hosts:
+        if host is None or _strip_port(host.decode("latin-1")).lower() not in rules.allowed_hosts:
             msg = "the Host header does not name this broker (see security.allowed_hosts)"
             raise Denied(403, "host_not_allowed", msg)
-        if self.required_header is not None:
-            name, wanted = self.required_header
+        if rules.required_header is not None:
+            name, wanted = rules.required_header
             if not any(n == name and hmac.compare_digest(v, wanted) for n, v in scope["headers"]):
                 msg = f"the {name.decode()} header is required"
                 raise Denied(412, "required_header_missing", msg)
-        if self.loopback_only and not _is_loopback(scope.get("client")):
+        if rules.loopback_only and not _is_loopback(scope.get("client")):
             msg = "no clients are configured, so only this host's processes may call"
             raise Denied(403, "not_loopback", msg)
 
@@ -135,9 +164,10 @@ class Guard:
 
         Without configured clients every (loopback) caller is ``anonymous``.
         """
-        if not self.clients:
+        clients = self.rules.clients
+        if not clients:
             return "anonymous"
-        client = self._client_for(authorization)
+        client = _client_for(clients, authorization)
         if client is None:
             msg = "a client key is required: Authorization: Bearer <key>"
             raise Denied(401, "unauthorized", msg, challenge=True)
@@ -150,17 +180,18 @@ class Guard:
             raise Denied(403, "forbidden", msg)
         return client.name
 
-    def _client_for(self, authorization: str | None) -> Client | None:
-        if not authorization or authorization[:7].lower() != "bearer ":
-            return None
-        presented = authorization[7:].strip().encode()
-        found = None
-        # Compare against every key, in constant time each, so neither the
-        # comparison nor the loop reveals how much of a key was right.
-        for client in self.clients:
-            if hmac.compare_digest(presented, client.key):
-                found = client
-        return found
+
+def _client_for(clients: tuple[Client, ...], authorization: str | None) -> Client | None:
+    if not authorization or authorization[:7].lower() != "bearer ":
+        return None
+    presented = authorization[7:].strip().encode()
+    found = None
+    # Compare against every key, in constant time each, so neither the
+    # comparison nor the loop reveals how much of a key was right.
+    for client in clients:
+        if hmac.compare_digest(presented, client.key):
+            found = client
+    return found
 
 
 class GuardMiddleware:
