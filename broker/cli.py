@@ -19,6 +19,7 @@ from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
 from broker.fastpath import TokenFastPath
 from broker.logs import configure_logging
+from broker.probe import storage_problems
 from broker.protocols import build_protocol
 from broker.state import StateError, StateStore
 
@@ -78,8 +79,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(config_path: str) -> int:
     settings = load_config(config_path)
+    _log_warnings_plainly()
+    problems = storage_problems(settings)
+    if problems:
+        lines = (f"{config_path}: {key}: {problem}" for key, problem in problems)
+        raise ConfigError("\n".join(lines))
     for warning in inline_secret_warnings(config_path):
         print(f"warning: {warning}", file=sys.stderr)
+    _describe(config_path, settings)
+    return 0
+
+
+def _log_warnings_plainly() -> None:
+    """What serve's checks log (a state directory open to others) as ``warning: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _describe(config_path: str, settings: BrokerSettings) -> None:
     print(f"{config_path}: OK, {len(settings.providers)} provider(s)")
     print(f"listen: http://{settings.host}:{settings.port}")
     for name, provider in settings.providers.items():
@@ -92,7 +115,6 @@ def _check(config_path: str) -> int:
             f" (±{policy.jitter:.0%}), at least {policy.margin:g} s before expiry;"
             f" retries back off {policy.backoff_initial:g} s to {policy.backoff_max:g} s"
         )
-    return 0
 
 
 def uvicorn_config(

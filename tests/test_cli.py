@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+from cryptography.fernet import Fernet
 
 from broker.fakes import hiro
 from broker.fakes.hiro import FakeHiro
@@ -28,15 +29,23 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_check_accepts_the_example_config(tmp_path: Path) -> None:
-    """config.example.yaml is valid (so it cannot rot) and check explains each provider."""
+    """config.example.yaml is valid (so it cannot rot) and check explains each provider.
+
+    Its directories (state_dir, the sink's) are moved under tmp_path: check tries them.
+    """
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     (secrets_dir / "hub_service_secret").write_text("s3cret-hub\n")
     (secrets_dir / "monitoring_key").write_text("monitoring-key-0123456789\n")
     example = (ROOT / "config.example.yaml").read_text()
+    for directory in ("/var/lib/broker/", "/run/broker/"):
+        assert directory in example
+        example = example.replace(directory, f"{tmp_path}{directory}")
+    (tmp_path / "run" / "broker").mkdir(parents=True)
     config = tmp_path / "config.yaml"
     config.write_text(example.replace("/run/secrets/", f"{secrets_dir}/"))
     env = {name: f"value-of-{name.lower()}" for name in re.findall(r"\{env: ([A-Z_]+)\}", example)}
+    env["BROKER_STATE_KEY"] = Fernet.generate_key().decode()  # the state directory checks it
     result = run("check", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert "OK, 6 provider(s)" in result.stdout
