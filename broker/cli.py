@@ -19,7 +19,7 @@ from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
 from broker.fastpath import TokenFastPath
 from broker.logs import configure_logging
-from broker.probe import storage_problems
+from broker.probe import cleartext_warnings, storage_problems
 from broker.protocols import build_protocol
 from broker.state import StateError, StateStore
 
@@ -86,6 +86,8 @@ def _check(config_path: str) -> int:
         raise ConfigError("\n".join(lines))
     for warning in inline_secret_warnings(config_path):
         print(f"warning: {warning}", file=sys.stderr)
+    for warning in cleartext_warnings(settings):
+        print(f"warning: {config_path}: {warning}", file=sys.stderr)
     _describe(config_path, settings)
     return 0
 
@@ -178,6 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
             "no state_dir configured: refresh tokens are kept in memory only, so a restart"
             " needs a new login (and a provider with only a refresh token is lost)"
         )
+    for warning in cleartext_warnings(settings):
+        log.warning("%s", warning)
     log.info(
         "serving %d provider(s) on http://%s:%d",
         len(settings.providers),

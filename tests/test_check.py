@@ -75,3 +75,27 @@ def test_check_accepts_writable_directories_and_leaves_nothing_behind(tmp_path: 
     assert "OK, 1 provider(s)" in result.stdout
     assert list(state.iterdir()) == []
     assert list(sinks.iterdir()) == []
+
+
+# -- plain http -------------------------------------------------------------------------
+
+
+def test_check_warns_about_plain_http_to_other_hosts_only(tmp_path: Path) -> None:
+    """http:// to another host sends secrets in clear text: a warning, not a failure.
+    Loopback (127.0.0.0/8, ::1, localhost) is fine; nothing is sent without --login."""
+    config = write_config(
+        tmp_path,
+        "providers:\n"
+        + hub_provider("remote", "http://user:pw-in-url@hub.example.com:8080/hub")
+        + hub_provider("secure", "https://hub.example.com")
+        + hub_provider("local4", "http://127.0.0.2:9")
+        + hub_provider("local6", "http://[::1]:9")
+        + hub_provider("localname", "http://localhost:9"),
+    )
+    result = run("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"warning: {config}: providers.remote: token requests go to"
+        " http://hub.example.com:8080/hub/api/rest/oauth2/token in plain http: passwords,"
+        " client secrets and tokens cross the network unencrypted; use https://"
+    ]
