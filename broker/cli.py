@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -19,11 +21,12 @@ from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
 from broker.fastpath import TokenFastPath
 from broker.logs import configure_logging
-from broker.probe import cleartext_warnings, storage_problems
+from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logins
 from broker.protocols import build_protocol
 from broker.state import StateError, StateStore
 
 DEFAULT_CONFIG = "config.yaml"
+EXIT_LOGIN_FAILED = 1
 EXIT_CONFIG_ERROR = 2
 
 
@@ -35,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     try:
         if args.command == "check":
-            return _check(args.config)
+            return _check(args.config, login=args.login)
         if args.command == "serve":
             return _serve(args)
         from broker.demo import run_demo  # the demo alone needs the fakes
@@ -64,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a config and print what each provider will do"
     )
     check.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="YAML config file")
+    check.add_argument(
+        "--login",
+        action="store_true",
+        help="also log in once per provider with its primary grant and report the outcome"
+        " (nothing is saved; refresh tokens are never spent)",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -77,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(config_path: str) -> int:
+def _check(config_path: str, *, login: bool) -> int:
     settings = load_config(config_path)
     _log_warnings_plainly()
     problems = storage_problems(settings)
@@ -89,7 +98,7 @@ def _check(config_path: str) -> int:
     for warning in cleartext_warnings(settings):
         print(f"warning: {config_path}: {warning}", file=sys.stderr)
     _describe(config_path, settings)
-    return 0
+    return _check_logins(settings) if login else 0
 
 
 def _log_warnings_plainly() -> None:
@@ -117,6 +126,29 @@ def _describe(config_path: str, settings: BrokerSettings) -> None:
             f" (±{policy.jitter:.0%}), at least {policy.margin:g} s before expiry;"
             f" retries back off {policy.backoff_initial:g} s to {policy.backoff_max:g} s"
         )
+
+
+def _check_logins(settings: BrokerSettings) -> int:
+    """``check --login``: 0 when every login that ran succeeded, 1 when any failed."""
+    print("test login: one token request per provider, nothing saved", flush=True)
+    counts = asyncio.run(_report_logins(settings))
+    print(
+        f"test login: {counts[Outcome.OK]} OK, {counts[Outcome.FAILED]} failed,"
+        f" {counts[Outcome.SKIPPED]} skipped"
+    )
+    return EXIT_LOGIN_FAILED if counts[Outcome.FAILED] else 0
+
+
+async def _report_logins(settings: BrokerSettings) -> Counter[Outcome]:
+    counts: Counter[Outcome] = Counter()
+    async with contextlib.aclosing(try_logins(settings)) as results:
+        async for result in results:
+            counts[result.outcome] += 1
+            # Flushed line by line: slow identity providers should not hold back the others.
+            print(f"- {result.provider}: {result.summary}", flush=True)
+            if result.detail:
+                print(f"    {result.detail}", flush=True)
+    return counts
 
 
 def uvicorn_config(
