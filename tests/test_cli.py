@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -133,3 +136,41 @@ def test_demo_serves_real_tokens_from_local_fakes() -> None:
         )
         assert me.status_code == 200
         assert me.json()["ogit/name"] == hiro.DEMO_USERNAME
+
+
+@contextmanager
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another program is listening on."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port: int = other.getsockname()[1]
+        yield port
+
+
+def busy_port_message(port: int) -> str:
+    return (
+        f"broker: cannot listen on 127.0.0.1:{port}: address already in use"
+        f" (another broker or program is using it; try --port {port + 101})"
+    )
+
+
+def test_demo_on_a_busy_port_says_so_in_one_line_before_anything_else() -> None:
+    """No banner, no fakes started and stopped, no traceback: one line and exit 2."""
+    with busy_port() as port:
+        result = run("demo", "--port", str(port))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [busy_port_message(port)]
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "log_level: warning\nproviders:\n  hub:\n    type: hub\n"
+        "    url: https://hub.example.com\n    client_id: c\n    client_secret: {env: HOME}\n"
+    )
+    with busy_port() as port:
+        result = run("serve", "--config", str(config), "--port", str(port))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == busy_port_message(port)
+    assert "Traceback" not in result.stderr
+    assert "serving" not in result.stderr
