@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,9 +31,32 @@ from broker.state import StateError, StateStore
 DEFAULT_CONFIG = "config.yaml"
 EXIT_LOGIN_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_STDOUT_CLOSED = 1
+"""As the Python docs' recipe for a reader that goes away (``broker check | head -1``)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``broker`` command; returns its exit status."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Output is buffered: a reader that went away shows here, not at exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_STDOUT_CLOSED
+
+
+def _discard_stdout() -> None:
+    """Send what is left for stdout nowhere, so the interpreter's final flush cannot fail
+    again with a traceback (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

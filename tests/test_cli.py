@@ -174,3 +174,36 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.splitlines()[-1] == busy_port_message(port)
     assert "Traceback" not in result.stderr
     assert "serving" not in result.stderr
+
+
+def test_output_closed_early_ends_quietly(tmp_path: Path) -> None:
+    """`broker check | head -1`: the reader goes away mid-output; exit 1, no traceback.
+
+    The output (~250 KB) is far more than a pipe holds, so the broker is still
+    writing when the pipe closes.
+    """
+    providers = "".join(
+        f"  p{i}:\n    type: hub\n    url: https://hub.example.com\n"
+        "    client_id: c\n    client_secret: {env: HOME}\n"
+        for i in range(1000)
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"providers:\n{providers}")
+    proc = subprocess.Popen(
+        [*BROKER, "check", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        assert proc.stdout.readline() == f"{config}: OK, 1000 provider(s)\n"
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 1
+        assert proc.stderr.read() == ""
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
