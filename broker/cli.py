@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -19,14 +24,39 @@ from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.errors import ConfigError
 from broker.fastpath import TokenFastPath
 from broker.logs import configure_logging
+from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logins
 from broker.protocols import build_protocol
 from broker.state import StateError, StateStore
 
 DEFAULT_CONFIG = "config.yaml"
+EXIT_LOGIN_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_STDOUT_CLOSED = 1
+"""As the Python docs' recipe for a reader that goes away (``broker check | head -1``)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``broker`` command; returns its exit status."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Output is buffered: a reader that went away shows here, not at exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_STDOUT_CLOSED
+
+
+def _discard_stdout() -> None:
+    """Send what is left for stdout nowhere, so the interpreter's final flush cannot fail
+    again with a traceback (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -34,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     try:
         if args.command == "check":
-            return _check(args.config)
+            return _check(args.config, login=args.login)
         if args.command == "serve":
             return _serve(args)
         from broker.demo import run_demo  # the demo alone needs the fakes
@@ -42,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(host=args.host, port=args.port, ttl=args.ttl)
     except ConfigError as exc:
         print(f"broker: configuration error\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except ListenError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
 
@@ -63,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a config and print what each provider will do"
     )
     check.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="YAML config file")
+    check.add_argument(
+        "--login",
+        action="store_true",
+        help="also log in once per provider with its primary grant and report the outcome"
+        " (nothing is saved; refresh tokens are never spent)",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -76,12 +115,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(config_path: str) -> int:
+def _check(config_path: str, *, login: bool) -> int:
     settings = load_config(config_path)
+    _log_warnings_plainly()
+    problems = storage_problems(settings)
+    if problems:
+        lines = (f"{config_path}: {key}: {problem}" for key, problem in problems)
+        raise ConfigError("\n".join(lines))
     for warning in inline_secret_warnings(config_path):
         print(f"warning: {warning}", file=sys.stderr)
+    for warning in cleartext_warnings(settings):
+        print(f"warning: {config_path}: {warning}", file=sys.stderr)
+    _describe(config_path, settings)
+    return _check_logins(settings) if login else 0
+
+
+def _log_warnings_plainly() -> None:
+    """What serve's checks log (a state directory open to others) as ``warning: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _describe(config_path: str, settings: BrokerSettings) -> None:
     print(f"{config_path}: OK, {len(settings.providers)} provider(s)")
-    print(f"listen: http://{settings.host}:{settings.port}")
+    print(f"listen: http://{listen_address(settings.host)}:{settings.port}")
     for name, provider in settings.providers.items():
         protocol = build_protocol(provider)
         policy = settings.refresh_for(name)
@@ -92,7 +155,29 @@ def _check(config_path: str) -> int:
             f" (±{policy.jitter:.0%}), at least {policy.margin:g} s before expiry;"
             f" retries back off {policy.backoff_initial:g} s to {policy.backoff_max:g} s"
         )
-    return 0
+
+
+def _check_logins(settings: BrokerSettings) -> int:
+    """``check --login``: 0 when every login that ran succeeded, 1 when any failed."""
+    print("test login: one token request per provider, nothing saved", flush=True)
+    counts = asyncio.run(_report_logins(settings))
+    print(
+        f"test login: {counts[Outcome.OK]} OK, {counts[Outcome.FAILED]} failed,"
+        f" {counts[Outcome.SKIPPED]} skipped"
+    )
+    return EXIT_LOGIN_FAILED if counts[Outcome.FAILED] else 0
+
+
+async def _report_logins(settings: BrokerSettings) -> Counter[Outcome]:
+    counts: Counter[Outcome] = Counter()
+    async with contextlib.aclosing(try_logins(settings)) as results:
+        async for result in results:
+            counts[result.outcome] += 1
+            # Flushed line by line: slow identity providers should not hold back the others.
+            print(f"- {result.provider}: {result.summary}", flush=True)
+            if result.detail:
+                print(f"    {result.detail}", flush=True)
+    return counts
 
 
 def uvicorn_config(
@@ -137,6 +222,85 @@ def exit_zero_after_shutdown() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class ListenError(Exception):
+    """The listening address cannot be had; the message is one line for the operator."""
+
+
+BACKLOG = 2048
+"""uvicorn's default; it calls listen() again with its own."""
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bind and listen at *port* on every address *host* names (``localhost``: maybe two), now.
+
+    Bound before anything is announced or started, so a busy port is one clear
+    error rather than a "serving on" line followed by uvicorn's shutdown; handed
+    to uvicorn with ``serve(sockets=...)``. Connections wait in the backlog until
+    uvicorn accepts them. Raises ListenError.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in dict.fromkeys(addresses):
+            if sockets and port == 0:  # every address on the one port the system picked
+                address = (address[0], port_of(sockets), *address[2:])
+            sockets.append(_listening_socket(family, address))
+    except OSError as exc:
+        close_all(sockets)
+        raise ListenError(_listen_failure(host, port, exc)) from None
+    return sockets
+
+
+def _listening_socket(family: socket.AddressFamily, address: tuple[object, ...]) -> socket.socket:
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets
+    # whose proto says TCP; without it every answer stalls ~40 ms on delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        # As asyncio's create_server, which uvicorn used: a restart need not wait out
+        # TIME_WAIT, and an IPv6 socket does not also take the IPv4 port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    where = f"{listen_address(host)}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        other = port + 101 if port + 101 <= 65535 else port - 101
+        return (
+            f"cannot listen on {where}: address already in use"
+            f" (another broker or program is using it; try --port {other})"
+        )
+    return f"cannot listen on {where}: {exc.strerror or type(exc).__name__}"
+
+
+def listen_address(host: str) -> str:
+    """*host* as it goes before ``:port`` in a URL: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def port_of(sockets: Sequence[socket.socket]) -> int:
+    """The port the sockets listen on (the system's pick when 0 was asked for)."""
+    port: int = sockets[0].getsockname()[1]
+    return port
+
+
+def close_all(sockets: Sequence[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = load_config(Path(args.config))
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -156,12 +320,19 @@ def _serve(args: argparse.Namespace) -> int:
             "no state_dir configured: refresh tokens are kept in memory only, so a restart"
             " needs a new login (and a provider with only a refresh token is lost)"
         )
+    for warning in cleartext_warnings(settings):
+        log.warning("%s", warning)
+    sockets = listen(settings.host, settings.port)  # before announcing it
     log.info(
         "serving %d provider(s) on http://%s:%d",
         len(settings.providers),
-        settings.host,
-        settings.port,
+        listen_address(settings.host),
+        port_of(sockets),
     )
-    with exit_zero_after_shutdown():
-        uvicorn.Server(uvicorn_config(settings, Path(args.config), store)).run()
+    try:
+        with exit_zero_after_shutdown():
+            server = uvicorn.Server(uvicorn_config(settings, Path(args.config), store))
+            server.run(sockets=sockets)
+    finally:
+        close_all(sockets)
     return 0

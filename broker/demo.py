@@ -9,10 +9,18 @@ real services (the config is printed at start).
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import uvicorn
 
-from broker.cli import exit_zero_after_shutdown, uvicorn_config
+from broker.cli import (
+    close_all,
+    exit_zero_after_shutdown,
+    listen,
+    listen_address,
+    port_of,
+    uvicorn_config,
+)
 from broker.config import BrokerSettings, parse_config
 from broker.fakes import aerion, hiro, hub
 from broker.fakes.server import FakeServer
@@ -47,14 +55,22 @@ providers:
 
 
 def run_demo(*, host: str, port: int, ttl: float) -> int:
-    """Run until Ctrl+C or SIGTERM; returns the exit code."""
+    """Run until Ctrl+C or SIGTERM; returns the exit code.
+
+    The broker's port is bound first: when it is busy, ListenError says so in
+    one line before any fake has started or anything was announced.
+    """
     configure_logging("info")
-    with exit_zero_after_shutdown():
-        asyncio.run(_demo(host, port, ttl))
+    sockets = listen(host, port)
+    try:
+        with exit_zero_after_shutdown():
+            asyncio.run(_demo(sockets, host, ttl))
+    finally:
+        close_all(sockets)
     return 0
 
 
-async def _demo(host: str, port: int, ttl: float) -> None:
+async def _demo(sockets: list[socket.socket], host: str, ttl: float) -> None:
     fakes = {
         "hiro": hiro.FakeHiro(ttl=ttl),
         "aerion": aerion.FakeAerion(ttl=ttl),
@@ -65,10 +81,10 @@ async def _demo(host: str, port: int, ttl: float) -> None:
         urls = {name: await server.start() for name, server in servers.items()}
         config_text = demo_config(urls)
         settings = parse_config(config_text, source="demo config").model_copy(
-            update={"host": host, "port": port}
+            update={"host": host, "port": port_of(sockets)}
         )
         _print_banner(settings, urls, config_text)
-        await uvicorn.Server(uvicorn_config(settings)).serve()
+        await uvicorn.Server(uvicorn_config(settings)).serve(sockets=sockets)
     finally:
         for fake_server in servers.values():
             await fake_server.stop()
@@ -93,7 +109,7 @@ def demo_config(urls: dict[str, str]) -> str:
 
 
 def _print_banner(settings: BrokerSettings, urls: dict[str, str], config_text: str) -> None:
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"http://{listen_address(settings.host)}:{settings.port}"
     me = {
         "hiro": f"{urls['hiro']}/api/auth/6/me/account",
         "aerion": f"{urls['aerion']}/v1/users/me",

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from cryptography.fernet import Fernet
 
 from broker.fakes import hiro
 from broker.fakes.hiro import FakeHiro
@@ -28,15 +32,23 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_check_accepts_the_example_config(tmp_path: Path) -> None:
-    """config.example.yaml is valid (so it cannot rot) and check explains each provider."""
+    """config.example.yaml is valid (so it cannot rot) and check explains each provider.
+
+    Its directories (state_dir, the sink's) are moved under tmp_path: check tries them.
+    """
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     (secrets_dir / "hub_service_secret").write_text("s3cret-hub\n")
     (secrets_dir / "monitoring_key").write_text("monitoring-key-0123456789\n")
     example = (ROOT / "config.example.yaml").read_text()
+    for directory in ("/var/lib/broker/", "/run/broker/"):
+        assert directory in example
+        example = example.replace(directory, f"{tmp_path}{directory}")
+    (tmp_path / "run" / "broker").mkdir(parents=True)
     config = tmp_path / "config.yaml"
     config.write_text(example.replace("/run/secrets/", f"{secrets_dir}/"))
     env = {name: f"value-of-{name.lower()}" for name in re.findall(r"\{env: ([A-Z_]+)\}", example)}
+    env["BROKER_STATE_KEY"] = Fernet.generate_key().decode()  # the state directory checks it
     result = run("check", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert "OK, 6 provider(s)" in result.stdout
@@ -124,3 +136,74 @@ def test_demo_serves_real_tokens_from_local_fakes() -> None:
         )
         assert me.status_code == 200
         assert me.json()["ogit/name"] == hiro.DEMO_USERNAME
+
+
+@contextmanager
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another program is listening on."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port: int = other.getsockname()[1]
+        yield port
+
+
+def busy_port_message(port: int) -> str:
+    return (
+        f"broker: cannot listen on 127.0.0.1:{port}: address already in use"
+        f" (another broker or program is using it; try --port {port + 101})"
+    )
+
+
+def test_demo_on_a_busy_port_says_so_in_one_line_before_anything_else() -> None:
+    """No banner, no fakes started and stopped, no traceback: one line and exit 2."""
+    with busy_port() as port:
+        result = run("demo", "--port", str(port))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [busy_port_message(port)]
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "log_level: warning\nproviders:\n  hub:\n    type: hub\n"
+        "    url: https://hub.example.com\n    client_id: c\n    client_secret: {env: HOME}\n"
+    )
+    with busy_port() as port:
+        result = run("serve", "--config", str(config), "--port", str(port))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == busy_port_message(port)
+    assert "Traceback" not in result.stderr
+    assert "serving" not in result.stderr
+
+
+def test_output_closed_early_ends_quietly(tmp_path: Path) -> None:
+    """`broker check | head -1`: the reader goes away mid-output; exit 1, no traceback.
+
+    The output (~250 KB) is far more than a pipe holds, so the broker is still
+    writing when the pipe closes.
+    """
+    providers = "".join(
+        f"  p{i}:\n    type: hub\n    url: https://hub.example.com\n"
+        "    client_id: c\n    client_secret: {env: HOME}\n"
+        for i in range(1000)
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"providers:\n{providers}")
+    proc = subprocess.Popen(
+        [*BROKER, "check", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        assert proc.stdout.readline() == f"{config}: OK, 1000 provider(s)\n"
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 1
+        assert proc.stderr.read() == ""
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()

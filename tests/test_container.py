@@ -274,9 +274,10 @@ def _run_compose_app(name: str, env: dict[str, str], *, broker: str, idp: str) -
 
 
 def test_broker_check_accepts_the_compose_config(tmp_path: Path) -> None:
-    """`broker check` accepts deploy/compose-config.yaml (secret file path pointed at deploy/)."""
+    """`broker check` accepts deploy/compose-config.yaml (secret file path pointed at deploy/;
+    state_dir, which check tries to write, under tmp_path)."""
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(compose_config()))
+    config.write_text(yaml.safe_dump(compose_config(state_dir=str(tmp_path / "state"))))
     done = subprocess.run(
         [sys.executable, "-m", "broker", "check", "--config", str(config)],
         capture_output=True,

@@ -1,0 +1,195 @@
+"""What ``broker check`` verifies beyond the config's syntax, and its test login.
+
+Each check runs the code ``serve`` runs, so its answer cannot drift from what
+``serve`` will do:
+
+* :func:`storage_problems`: the state directory and every token sink's
+  directory accept a file now (``StateStore``'s and ``FileSink``'s own start-up
+  checks).
+* :func:`cleartext_warnings`: token URLs in plain http to another host.
+* :func:`try_logins`: one real token request per provider with its primary
+  grant, sent by :func:`broker.exchange.exchange` as the refresh engine sends
+  it. Nothing is saved (no state file, no sink file), and a refresh token is
+  never spent: a rotating one would die for the broker that holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import httpx
+
+from broker import __version__
+from broker.app import open_store
+from broker.clock import SystemClock
+from broker.config import BrokerSettings
+from broker.errors import FailureKind, TokenEndpointError
+from broker.exchange import exchange
+from broker.protocols import TokenProtocol, build_protocol
+from broker.protocols.presets import ProviderConfig
+from broker.security import is_loopback_address
+from broker.sinks import FileSink, SinkError
+from broker.state import StateError
+
+# -- storage --------------------------------------------------------------------------
+
+
+def storage_problems(settings: BrokerSettings) -> list[tuple[str, str]]:
+    """``(config key, problem)`` for every directory ``serve`` could not write to.
+
+    Runs serve's own checks: opening the state directory (which creates it when
+    missing, as serve does, and proves it writable) and each sink's check.
+    """
+    problems: list[tuple[str, str]] = []
+    if settings.state_dir is not None:
+        try:
+            open_store(settings)
+        except StateError as exc:
+            problems.append(("state_dir", str(exc)))
+    for name, provider in settings.providers.items():
+        if provider.sink is None:
+            continue
+        try:
+            FileSink(provider.sink, name).check()
+        except SinkError as exc:
+            problems.append((f"providers.{name}.sink.path", str(exc)))
+    return problems
+
+
+# -- plain http -----------------------------------------------------------------------
+
+
+def token_url(protocol: TokenProtocol) -> httpx.URL:
+    """Where this provider's token requests go, read from a request built, never sent."""
+    if protocol.can_login:
+        return protocol.login_request().url
+    # A placeholder: only the URL of this request is read.
+    return protocol.refresh_request("unused").url
+
+
+def cleartext_warnings(settings: BrokerSettings) -> list[str]:
+    """One warning per provider whose token requests would cross a network unencrypted."""
+    warnings = []
+    for name, provider in settings.providers.items():
+        url = token_url(build_protocol(provider))
+        if url.scheme == "http" and not is_loopback_address(url.host):
+            warnings.append(
+                f"providers.{name}: token requests go to {_shown(url)} in plain http:"
+                " passwords, client secrets and tokens cross the network unencrypted;"
+                " use https://"
+            )
+    return warnings
+
+
+def _shown(url: httpx.URL) -> str:
+    """Scheme, host, port and path: no user:password@ and no query, which could hold secrets."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{host}{port}{url.path}"
+
+
+# -- test login -----------------------------------------------------------------------
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """One provider's test login, as ``broker check --login`` reports it."""
+
+    provider: str
+    outcome: Outcome
+    summary: str
+    """``login OK (token valid 3600 s)``, ``login FAILED: credentials refused (invalid_client)``."""
+    detail: str | None = None
+    """For a failure, the scrubbed error message (never a secret or a token)."""
+
+
+SKIPPED = "skipped (lives on a refresh token; check --login never spends one)"
+
+
+async def try_logins(
+    settings: BrokerSettings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncGenerator[LoginResult]:
+    """Log in once per provider, concurrently; yield the results in config order.
+
+    At most ``max_concurrent_requests`` requests are in flight, as in the broker.
+    """
+    bound = asyncio.Semaphore(settings.max_concurrent_requests)
+    async with _client(settings, transport) as client:
+
+        async def one(name: str, provider: ProviderConfig) -> LoginResult:
+            async with bound:
+                return await _login_once(client, name, provider)
+
+        tasks = [
+            asyncio.create_task(one(name, provider))
+            for name, provider in settings.providers.items()
+        ]
+        try:
+            for task in tasks:
+                yield await task
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _client(
+    settings: BrokerSettings, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
+    """An HTTP client set up as the broker's own (broker.app.create_app)."""
+    return httpx.AsyncClient(
+        transport=transport,
+        headers={"User-Agent": f"credential-broker/{__version__}"},
+        follow_redirects=False,  # a token endpoint that redirects is misconfigured
+        trust_env=False,  # no proxy from the environment
+        limits=httpx.Limits(
+            max_connections=settings.max_concurrent_requests,
+            max_keepalive_connections=settings.max_concurrent_requests,
+        ),
+    )
+
+
+async def _login_once(client: httpx.AsyncClient, name: str, config: ProviderConfig) -> LoginResult:
+    protocol = build_protocol(config)
+    if not protocol.can_login:
+        return LoginResult(name, Outcome.SKIPPED, SKIPPED)
+    try:
+        got = await exchange(
+            client,
+            protocol,
+            protocol.login_request(),
+            refreshing=False,
+            timeout=config.timeout,
+            default_expires_in=config.default_expires_in,
+            clock=SystemClock(),
+        )
+    except TokenEndpointError as exc:
+        summary = f"login FAILED: {failure_kind(exc)} ({exc.code})"
+        detail = exc.message.removeprefix("login failed: ")  # the summary says so already
+        return LoginResult(name, Outcome.FAILED, summary, detail)
+    # The token and any refresh token are dropped here: nothing is kept or written.
+    assumed = ", assumed: the answer gave none" if got.grant.lifetime is None else ""
+    return LoginResult(name, Outcome.OK, f"login OK (token valid {got.lifetime:.0f} s{assumed})")
+
+
+UNREACHABLE_CODES = frozenset({"connect_error", "network_error", "timeout"})
+
+
+def failure_kind(exc: TokenEndpointError) -> str:
+    """What a failed login means, in the words an operator acts on."""
+    if exc.kind is FailureKind.REJECTED:
+        return "credentials refused"
+    if exc.kind is FailureKind.MISCONFIGURED:
+        return "redirected" if exc.code == "unexpected_redirect" else "endpoint not found"
+    if exc.code in UNREACHABLE_CODES:
+        return "identity provider unreachable"
+    return "identity provider error (may be temporary)"
