@@ -102,7 +102,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with httpx.AsyncClient(
             transport=transport,
-            headers={"User-Agent": f"credential-broker/{__version__}"},
             follow_redirects=False,  # a token endpoint that redirects is misconfigured
             trust_env=False,  # no proxy from the environment unless configured
             # As many pooled connections as requests may be in flight: httpx's default of

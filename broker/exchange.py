@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from broker import __version__
 from broker.clock import Clock, measure_skew
 from broker.errors import FailureKind, TokenEndpointError
 from broker.protocols import TokenProtocol
@@ -20,6 +21,9 @@ from broker.tokens import Grant
 
 MAX_RESPONSE_BYTES = 256 * 1024
 """A token response larger than this is refused: real ones are a few KiB."""
+
+USER_AGENT = f"credential-broker/{__version__}"
+"""Sent with every token request, so identity provider operators can tell who calls."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +52,8 @@ async def exchange(
     clock: Clock,
 ) -> Exchanged:
     """Send *request* and parse the answer; raise TokenEndpointError on any failure."""
+    # client.send() does not add the client's default headers: set ours here.
+    request.headers.setdefault("User-Agent", USER_AGENT)
     # pool=None: waiting for a free connection is not the identity provider's fault.
     request.extensions["timeout"] = httpx.Timeout(timeout, pool=None).as_dict()
     try:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import httpx
 
-from broker import __version__
 from broker.app import open_store
 from broker.clock import SystemClock
 from broker.config import BrokerSettings
@@ -148,7 +147,6 @@ def _client(
     """An HTTP client set up as the broker's own (broker.app.create_app)."""
     return httpx.AsyncClient(
         transport=transport,
-        headers={"User-Agent": f"credential-broker/{__version__}"},
         follow_redirects=False,  # a token endpoint that redirects is misconfigured
         trust_env=False,  # no proxy from the environment
         limits=httpx.Limits(

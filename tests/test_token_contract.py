@@ -52,7 +52,8 @@ def broker(ttl: float = 300.0, burst: int = 10) -> Iterator[tuple[httpx.Client, 
 
 def test_every_token_answer_names_its_token_by_etag() -> None:
     """ETag header and JSON etag agree, on JSON and raw answers; the tag is not the token."""
-    with broker() as (client, _):
+    with broker() as (client, fake):
+        assert fake.token_requests()[0].headers["user-agent"].startswith("credential-broker/")
         body = client.get("/token/idp").json()
         raw = client.get("/token/idp", headers={"Accept": "text/plain"})
         assert client.get("/token/idp").headers["etag"] == body["etag"] == raw.headers["etag"]
