@@ -120,10 +120,16 @@ class FakeAerion(FakeProvider):
         # Every method is routed so the handler can give node-oauth2-server's own answer.
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         token = self._endpoint(self._token, target="token", grant_of=form_grant)
-        return [
-            Route("/oauth2/token", token, methods=methods),
-            Route("/v1/users/me", self._endpoint(self._me, target="api"), methods=["GET"]),
-        ]
+        me = self._endpoint(self._me, target="api")
+        routes: list[BaseRoute] = []
+        for path, endpoint, allowed in (
+            ("/oauth2/token", token, methods),
+            ("/v1/users/me", me, ["GET"]),
+        ):
+            # Express routing is not strict: a trailing slash reaches the same handler.
+            routes.append(Route(path, endpoint, methods=allowed))
+            routes.append(Route(path + "/", endpoint, methods=allowed))
+        return routes
 
     def _mint_access_token(
         self, *, client_id: str, username: str | None, issued_at: float, expires_at: float

@@ -86,10 +86,15 @@ class FakeProvider:
         """The ASGI application; serve it with :func:`broker.fakes.server.serve_in_thread`."""
         with self._lock:
             if self._app is None:
-                self._app = Starlette(
+                app = Starlette(
                     routes=self._routes(),
                     exception_handlers={HTTPException: self._unrouted},
                 )
+                # Strict routing: Starlette would answer a missing or extra trailing slash with
+                # a 307 to the other spelling, which no provider does; the fake's own JSON 404
+                # (recorded) is what a client calling the wrong path should see.
+                app.router.redirect_slashes = False
+                self._app = app
             return self._app
 
     @property
