@@ -91,7 +91,7 @@ To test expiry without sleeping, pass a mutable clock as ``now`` and move it for
 """
 
 from broker.fakes.aerion import FakeAerion
-from broker.fakes.base import FakeProvider
+from broker.fakes.base import WORLD_MODES, FakeProvider, QuirkOptions, WorldQuirks
 from broker.fakes.demo import FAKE_KINDS, FakeKind, demo_credentials, make_demo_fake
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.hub import FakeHub, HubService
@@ -101,6 +101,7 @@ from broker.fakes.server import FakeServer, serve, serve_in_thread
 
 __all__ = [
     "FAKE_KINDS",
+    "WORLD_MODES",
     "FakeAerion",
     "FakeHiro",
     "FakeHub",
@@ -109,7 +110,9 @@ __all__ = [
     "FakeProvider",
     "FakeServer",
     "HubService",
+    "QuirkOptions",
     "RecordedRequest",
+    "WorldQuirks",
     "demo_credentials",
     "make_demo_fake",
     "serve",
