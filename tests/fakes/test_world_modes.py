@@ -6,12 +6,16 @@ newest refresh and access token) keeps working in every world, hostile included.
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
 from dataclasses import fields
 
 import pytest
 
 from broker.fakes import WORLD_MODES, FakeProvider, WorldQuirks
-from tests.fakes.helpers import Connect
+from tests.fakes.helpers import Connect, new_client
 from tests.fakes.world import FLOWS, Flow
 
 SWITCHES = [f.name for f in fields(WorldQuirks)]
@@ -68,3 +72,20 @@ def test_a_careful_client_keeps_working_in_every_world(
         access, rt = flow.refresh(client, rt)
         assert flow.me(client, access) == 200
     assert fake.is_refresh_token_valid(rt)
+
+
+def test_cli_serves_a_hostile_world() -> None:
+    """``--quirks hostile`` says so and moves the OAuth2 token path to its slashed spelling."""
+    command = [sys.executable, "-m", "broker.fakes", "oauth2", "--quirks", "hostile"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert match, line
+        assert "quirks=hostile" in line
+        assert "token_path=/oauth/token/" in line
+        with new_client(match.group(1)) as client:
+            assert client.post("/oauth/token", data={}).status_code == 404
+            assert client.post("/oauth/token/", data={}).status_code == 400
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
