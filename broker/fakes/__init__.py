@@ -1,8 +1,12 @@
 """Fake identity providers that speak the real wire protocols, for tests and demo mode.
 
 Each fake is a plain Starlette app backed by an in-memory, thread-safe token store. It follows
-``docs/provider-protocols.md`` (§5 checklists, §0 RFC baseline) down to status codes, content
-types, field names and JSON types.
+the team's provider protocol reference ("protocol doc" in the modules' docstrings; it lives
+outside this repository) down to status codes, content types, field names and JSON types: its
+§5 checklists, and its §0 RFC baseline where a provider says nothing.
+
+By default the fakes are kind: they accept what a reasonable client sends and keep tokens alive
+until they expire. "Wider world" switches (below) make them behave like less kind real servers.
 
 The fakes
 =========
@@ -37,10 +41,13 @@ The fakes
     ``demo-password``, scope ``0-0-0-0-0``.
 
 ``FakeOAuth2`` (:mod:`broker.fakes.oauth2`), a strict RFC 6749 server
-    ``POST /oauth/token`` (configurable) with ``client_credentials``, ``password`` and
-    ``refresh_token``; Basic per §2.3.1 or body, never both; options for client-auth method,
-    rotation, omitting ``expires_in`` and required extra parameters or headers.
-    ``GET /userinfo`` and ``/me``, ``POST /oauth/revoke``, RFC 8414 metadata. Demo:
+    ``POST /oauth/token`` (``token_path``, taken verbatim: ``"/o/token/"`` serves only the
+    slashed spelling) with ``client_credentials``, ``password`` and ``refresh_token``; Basic or
+    body, never both; options for client-auth method, rotation, omitting ``expires_in`` and
+    required extra parameters or headers. ``redirect_token_path_to`` (a path or URL) with
+    ``redirect_status`` (default 308) makes the token path answer a redirect instead; a local
+    target path then serves the token endpoint. ``GET /userinfo`` and ``/me``,
+    ``POST /oauth/revoke``, RFC 8414 metadata (its ``token_endpoint`` is the path served). Demo:
     ``demo-client`` / ``demo-secret``, ``demo@example.com`` / ``demo-password``.
 
 Common surface (:class:`broker.fakes.base.FakeProvider`)
@@ -64,6 +71,61 @@ fake's clock, default ``time.time``). Tokens die exactly at issue time + ``ttl``
 - ``.fail_next(count, status, body=None, headers=None, *, target="token")``: canned answers for
   the next requests to the token endpoint (or, with ``target="api"``, the "me" endpoints);
   ``body=None`` sends the provider's own error body.
+- ``.quirks`` and one attribute per switch: the wider world, below.
+
+Routing is strict on every fake: the other trailing-slash spelling of a path is the provider's
+JSON 404 (recorded), never a redirect. HIRO and Aerion (Express) serve both spellings, as the
+real ones do. Wrong methods get the provider's JSON 405 with ``Allow`` (Aerion's token
+endpoint: node-oauth2-server's own 400).
+Routes are built on the first access to ``.app``: set path options before it.
+
+The wider world (:class:`broker.fakes.base.WorldQuirks`)
+========================================================
+
+Behaviours of real servers that are unkind to clients, each off by default. Every fake takes
+them as ``quirks=WorldQuirks(...)`` and as keyword arguments that override ``quirks``; each is
+also a mutable attribute (``fake.reuse_revokes_family = True``), and assigning
+``fake.quirks = ...`` sets them all at once. ``WORLD_MODES`` names ready-made worlds:
+``"kind"`` (all off), ``"revoke_on_refresh"``, ``"reuse_detection"``, ``"strict_basic"``,
+``"echo_errors"``, ``"trailing_slash"`` (one switch each) and ``"hostile"`` (all on)::
+
+    @pytest.mark.parametrize("mode", WORLD_MODES)
+    def test_my_client(mode: str) -> None:
+        fake = FakeOAuth2(quirks=WORLD_MODES[mode])
+
+Token families: a login (password, client credentials) or a seeded refresh token starts a
+family; every token a refresh derives from it belongs to it.
+
+``revoke_previous_access_on_refresh``
+    A refresh grant (HIRO ``/refresh`` and ``/token`` alike) makes every earlier access token of
+    the family invalid at once: "me" answers 401, ``is_access_token_valid`` is False. All fakes;
+    client-credentials tokens never refresh, so they are never affected.
+``reuse_revokes_family``
+    Presenting a refresh token that was rotated away revokes every access and refresh token of
+    its family, answered with the provider's usual refused-refresh error (``invalid_grant``;
+    HIRO HTTP 401). It takes precedence over options that keep a rotated token valid
+    (``FakeOAuth2(revoke_rotated_refresh_tokens=False)``,
+    ``FakeHiro(old_refresh_token_valid_after_rotation=True)``,
+    ``FakeAerion(revoke_old_refresh_token=False)``): under reuse detection, using the old token
+    again is reuse. Where nothing rotates (``rotate_refresh_tokens=False``; Hub, which never
+    rotates) it never fires; HIRO's pre-6.6 rotation near expiry does count.
+``echo_credentials_in_errors``
+    Every error from a token endpoint (bad credentials, ``invalid_grant``, unsupported grant,
+    ``fail_next`` with ``body=None``, ...) appends ``[request Authorization: <header value or
+    (none)>] [request body: <raw body>]`` to the provider's description field:
+    ``error_description`` (OAuth2, Hub, Aerion unwrapped), ``raw`` (Aerion wrapped),
+    ``error.message`` (HIRO). Status, error code and headers stay the same; explicit
+    ``fail_next`` bodies, successes and "me" errors are never touched. For leak tests.
+``basic_form_encoded``
+    Read ``Authorization: Basic`` strictly per RFC 6749 §2.3.1: id and secret are form-decoded
+    after base64, so a secret such as ``s3cr+t:with %2B/and spaces`` works only if the client
+    form-encoded it. Off, the verbatim spelling is accepted too. FakeOAuth2, FakeHub and HIRO's
+    ``/token``; FakeAerion ignores it (node-oauth2-server reads Basic verbatim). The demo
+    secrets are the same in both spellings: test this switch with a secret of your own.
+``trailing_slash_token_path``
+    FakeOAuth2 serves its token endpoint at ``token_path`` plus ``/`` (``/oauth/token/``, as
+    Django servers do) and answers the bare path with its JSON 404; ``.served_token_path``
+    says which. Ignored elsewhere: HIRO and Aerion serve both spellings, Hub has a fixed path.
 
 Running them
 ============
@@ -85,13 +147,14 @@ Inside an event loop (demo mode)::
     await server.stop()
 
 From a shell: ``python -m broker.fakes {hiro,aerion,hub,oauth2} [--host 127.0.0.1] [--port 0]
-[--ttl SECONDS]`` prints one line with the base URL and the demo credentials.
+[--ttl SECONDS] [--quirks MODE]`` prints one line with the base URL, the world mode (a
+``WORLD_MODES`` name, default ``kind``) and the demo credentials.
 
 To test expiry without sleeping, pass a mutable clock as ``now`` and move it forward.
 """
 
 from broker.fakes.aerion import FakeAerion
-from broker.fakes.base import FakeProvider
+from broker.fakes.base import WORLD_MODES, FakeProvider, QuirkOptions, WorldQuirks
 from broker.fakes.demo import FAKE_KINDS, FakeKind, demo_credentials, make_demo_fake
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.hub import FakeHub, HubService
@@ -101,6 +164,7 @@ from broker.fakes.server import FakeServer, serve, serve_in_thread
 
 __all__ = [
     "FAKE_KINDS",
+    "WORLD_MODES",
     "FakeAerion",
     "FakeHiro",
     "FakeHub",
@@ -109,7 +173,9 @@ __all__ = [
     "FakeProvider",
     "FakeServer",
     "HubService",
+    "QuirkOptions",
     "RecordedRequest",
+    "WorldQuirks",
     "demo_credentials",
     "make_demo_fake",
     "serve",

@@ -19,16 +19,16 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import FakeProvider, form_grant
+from broker.fakes.base import FakeProvider, QuirkOptions, WorldQuirks, form_grant
 from broker.fakes.recording import RecordedRequest
-from broker.fakes.tokens import TokenState
+from broker.fakes.tokens import AccessGrant, TokenState
 from broker.fakes.wire import json_response, parse_basic
 
 DEMO_TENANT = "acme"
@@ -78,6 +78,13 @@ class FakeAerion(FakeProvider):
         unauthorized_status: status of ``/v1/users/me`` for a bad token (401, or 403 as in
             the legacy CoffeeCup docs).
         now: the fake's clock, epoch seconds.
+        quirks, **switches: the :class:`~broker.fakes.base.WorldQuirks`.
+            ``revoke_previous_access_on_refresh`` and ``echo_credentials_in_errors`` (into
+            ``raw``, or ``error_description`` when not wrapped) apply. ``reuse_revokes_family``
+            applies too and catches a rotated-away token even with
+            ``revoke_old_refresh_token=False``. ``basic_form_encoded`` is ignored:
+            node-oauth2-server 2.x reads Basic verbatim, never form-decoded. So is
+            ``trailing_slash_token_path``: Express routes ``/oauth2/token/`` the same.
     """
 
     json_content_type = _CONTENT_TYPE
@@ -93,8 +100,12 @@ class FakeAerion(FakeProvider):
         validate_client_id: bool = True,
         unauthorized_status: int = 401,
         now: Callable[[], float] = time.time,
+        quirks: WorldQuirks | None = None,
+        **switches: Unpack[QuirkOptions],
     ) -> None:
-        super().__init__(ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now)
+        super().__init__(
+            ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now, quirks=quirks, **switches
+        )
         source = tenants if tenants is not None else {DEMO_TENANT: {DEMO_EMAIL: DEMO_PASSWORD}}
         self.tenants = {name.lower(): dict(users) for name, users in source.items()}
         self.revoke_old_refresh_token = revoke_old_refresh_token
@@ -120,10 +131,16 @@ class FakeAerion(FakeProvider):
         # Every method is routed so the handler can give node-oauth2-server's own answer.
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         token = self._endpoint(self._token, target="token", grant_of=form_grant)
-        return [
-            Route("/oauth2/token", token, methods=methods),
-            Route("/v1/users/me", self._endpoint(self._me, target="api"), methods=["GET"]),
-        ]
+        me = self._endpoint(self._me, target="api")
+        routes: list[BaseRoute] = []
+        for path, endpoint, allowed in (
+            ("/oauth2/token", token, methods),
+            ("/v1/users/me", me, ["GET"]),
+        ):
+            # Express routing is not strict: a trailing slash reaches the same handler.
+            routes.append(Route(path, endpoint, methods=allowed))
+            routes.append(Route(path + "/", endpoint, methods=allowed))
+        return routes
 
     def _mint_access_token(
         self, *, client_id: str, username: str | None, issued_at: float, expires_at: float
@@ -141,6 +158,10 @@ class FakeAerion(FakeProvider):
 
     def _default_error_body(self, status: int) -> Mapping[str, Any]:
         return self._error_body("server_error", f"Injected failure ({status})", status)
+
+    def _with_leak(self, body: dict[str, Any], leak: str) -> dict[str, Any]:
+        field = "raw" if "raw" in body else "error_description"
+        return {**body, field: f"{body.get(field, '')}{leak}"}
 
     def _token_error(self, error: str, description: str, status: int = 400) -> Response:
         headers = {"WWW-Authenticate": 'Basic realm="Service"'} if error == "invalid_client" else {}
@@ -202,12 +223,17 @@ class FakeAerion(FakeProvider):
         users = self._users(tenant)
         if users is None or users.get(username.lower()) != password:
             return self._token_error("invalid_grant", "User credentials are invalid")
-        return self._issue(client_id, username, tenant)
+        access = self._issue_access(client_id=client_id, username=username, tenant=tenant)
+        refresh = self._issue_refresh(
+            client_id=client_id, username=username, tenant=tenant, family=access.family
+        )
+        return self._granted(access, refresh.token)
 
     def _refresh(self, record: RecordedRequest, form: dict[str, str], client_id: str) -> Response:
         token = form.get("refresh_token")
         if not token:
             return self._token_error("invalid_request", 'No "refresh_token" parameter')
+        self._detect_reuse(token)
         state = self._tokens.refresh_state(token, self.now())
         old = self._tokens.refresh(token)
         if old is None or state in (TokenState.UNKNOWN, TokenState.REVOKED):
@@ -219,19 +245,17 @@ class FakeAerion(FakeProvider):
             return self._token_error("invalid_grant", "Invalid refresh token")
         # Not bound to the client id: client ids are free text, and SSO-minted refresh tokens
         # must be usable by any API client (Aerion docs).
-        if self.revoke_old_refresh_token:
-            old.revoked = True
-        return self._issue(client_id, old.username, old.tenant)
+        access = self._refresh_access(old, client_id=client_id, tenant=old.tenant)
+        new = self._rotate(old, revoke_old=self.revoke_old_refresh_token, client_id=client_id)
+        return self._granted(access, new.token)
 
-    def _issue(self, client_id: str, username: str, tenant: str | None) -> Response:
-        access = self._issue_access(client_id=client_id, username=username, tenant=tenant)
-        refresh = self._issue_refresh(client_id=client_id, username=username, tenant=tenant)
+    def _granted(self, access: AccessGrant, refresh_token: str) -> Response:
         # Field order as in node-oauth2-server 2.x and the CoffeeCup docs.
         body = {
             "token_type": "bearer",
             "access_token": access.token,
             "expires_in": int(self.ttl),
-            "refresh_token": refresh.token,
+            "refresh_token": refresh_token,
         }
         headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
         return json_response(body, content_type=_CONTENT_TYPE, headers=headers)

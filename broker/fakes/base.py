@@ -4,17 +4,21 @@ A fake's state is read and changed from two threads: the server thread handling 
 the test thread asserting on counters or revoking tokens. Every access goes through one
 re-entrant lock, held for the whole of a request handler so that a request sees a consistent
 state; handlers never block, so holding it is cheap.
+
+It also holds the "wider world" switches (:class:`WorldQuirks`): behaviours of real servers that
+the fakes leave off by default because they are unkind to clients.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import formatdate
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypedDict, Unpack
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,8 +27,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from broker.fakes.recording import RecordedRequest, capture
-from broker.fakes.tokens import AccessGrant, RefreshGrant, TokenState, TokenStore
-from broker.fakes.wire import JSON, raw_response
+from broker.fakes.tokens import AccessGrant, RefreshGrant, TokenState, TokenStore, new_family
+from broker.fakes.wire import JSON, BasicCredentials, json_response, raw_response, read_basic
 
 Target = Literal["token", "api"]
 """Which endpoints a canned failure applies to: the token endpoint(s) or the protected "me" API."""
@@ -32,6 +36,56 @@ Target = Literal["token", "api"]
 Handler = Callable[[Request, RecordedRequest], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
 GrantOf = Callable[[RecordedRequest], "str | None"]
+
+
+@dataclass(frozen=True)
+class WorldQuirks:
+    """Unkind behaviours of real servers; all off by default. Pass as ``quirks=`` to any fake.
+
+    A fake ignores a switch that makes no sense for the provider it models (see the fakes'
+    package documentation for the table).
+    """
+
+    revoke_previous_access_on_refresh: bool = False
+    """A refresh kills the access tokens issued earlier to the same login (token family)."""
+    reuse_revokes_family: bool = False
+    """A rotated-away refresh token presented again kills its whole family (RFC 9700 §4.14.2)."""
+    echo_credentials_in_errors: bool = False
+    """Token-endpoint errors quote the request's Authorization header and raw body."""
+    basic_form_encoded: bool = False
+    """Read Basic client credentials strictly per RFC 6749 §2.3.1 (form-decoded only)."""
+    trailing_slash_token_path: bool = False
+    """Serve the token endpoint with a trailing slash only (Django style); no slash → 404."""
+
+
+class QuirkOptions(TypedDict, total=False):
+    """The :class:`WorldQuirks` switches as keyword arguments; each overrides ``quirks=``."""
+
+    revoke_previous_access_on_refresh: bool
+    reuse_revokes_family: bool
+    echo_credentials_in_errors: bool
+    basic_form_encoded: bool
+    trailing_slash_token_path: bool
+
+
+NO_QUIRKS = WorldQuirks()
+
+WORLD_MODES: dict[str, WorldQuirks] = {
+    "kind": NO_QUIRKS,
+    "revoke_on_refresh": WorldQuirks(revoke_previous_access_on_refresh=True),
+    "reuse_detection": WorldQuirks(reuse_revokes_family=True),
+    "strict_basic": WorldQuirks(basic_form_encoded=True),
+    "echo_errors": WorldQuirks(echo_credentials_in_errors=True),
+    "trailing_slash": WorldQuirks(trailing_slash_token_path=True),
+    "hostile": WorldQuirks(
+        revoke_previous_access_on_refresh=True,
+        reuse_revokes_family=True,
+        echo_credentials_in_errors=True,
+        basic_form_encoded=True,
+        trailing_slash_token_path=True,
+    ),
+}
+"""Named worlds for tests to parametrize over: "kind" is every switch off, "hostile" all on."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +114,22 @@ class FakeProvider:
 
     json_content_type: ClassVar[str] = JSON
 
+    # The WorldQuirks switches, one mutable attribute each (documented on WorldQuirks). Handlers
+    # read them under the lock; set them all at once through .quirks.
+    revoke_previous_access_on_refresh: bool
+    reuse_revokes_family: bool
+    echo_credentials_in_errors: bool
+    basic_form_encoded: bool
+    trailing_slash_token_path: bool
+
     def __init__(
         self,
         *,
         ttl: float,
         refresh_token_ttl: float | None,
         now: Callable[[], float],
+        quirks: WorldQuirks | None = None,
+        **switches: Unpack[QuirkOptions],
     ) -> None:
         self.ttl = ttl
         """Access-token lifetime in seconds; read at issue time, so tests may change it."""
@@ -78,18 +142,49 @@ class FakeProvider:
         self._failures: dict[Target, deque[_Canned]] = {"token": deque(), "api": deque()}
         self._tokens = TokenStore()
         self._app: Starlette | None = None
+        self.quirks = replace(quirks or NO_QUIRKS, **switches)
 
     # -- public surface --------------------------------------------------------------------
 
     @property
+    def quirks(self) -> WorldQuirks:
+        """The current switches; assigning a :class:`WorldQuirks` sets them all at once."""
+        with self._lock:
+            return WorldQuirks(
+                revoke_previous_access_on_refresh=self.revoke_previous_access_on_refresh,
+                reuse_revokes_family=self.reuse_revokes_family,
+                echo_credentials_in_errors=self.echo_credentials_in_errors,
+                basic_form_encoded=self.basic_form_encoded,
+                trailing_slash_token_path=self.trailing_slash_token_path,
+            )
+
+    @quirks.setter
+    def quirks(self, value: WorldQuirks) -> None:
+        with self._lock:
+            self.revoke_previous_access_on_refresh = value.revoke_previous_access_on_refresh
+            self.reuse_revokes_family = value.reuse_revokes_family
+            self.echo_credentials_in_errors = value.echo_credentials_in_errors
+            self.basic_form_encoded = value.basic_form_encoded
+            self.trailing_slash_token_path = value.trailing_slash_token_path
+
+    @property
     def app(self) -> Starlette:
-        """The ASGI application; serve it with :func:`broker.fakes.server.serve_in_thread`."""
+        """The ASGI application; serve it with :func:`broker.fakes.server.serve_in_thread`.
+
+        Routes are built on first access, so path options (``token_path``,
+        ``trailing_slash_token_path``, ...) must be set before it.
+        """
         with self._lock:
             if self._app is None:
-                self._app = Starlette(
+                app = Starlette(
                     routes=self._routes(),
                     exception_handlers={HTTPException: self._unrouted},
                 )
+                # Strict routing: Starlette would answer a missing or extra trailing slash with
+                # a 307 to the other spelling, which no provider does; the fake's own JSON 404
+                # (recorded) is what a client calling the wrong path should see.
+                app.router.redirect_slashes = False
+                self._app = app
             return self._app
 
     @property
@@ -177,6 +272,10 @@ class FakeProvider:
         """The provider's body for 404/405 on paths or methods it does not serve."""
         return {"error": message}
 
+    def _with_leak(self, body: dict[str, Any], leak: str) -> dict[str, Any]:
+        """``body`` (a token-endpoint error) with ``leak`` appended to its description field."""
+        return {**body, "error_description": f"{body.get('error_description', '')}{leak}"}
+
     async def _unrouted(self, request: Request, exc: Exception) -> Response:
         # Unknown paths and methods are recorded too: a client calling the wrong URL should
         # show up in .requests, not vanish.
@@ -204,19 +303,55 @@ class FakeProvider:
 
         async def endpoint(request: Request) -> Response:
             record = await capture(request)
+            raw_body = await request.body()  # cached by Starlette: capture() read it already
             with self._lock:
                 grant = grant_of(record) if grant_of is not None else None
                 self._log.append(_Entry(record, target, grant))
+                own_body = True
                 if target is not None and self._failures[target]:
-                    response = self._canned(self._failures[target].popleft())
+                    canned = self._failures[target].popleft()
+                    own_body = canned.body is None
+                    response = self._canned(canned)
                 else:
                     response = handler(request, record)
+                if target == "token" and own_body and self.echo_credentials_in_errors:
+                    response = self._echo_credentials(response, record, raw_body)
                 # Real servers send Date from their own clock; a skewed fake must too,
                 # so clients can measure the skew (the server runs with date_header off).
                 response.headers.setdefault("date", formatdate(self.now(), usegmt=True))
                 return response
 
         return endpoint
+
+    def _echo_credentials(
+        self, response: Response, record: RecordedRequest, raw_body: bytes
+    ) -> Response:
+        """A careless server's error: the request's credentials quoted in the description.
+
+        Done here, on the rendered answer, rather than in each error helper, so that every
+        error path of every token endpoint leaks, including canned ``fail_next`` ones.
+        """
+        if response.status_code < 400:
+            return response
+        try:
+            body = json.loads(bytes(response.body))
+        except ValueError:
+            return response
+        if not isinstance(body, dict):
+            return response
+        authorization = record.headers.get("authorization", "(none)")
+        leak = (
+            f" [request Authorization: {authorization}]"
+            f" [request body: {raw_body.decode('utf-8', 'replace')}]"
+        )
+        headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+        content_type = headers.pop("content-type", self.json_content_type)
+        return json_response(
+            self._with_leak(body, leak),
+            response.status_code,
+            content_type=content_type,
+            headers=headers,
+        )
 
     def _canned(self, canned: _Canned) -> Response:
         body = canned.body if canned.body is not None else self._default_error_body(canned.status)
@@ -231,14 +366,25 @@ class FakeProvider:
         username: str | None,
         scope: tuple[str, ...] = (),
         tenant: str | None = None,
+        family: str | None = None,
     ) -> AccessGrant:
+        """Issue an access token; ``family=None`` means a new login (a new token family)."""
         issued_at = self.now()
         expires_at = issued_at + self.ttl
         token = self._mint_access_token(
             client_id=client_id, username=username, issued_at=issued_at, expires_at=expires_at
         )
         return self._tokens.add_access(
-            AccessGrant(token, client_id, username, scope, issued_at, expires_at, tenant)
+            AccessGrant(
+                token,
+                client_id,
+                username,
+                scope,
+                issued_at,
+                expires_at,
+                tenant,
+                family=family or new_family(),
+            )
         )
 
     def _issue_refresh(
@@ -248,7 +394,9 @@ class FakeProvider:
         username: str,
         scope: tuple[str, ...] = (),
         tenant: str | None = None,
+        family: str | None = None,
     ) -> RefreshGrant:
+        """Issue a refresh token; ``family=None`` means a new login (a new token family)."""
         issued_at = self.now()
         ttl = self.refresh_token_ttl
         expires_at = None if ttl is None else issued_at + ttl
@@ -261,8 +409,70 @@ class FakeProvider:
                 issued_at,
                 expires_at,
                 tenant,
+                family=family or new_family(),
             )
         )
+
+    def _basic_client(
+        self, authorization: str | None, accepts: Callable[[BasicCredentials], bool]
+    ) -> BasicCredentials | None:
+        """Basic client credentials, read strictly per §2.3.1 when ``basic_form_encoded``."""
+        return read_basic(authorization, strict=self.basic_form_encoded, accepts=accepts)
+
+    # -- refresh grants: the family rules live here, the fakes call them -------------------
+
+    def _detect_reuse(self, token: str) -> None:
+        """Reuse detection: a rotated-away refresh token presented again kills its family.
+
+        Called before the fake classifies ``token``, so the fake then answers its usual
+        error for a revoked token (RFC 9700 §4.14.2 wants the reuse refused, not explained).
+        """
+        grant = self._tokens.refresh(token)
+        if self.reuse_revokes_family and grant is not None and grant.rotated_to is not None:
+            self._tokens.revoke_family(grant.family)
+
+    def _refresh_access(
+        self,
+        old: RefreshGrant,
+        *,
+        client_id: str,
+        scope: tuple[str, ...] = (),
+        tenant: str | None = None,
+    ) -> AccessGrant:
+        """The access token a refresh grant with ``old`` issues, in ``old``'s family.
+
+        With ``revoke_previous_access_on_refresh`` the family's earlier access tokens die now.
+        """
+        access = self._issue_access(
+            client_id=client_id,
+            username=old.username,
+            scope=scope,
+            tenant=tenant,
+            family=old.family,
+        )
+        if self.revoke_previous_access_on_refresh:
+            self._tokens.revoke_family_access(old.family, keep=access.token)
+        return access
+
+    def _rotate(
+        self, old: RefreshGrant, *, revoke_old: bool, client_id: str | None = None
+    ) -> RefreshGrant:
+        """Replace ``old`` by a new refresh token of the same family (and owner and scope).
+
+        ``old`` is marked as rotated away, which is what reuse detection looks for, whether or
+        not it is also revoked (``revoke_old``, each fake's own rotation option).
+        """
+        new = self._issue_refresh(
+            client_id=client_id or old.client_id,
+            username=old.username,
+            scope=old.scope,
+            tenant=old.tenant,
+            family=old.family,
+        )
+        old.rotated_to = new.token
+        if revoke_old:
+            old.revoked = True
+        return new
 
     def _seed(
         self,

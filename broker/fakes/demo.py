@@ -5,29 +5,31 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 from broker.fakes import aerion, hiro, hub, oauth2
-from broker.fakes.base import FakeProvider
+from broker.fakes.base import NO_QUIRKS, FakeProvider, WorldQuirks
 
 FakeKind = Literal["hiro", "aerion", "hub", "oauth2"]
 FAKE_KINDS: tuple[FakeKind, ...] = get_args(FakeKind)
 
 
-def make_demo_fake(kind: FakeKind, *, ttl: float | None = None) -> FakeProvider:
+def make_demo_fake(
+    kind: FakeKind, *, ttl: float | None = None, quirks: WorldQuirks = NO_QUIRKS
+) -> FakeProvider:
     """A fake of ``kind`` with its demo users and clients; ``ttl`` overrides the token lifetime."""
     fake: FakeProvider
     if kind == "hiro":
-        fake = hiro.FakeHiro()
+        fake = hiro.FakeHiro(quirks=quirks)
     elif kind == "aerion":
-        fake = aerion.FakeAerion()
+        fake = aerion.FakeAerion(quirks=quirks)
     elif kind == "hub":
-        fake = hub.FakeHub()
+        fake = hub.FakeHub(quirks=quirks)
     else:
-        fake = oauth2.FakeOAuth2()
+        fake = oauth2.FakeOAuth2(quirks=quirks)
     if ttl is not None:
         fake.ttl = ttl
     return fake
 
 
-def demo_credentials(kind: FakeKind) -> dict[str, str]:
+def demo_credentials(kind: FakeKind, *, quirks: WorldQuirks = NO_QUIRKS) -> dict[str, str]:
     """What a client needs to log in to the fake that :func:`make_demo_fake` builds."""
     if kind == "hiro":
         return {
@@ -57,5 +59,5 @@ def demo_credentials(kind: FakeKind) -> dict[str, str]:
         "password": oauth2.DEMO_PASSWORD,
         "client_id": oauth2.DEMO_CLIENT_ID,
         "client_secret": oauth2.DEMO_CLIENT_SECRET,
-        "token_path": "/oauth/token",
+        "token_path": oauth2.FakeOAuth2(quirks=quirks).served_token_path,
     }

@@ -18,17 +18,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import FakeProvider, GrantOf, Handler, Target, form_grant
+from broker.fakes.base import (
+    FakeProvider,
+    GrantOf,
+    Handler,
+    QuirkOptions,
+    Target,
+    WorldQuirks,
+    form_grant,
+)
 from broker.fakes.hiro_tokens import hiro_id, make_token
 from broker.fakes.recording import RecordedRequest
 from broker.fakes.tokens import AccessGrant, RefreshGrant, TokenState
-from broker.fakes.wire import bearer_token, json_response, parse_basic
+from broker.fakes.wire import bearer_token, json_response
 
 DEMO_USERNAME = "demo@example.com"
 DEMO_PASSWORD = "demo-password"
@@ -67,6 +75,14 @@ class FakeHiro(FakeProvider):
         legacy_error_codes: bad credentials answer HTTP 401 with inner ``code: 400`` and a
             wrapped ``invalid_grant`` message, like arago's graph_conn mock.
         now: the fake's clock, epoch seconds.
+        quirks, **switches: the :class:`~broker.fakes.base.WorldQuirks`. Refreshes on
+            ``/refresh`` and ``/token`` alike honour ``revoke_previous_access_on_refresh`` and
+            ``reuse_revokes_family`` (which catches a rotated-away token even with
+            ``old_refresh_token_valid_after_rotation=True``; with ``rotate_refresh_tokens=False``
+            only the pre-6.6 near-expiry rotation can trip it). ``basic_form_encoded`` applies to
+            Basic on ``/token``; errors on ``/app``, ``/refresh`` and ``/token`` echo the
+            request into ``error.message``. ``trailing_slash_token_path`` is ignored: HIRO
+            serves every path with and without the slash.
     """
 
     def __init__(
@@ -82,8 +98,12 @@ class FakeHiro(FakeProvider):
         expires_in_as_string: bool = True,
         legacy_error_codes: bool = False,
         now: Callable[[], float] = time.time,
+        quirks: WorldQuirks | None = None,
+        **switches: Unpack[QuirkOptions],
     ) -> None:
-        super().__init__(ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now)
+        super().__init__(
+            ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now, quirks=quirks, **switches
+        )
         self.users = dict(users if users is not None else {DEMO_USERNAME: DEMO_PASSWORD})
         self.clients = dict(
             clients if clients is not None else {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
@@ -153,6 +173,12 @@ class FakeHiro(FakeProvider):
     def _http_error_body(self, status: int, message: str) -> Mapping[str, Any]:
         return {"error": {"message": message, "code": status}}
 
+    def _with_leak(self, body: dict[str, Any], leak: str) -> dict[str, Any]:
+        inner = body.get("error")
+        if not isinstance(inner, dict):
+            return super()._with_leak(body, leak)
+        return {**body, "error": {**inner, "message": f"{inner.get('message', '')}{leak}"}}
+
     def _mint_access_token(
         self, *, client_id: str, username: str | None, issued_at: float, expires_at: float
     ) -> str:
@@ -189,20 +215,21 @@ class FakeHiro(FakeProvider):
 
     def _login(self, client_id: str, username: str) -> tuple[AccessGrant, str]:
         access = self._issue_access(client_id=client_id, username=username)
-        refresh = self._issue_refresh(client_id=client_id, username=username)
+        refresh = self._issue_refresh(client_id=client_id, username=username, family=access.family)
         return access, refresh.token
 
     def _use_refresh_token(self, client_id: str, token: Any) -> tuple[AccessGrant, str] | Response:
         """Redeem a refresh token: a new access token plus the (possibly rotated) refresh token."""
         if not isinstance(token, str) or not token:
             return self._error(401, "Missing refresh_token")
+        self._detect_reuse(token)
         state = self._tokens.refresh_state(token, self.now())
         old = self._tokens.refresh(token)
         if state is not TokenState.VALID or old is None:
             return self._error(401, f"Refresh token is {_STATE_TEXT.get(state, 'invalid')}")
         if old.client_id != client_id:
             return self._error(401, "Refresh token was issued to another application")
-        access = self._issue_access(client_id=client_id, username=old.username)
+        access = self._refresh_access(old, client_id=client_id)
         return access, self._next_refresh_token(old, access)
 
     def _next_refresh_token(self, old: RefreshGrant, access: AccessGrant) -> str:
@@ -211,10 +238,8 @@ class FakeHiro(FakeProvider):
         dies_first = old.expires_at is not None and old.expires_at < access.expires_at
         if not (self.rotate_refresh_tokens or dies_first):
             return old.token
-        new = self._issue_refresh(client_id=old.client_id, username=old.username)
-        if not self.old_refresh_token_valid_after_rotation:
-            old.revoked = True
-        return new.token
+        revoke_old = not self.old_refresh_token_valid_after_rotation
+        return self._rotate(old, revoke_old=revoke_old).token
 
     # -- handlers (called with the lock held) -----------------------------------------------
 
@@ -277,7 +302,9 @@ class FakeHiro(FakeProvider):
         if form is None or request.method != "POST":
             return self._error(400, "Expected application/x-www-form-urlencoded body")
         # Basic (seed doc) or body (arago's Java client): both are accepted.
-        basic = parse_basic(record.headers.get("authorization"), form_decode=True)
+        basic = self._basic_client(
+            record.headers.get("authorization"), lambda c: self._client_ok(c.username, c.password)
+        )
         client_id, client_secret = (
             (basic.username, basic.password)
             if basic is not None

@@ -20,16 +20,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import FakeProvider, form_grant
+from broker.fakes.base import FakeProvider, QuirkOptions, WorldQuirks, form_grant
 from broker.fakes.recording import RecordedRequest
 from broker.fakes.tokens import AccessGrant, TokenState
-from broker.fakes.wire import bearer_token, has_basic_scheme, json_response, parse_basic
+from broker.fakes.wire import BasicCredentials, bearer_token, has_basic_scheme, json_response
 
 HUB_SERVICE_ID = "0-0-0-0-0"
 YOUTRACK_SERVICE_ID = "9a2e6c1b-4f3d-4e8a-b7c5-1d0f2e3a4b5c"
@@ -76,6 +76,11 @@ class FakeHub(FakeProvider):
         echo_refresh_token_on_refresh: send the (same) refresh token back on refresh.
         error_code_in_body: add ``error_code`` (the HTTP status) to token error bodies.
         now: the fake's clock, epoch seconds.
+        quirks, **switches: the :class:`~broker.fakes.base.WorldQuirks`.
+            ``revoke_previous_access_on_refresh``, ``basic_form_encoded`` and
+            ``echo_credentials_in_errors`` apply. ``reuse_revokes_family`` never fires: Hub
+            does not rotate refresh tokens, so none is ever rotated away.
+            ``trailing_slash_token_path`` is ignored (Hub's path has no trailing slash).
     """
 
     json_content_type = CONTENT_TYPE
@@ -94,8 +99,12 @@ class FakeHub(FakeProvider):
         echo_refresh_token_on_refresh: bool = False,
         error_code_in_body: bool = False,
         now: Callable[[], float] = time.time,
+        quirks: WorldQuirks | None = None,
+        **switches: Unpack[QuirkOptions],
     ) -> None:
-        super().__init__(ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now)
+        super().__init__(
+            ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now, quirks=quirks, **switches
+        )
         self.base_path = base_path.rstrip("/")
         default_service = HubService(DEMO_SERVICE_ID, DEMO_SERVICE_SECRET)
         self.services = dict(
@@ -228,7 +237,7 @@ class FakeHub(FakeProvider):
         authorization = record.headers.get("authorization")
         basic_used = has_basic_scheme(authorization)
         if basic_used:
-            basic = parse_basic(authorization, form_decode=True)
+            basic = self._basic_client(authorization, self._service_accepts)
             client_id, secret = (basic.username, basic.password) if basic else ("", "")
         else:
             client_id, secret = params.get("client_id", ""), params.get("client_secret", "")
@@ -252,6 +261,10 @@ class FakeHub(FakeProvider):
         if not grant:
             return self._token_error("invalid_request", "Parameter grant_type is required")
         return self._token_error("unsupported_grant_type", f"Unsupported grant type: {grant}")
+
+    def _service_accepts(self, creds: BasicCredentials) -> bool:
+        service = self.services.get(creds.username)
+        return service is not None and service.secret == creds.password
 
     def _client_credentials(self, service: HubService, params: dict[str, str]) -> Response:
         if not (service.trusted and service.client_credentials_enabled):
@@ -283,7 +296,9 @@ class FakeHub(FakeProvider):
         access = self._issue_access(client_id=service.id, username=login, scope=scope)
         refresh_token = None
         if params.get("access_type") == "offline":
-            refresh = self._issue_refresh(client_id=service.id, username=login, scope=scope)
+            refresh = self._issue_refresh(
+                client_id=service.id, username=login, scope=scope, family=access.family
+            )
             refresh_token = refresh.token
         return self._granted(access, refresh_token)
 
@@ -307,7 +322,7 @@ class FakeHub(FakeProvider):
             return self._token_error("invalid_scope", "Scope does not match any registered service")
         if not set(scope) <= set(old.scope):
             return self._token_error("invalid_scope", "Requested scope exceeds the granted scope")
-        access = self._issue_access(client_id=service.id, username=old.username, scope=scope)
+        access = self._refresh_access(old, client_id=service.id, scope=scope)
         # No rotation: the old refresh token stays valid and is normally not sent back.
         return self._granted(access, old.token if self.echo_refresh_token_on_refresh else None)
 

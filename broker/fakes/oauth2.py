@@ -1,8 +1,8 @@
 """Fake generic OAuth 2.0 authorization server: the RFC baseline of protocol doc §0.
 
 - ``POST <token_path>``  RFC 6749 ``client_credentials``, ``password`` and ``refresh_token``
-  grants, client authentication per §2.3.1 (Basic with form-encoded id and secret, or body
-  parameters, never both), success per §5.1 and errors per §5.2.
+  grants, client authentication per §2.3.1 (Basic, or body parameters, never both), success
+  per §5.1 and errors per §5.2. Optionally a 3xx redirect to the real token endpoint.
 - ``POST /oauth/revoke``  RFC 7009 revocation (always 200).
 - ``GET /userinfo`` and ``GET /me``  Bearer-protected, RFC 6750 errors.
 - ``GET /.well-known/oauth-authorization-server``  RFC 8414 metadata.
@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import FakeProvider, form_grant
+from broker.fakes.base import FakeProvider, QuirkOptions, WorldQuirks, form_grant
 from broker.fakes.recording import RecordedRequest
 from broker.fakes.tokens import AccessGrant, TokenState
-from broker.fakes.wire import bearer_token, has_basic_scheme, json_response, parse_basic
+from broker.fakes.wire import bearer_token, has_basic_scheme, json_response
 
 ClientAuth = Literal["client_secret_basic", "client_secret_post", "any"]
 
@@ -51,7 +51,13 @@ class FakeOAuth2(FakeProvider):
         clients: client_id → client_secret.
         users: username → password (password grant).
         ttl: access-token lifetime in seconds (``expires_in`` is its integer part).
-        token_path: path of the token endpoint.
+        token_path: path of the token endpoint, taken verbatim (``"/o/token/"`` serves only
+            the slashed spelling; ``"/o/token"`` then answers the fake's JSON 404).
+        redirect_token_path_to: when set, ``POST <token_path>`` answers ``redirect_status``
+            with this ``Location`` instead of a token (a moved server, Django's APPEND_SLASH).
+            A path (``"/o/token/"``) is resolved against the fake's own URL and the token
+            endpoint is served there; a full URL points anywhere, e.g. at another fake.
+        redirect_status: the redirect's status: 301, 302, 303, 307 or 308.
         client_auth: accepted client authentication: Basic only, body only, or either.
         rotate_refresh_tokens: issue a new refresh token on every refresh.
         revoke_rotated_refresh_tokens: when rotating, kill the old refresh token (RFC 6749 §6
@@ -62,6 +68,11 @@ class FakeOAuth2(FakeProvider):
         required_headers: request headers that must be present with these values.
         refresh_token_ttl: refresh-token lifetime; ``None`` = never expires.
         now: the fake's clock, epoch seconds.
+        quirks, **switches: the :class:`~broker.fakes.base.WorldQuirks`; all apply here.
+            ``trailing_slash_token_path`` appends ``/`` to ``token_path`` (Django style).
+            ``reuse_revokes_family`` catches a rotated-away refresh token even when
+            ``revoke_rotated_refresh_tokens=False`` keeps it valid otherwise; with
+            ``rotate_refresh_tokens=False`` nothing rotates, so it never fires.
     """
 
     def __init__(
@@ -71,6 +82,8 @@ class FakeOAuth2(FakeProvider):
         users: Mapping[str, str] | None = None,
         ttl: float = 3600.0,
         token_path: str = "/oauth/token",
+        redirect_token_path_to: str | None = None,
+        redirect_status: int = 308,
         client_auth: ClientAuth = "any",
         rotate_refresh_tokens: bool = True,
         revoke_rotated_refresh_tokens: bool = True,
@@ -79,13 +92,19 @@ class FakeOAuth2(FakeProvider):
         required_headers: Mapping[str, str] | None = None,
         refresh_token_ttl: float | None = None,
         now: Callable[[], float] = time.time,
+        quirks: WorldQuirks | None = None,
+        **switches: Unpack[QuirkOptions],
     ) -> None:
-        super().__init__(ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now)
+        super().__init__(
+            ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now, quirks=quirks, **switches
+        )
         self.clients = dict(
             clients if clients is not None else {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
         )
         self.users = dict(users if users is not None else {DEMO_USERNAME: DEMO_PASSWORD})
         self.token_path = token_path
+        self.redirect_token_path_to = redirect_token_path_to
+        self.redirect_status = redirect_status
         self.client_auth: ClientAuth = client_auth
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.revoke_rotated_refresh_tokens = revoke_rotated_refresh_tokens
@@ -101,14 +120,34 @@ class FakeOAuth2(FakeProvider):
             client_id=client_id or next(iter(self.clients)), username=username, scope=scope
         )
 
+    @property
+    def served_token_path(self) -> str:
+        """The path ``POST`` must use: ``token_path``, slashed if ``trailing_slash_token_path``."""
+        if self.trailing_slash_token_path and not self.token_path.endswith("/"):
+            return self.token_path + "/"
+        return self.token_path
+
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _token_routes(self) -> list[BaseRoute]:
+        """The token endpoint, or a redirect there; only POST is routed, so GET gets a 405."""
+        token = self._endpoint(self._token, target="token", grant_of=form_grant)
+        target = self.redirect_token_path_to
+        if target is None:
+            return [Route(self.served_token_path, token, methods=["POST"])]
+        if target == self.served_token_path:
+            raise ValueError(f"token path {target!r} would redirect to itself")
+        redirect = self._endpoint(self._redirect, target="token", grant_of=form_grant)
+        routes: list[BaseRoute] = [Route(self.served_token_path, redirect, methods=["POST"])]
+        if target.startswith("/"):
+            routes.append(Route(target, token, methods=["POST"]))
+        return routes
 
     def _routes(self) -> list[BaseRoute]:
         ep = self._endpoint
-        token = ep(self._token, target="token", grant_of=form_grant)
         me = ep(self._me, target="api")
         return [
-            Route(self.token_path, token, methods=["POST"]),
+            *self._token_routes(),
             Route(REVOKE_PATH, ep(self._revoke), methods=["POST"]),
             Route("/userinfo", me, methods=["GET"]),
             Route("/me", me, methods=["GET"]),
@@ -137,7 +176,9 @@ class FakeOAuth2(FakeProvider):
         if basic_used:
             if self.client_auth == "client_secret_post":
                 raise _OAuthError("invalid_client", "Use client_secret_post", basic=True)
-            creds = parse_basic(authorization, form_decode=True)
+            creds = self._basic_client(
+                authorization, lambda c: self.clients.get(c.username) == c.password
+            )
             if creds is None or self.clients.get(creds.username) != creds.password:
                 raise _OAuthError("invalid_client", "Client authentication failed", basic=True)
             return creds.username
@@ -170,6 +211,12 @@ class FakeOAuth2(FakeProvider):
 
     # -- handlers (called with the lock held) -----------------------------------------------
 
+    def _redirect(self, request: Request, record: RecordedRequest) -> Response:
+        target = self.redirect_token_path_to or ""
+        if target.startswith("/"):
+            target = str(request.base_url).rstrip("/") + target
+        return RedirectResponse(target, status_code=self.redirect_status)
+
     def _token(self, request: Request, record: RecordedRequest) -> Response:
         try:
             form = record.form
@@ -201,13 +248,16 @@ class FakeOAuth2(FakeProvider):
         if self.users.get(username) != form["password"]:
             raise _OAuthError("invalid_grant", "Invalid resource owner credentials")
         access = self._issue_access(client_id=client_id, username=username, scope=scope)
-        refresh = self._issue_refresh(client_id=client_id, username=username, scope=scope)
+        refresh = self._issue_refresh(
+            client_id=client_id, username=username, scope=scope, family=access.family
+        )
         return self._granted(access, refresh.token)
 
     def _refresh(self, client_id: str, form: dict[str, str], scope: tuple[str, ...]) -> Response:
         token = form.get("refresh_token", "")
         if not token:
             raise _OAuthError("invalid_request", "Missing refresh_token")
+        self._detect_reuse(token)
         old = self._tokens.refresh(token)
         state = self._tokens.refresh_state(token, self.now())
         if old is None or state is not TokenState.VALID:
@@ -216,13 +266,10 @@ class FakeOAuth2(FakeProvider):
             raise _OAuthError("invalid_grant", "Refresh token was issued to another client")
         if not set(scope) <= set(old.scope):
             raise _OAuthError("invalid_scope", "Requested scope exceeds the original grant")
-        granted = scope or old.scope
-        access = self._issue_access(client_id=client_id, username=old.username, scope=granted)
+        access = self._refresh_access(old, client_id=client_id, scope=scope or old.scope)
         if not self.rotate_refresh_tokens:
             return self._granted(access, None)
-        new = self._issue_refresh(client_id=client_id, username=old.username, scope=old.scope)
-        if self.revoke_rotated_refresh_tokens:
-            old.revoked = True
+        new = self._rotate(old, revoke_old=self.revoke_rotated_refresh_tokens)
         return self._granted(access, new.token)
 
     def _revoke(self, request: Request, record: RecordedRequest) -> Response:
@@ -273,7 +320,7 @@ class FakeOAuth2(FakeProvider):
         return json_response(
             {
                 "issuer": issuer,
-                "token_endpoint": issuer + self.token_path,
+                "token_endpoint": issuer + self.served_token_path,
                 "revocation_endpoint": issuer + REVOKE_PATH,
                 "userinfo_endpoint": issuer + "/userinfo",
                 "grant_types_supported": ["client_credentials", "password", "refresh_token"],

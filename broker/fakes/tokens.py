@@ -1,5 +1,10 @@
 """Token bookkeeping shared by all fakes: whose a token is, when it dies, whether it was revoked.
 
+Every grant belongs to a *family*: one login (password, client credentials or a seeded refresh
+token) starts a family, and every token a refresh derives from it inherits the family id. That
+is what lets a fake revoke "everything descended from this login" as servers with refresh-token
+reuse detection do (RFC 9700 §4.14.2).
+
 The store is deliberately not locked: the owning fake holds its lock around every call.
 """
 
@@ -8,6 +13,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
+
+
+def new_family() -> str:
+    """A fresh token-family id, one per login."""
+    return uuid.uuid4().hex
 
 
 class TokenState(Enum):
@@ -31,6 +41,7 @@ class AccessGrant:
     expires_at: float
     tenant: str | None = None
     revoked: bool = False
+    family: str = field(default_factory=new_family)
 
 
 @dataclass
@@ -47,6 +58,9 @@ class RefreshGrant:
     revoked: bool = False
     # Opaque id, used by admin APIs (Hub) that address refresh tokens by id, not by value.
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    family: str = field(default_factory=new_family)
+    rotated_to: str | None = None
+    """The refresh token that replaced this one on rotation; set means "rotated away"."""
 
 
 class TokenStore:
@@ -123,3 +137,18 @@ class TokenStore:
             return False
         grant.revoked = True
         return True
+
+    def revoke_family(self, family: str) -> None:
+        """Revoke every access and refresh token descended from one login."""
+        for access in self._access.values():
+            if access.family == family:
+                access.revoked = True
+        for refresh in self._refresh.values():
+            if refresh.family == family:
+                refresh.revoked = True
+
+    def revoke_family_access(self, family: str, *, keep: str) -> None:
+        """Revoke the family's access tokens except ``keep`` (the one just issued)."""
+        for grant in self._access.values():
+            if grant.family == family and grant.token != keep:
+                grant.revoked = True

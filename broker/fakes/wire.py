@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -95,6 +95,27 @@ def parse_basic(authorization: str | None, *, form_decode: bool) -> BasicCredent
     if form_decode:
         user, password = unquote_plus(user), unquote_plus(password)
     return BasicCredentials(user, password)
+
+
+def read_basic(
+    authorization: str | None,
+    *,
+    strict: bool,
+    accepts: Callable[[BasicCredentials], bool],
+) -> BasicCredentials | None:
+    """Read ``Authorization: Basic ...`` as a server would; ``None`` if absent or malformed.
+
+    The RFC 6749 §2.3.1 reading (form-decoded) always counts. Unless ``strict``, the verbatim
+    reading counts too, as on the many servers that never form-decode: such a lenient server
+    accepts a client whether or not it encoded its secret. Returns the first reading that
+    ``accepts`` (the caller's credential check) approves, else the form-decoded one, so the
+    caller's own checks then fail exactly as before.
+    """
+    decoded = parse_basic(authorization, form_decode=True)
+    if decoded is None or strict or accepts(decoded):
+        return decoded
+    verbatim = parse_basic(authorization, form_decode=False)
+    return verbatim if verbatim is not None and accepts(verbatim) else decoded
 
 
 def has_basic_scheme(authorization: str | None) -> bool:

@@ -279,3 +279,22 @@ def test_unknown_paths_get_a_json_404_and_are_recorded(connect: Connect, kind: K
     assert response.headers["content-type"].startswith("application/json")
     assert [r.path for r in fake.requests] == ["/no/such/path"]
     assert fake.token_requests() == []
+
+
+def test_the_other_slash_spelling_is_served_or_a_json_404_never_a_redirect(
+    connect: Connect, kind: Kind
+) -> None:
+    """Strict routing: HIRO and Aerion (Express) serve both spellings; Hub and OAuth2 answer
+    the other spelling with their recorded JSON 404, not Starlette's 307 to the right one."""
+    fake = kind.make()
+    client = connect(fake.app)
+    slashed = kind.token_path + "/"
+    response = client.post(slashed, data={"grant_type": "password"})
+    if kind.name in ("hiro", "aerion"):
+        assert response.status_code in (400, 401)
+        assert fake.token_requests()[0].path == slashed
+    else:
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("application/json")
+        assert [r.path for r in fake.requests] == [slashed]
+        assert fake.token_requests() == []
