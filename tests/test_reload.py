@@ -190,7 +190,7 @@ async def test_a_reload_cannot_leave_a_network_broker_without_clients(
 ) -> None:
     """Listening beyond loopback (the settings say so; the test socket is loopback), a file
     that drops every client and the host is refused: the host in use still applies."""
-    network = {"host": "0.0.0.0", "security": {"allowed_hosts": ["127.0.0.1"]}}  # noqa: S104
+    network = {"host": "0.0.0.0", "security": {"allowed_hosts": ["127.0.0.1"]}}
     async with running(tmp_path, network) as broker:
         no_clients = (
             f"host: 127.0.0.1\nproviders:\n  idp:\n    type: oauth2\n"
