@@ -42,10 +42,27 @@ def _http_url(value: str) -> str:
         # The value is not echoed: a URL may carry user:password@.
         msg = "must be an http:// or https:// URL"
         raise ValueError(msg)
-    return value.rstrip("/")
+    return value
+
+
+def _base_url(value: str) -> str:
+    if "?" in value or "#" in value:
+        msg = "must not have a query or fragment: the broker appends endpoint paths to it"
+        raise ValueError(msg)
+    return value
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+"""A full endpoint URL, used exactly as written (path, trailing slash and query)."""
+
+BaseUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(_base_url)]
+"""A URL that endpoint paths are appended to (:func:`broker.protocols.presets.join_url`);
+kept as written, a trailing slash or path prefix included."""
+
+OriginUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(lambda v: v.rstrip("/"))]
+"""A URL sent as a header value that names a site (Aerion's ``companyurl``/``Origin``).
+A trailing slash is dropped: an Origin header has none, and ``https://acme.aerion.app/``
+names the same tenant as ``https://acme.aerion.app``."""
 
 
 def _provider_name(value: str) -> str:
@@ -116,9 +133,10 @@ class HiroProvider(_ProviderBase, _UserCredentials):
     """HIRO (arago) Auth API v6: JSON ``/app`` + ``/refresh``, or the OAuth2 ``/token`` endpoint."""
 
     type: Literal["hiro"]
-    url: HttpUrl
+    url: BaseUrl
     auth_api: str = "/api/auth/6"
-    """Path prefix of the auth API: ``/api/auth/6``, ``/api/auth/6.6`` ..."""
+    """Path prefix of the auth API: ``/api/auth/6``, ``/api/auth/6.6`` ... (slashes
+    at either end optional)."""
     flow: Literal["app", "token"] = "app"
     """``app``: JSON password login on ``/app``, refresh on ``/refresh``.
     ``token``: form-encoded OAuth2 on ``/token`` (auth API 6.6)."""
@@ -137,8 +155,8 @@ class AerionProvider(_ProviderBase, _UserCredentials):
     """Aerion: password or refresh-token grant on ``/oauth2/token``, tenant chosen by a header."""
 
     type: Literal["aerion"]
-    url: HttpUrl = "https://api.aerion.app"
-    company_url: HttpUrl
+    url: BaseUrl = "https://api.aerion.app"
+    company_url: OriginUrl
     """Your company's address, e.g. ``https://acme.aerion.app``; names the tenant."""
     tenant_header: Literal["companyurl", "origin"] = "companyurl"
     # Aerion does not validate the client pair, but both must be present and
@@ -156,7 +174,7 @@ class HubProvider(_ProviderBase, _UserCredentials):
     """JetBrains Hub: client credentials, password (offline access) or refresh-token grant."""
 
     type: Literal["hub"]
-    url: HttpUrl
+    url: BaseUrl
     """The Hub URL, e.g. ``https://hub.example.com`` or ``https://x.youtrack.cloud/hub``."""
     client_id: Indirect
     """The Hub service id."""

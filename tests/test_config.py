@@ -86,7 +86,7 @@ def test_minimal_hiro() -> None:
     settings = settings_from(HIRO)
     hiro = settings.providers["hiro"]
     assert isinstance(hiro, HiroProvider)
-    assert hiro.url == "https://core.arago.test"
+    assert hiro.url == "https://core.arago.test/"  # as written; presets join paths to it
     assert hiro.auth_api == "/api/auth/6"
     assert hiro.flow == "app"
     assert hiro.client_id == "cid"
@@ -450,6 +450,12 @@ providers:
             "providers.aerion.company_url",
             "must be an http:// or https:// URL",
             id="url-no-host",
+        ),
+        pytest.param(
+            HUB.replace("url: https://hub.example.com", "url: https://hub.test/?x=1"),
+            "providers.hub.url",
+            "must not have a query or fragment: the broker appends endpoint paths to it",
+            id="base-url-with-query",
         ),
         pytest.param(
             HUB.replace("  hub:", "  Bad Name:"),
