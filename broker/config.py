@@ -2,10 +2,13 @@
 
 Precedence, highest first: ``BROKER_*`` environment variables (nested keys
 joined by ``__``, e.g. ``BROKER_PROVIDERS__HIRO__PASSWORD``), then the YAML
-file, then the defaults below. ``config.example.yaml`` documents every key.
+file (read as YAML 1.2, duplicate keys refused: :mod:`broker.yamlfile`), then
+the defaults below. ``config.example.yaml`` documents every key.
 
-A bad configuration raises :class:`ConfigError` whose message names the file,
-the key (``providers.hiro.password``) and the problem, never a secret value.
+A bad configuration raises :class:`ConfigError` with one line per problem naming
+the file and line, the key and the problem, never a secret value::
+
+    config.yaml:12: providers.hiro.timeout: Input should be greater than 0
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,11 +26,13 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from broker.errors import ConfigError
 from broker.secrets import Indirect, Secret
 from broker.sinks import SinkConfig
+from broker.yamlfile import KeyPath, YamlDoc, read_yaml
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Provider names appear in URLs and env var names: keep them boring."""
@@ -76,6 +80,18 @@ def _provider_name(value: str) -> str:
 
 
 ProviderName = Annotated[str, AfterValidator(_provider_name)]
+
+
+class FieldProblem(ValueError):
+    """A model validator's complaint about one of the model's keys.
+
+    pydantic places a model validator's error at the model; the error formatter
+    appends *key*, so that the message points at (and its source names) the key.
+    """
+
+    def __init__(self, key: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class RefreshSettings(BaseModel):
@@ -261,8 +277,8 @@ class ClientConfig(BaseModel):
     @model_validator(mode="after")
     def _long_enough(self) -> ClientConfig:
         if len(self.key.get_secret_value()) < MIN_CLIENT_KEY_LENGTH:
-            msg = f"key: a client key must be at least {MIN_CLIENT_KEY_LENGTH} characters"
-            raise ValueError(msg)
+            msg = f"a client key must be at least {MIN_CLIENT_KEY_LENGTH} characters"
+            raise FieldProblem(("key",), msg)
         return self
 
 
@@ -327,8 +343,7 @@ class BrokerSettings(BaseSettings):
     @model_validator(mode="after")
     def _some_providers(self) -> BrokerSettings:
         if not self.providers:
-            msg = "providers: at least one provider must be configured"
-            raise ValueError(msg)
+            raise FieldProblem(("providers",), "at least one provider must be configured")
         return self
 
     @model_validator(mode="after")
@@ -337,12 +352,12 @@ class BrokerSettings(BaseSettings):
         for name, client in self.clients.items():
             unknown = [p for p in client.providers if p != "*" and p not in self.providers]
             if unknown:
-                msg = f"clients.{name}.providers: no provider named {unknown[0]!r}"
-                raise ValueError(msg)
+                msg = f"no provider named {unknown[0]!r}"
+                raise FieldProblem(("clients", name, "providers"), msg)
             other = keys.setdefault(client.key.get_secret_value(), name)
             if other != name:
-                msg = f"clients.{name}.key: the same key as client {other!r}; give each its own"
-                raise ValueError(msg)
+                msg = f"the same key as client {other!r}; give each its own"
+                raise FieldProblem(("clients", name, "key"), msg)
         return self
 
     @model_validator(mode="after")
@@ -355,11 +370,11 @@ class BrokerSettings(BaseSettings):
             and not self.security.allow_unauthenticated_network
         ):
             msg = (
-                f"host: {self.host} is reachable from other machines; configure clients"
+                f"{self.host} is reachable from other machines; configure clients"
                 " (each with its own key) or, knowingly, set"
                 " security.allow_unauthenticated_network: true"
             )
-            raise ValueError(msg)
+            raise FieldProblem(("host",), msg)
         return self
 
     @classmethod
@@ -391,25 +406,64 @@ def load_config(path: Path | str) -> BrokerSettings:
 
 def parse_config(text: str, *, source: str = "<config>") -> BrokerSettings:
     """Validate YAML *text*; *source* names it in error messages."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        msg = f"{source}: not valid YAML{where}: {problem}"
-        raise ConfigError(msg) from None
-    if data is None:
-        data = {}
+    doc = read_yaml(text, source)
+    data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
         msg = f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
         raise ConfigError(msg)
     try:
         return BrokerSettings(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        lines = format_validation_error(exc, _Locator(source, doc))
+        raise ConfigError("\n".join(lines)) from None
+
+
+class _Locator:
+    """Names where the value at a key path came from: the file and line."""
+
+    def __init__(self, source: str, doc: YamlDoc) -> None:
+        self.source, self.doc = source, doc
+
+    def where(self, path: KeyPath, *, name: bool = False) -> str:
+        """``config.yaml:12: providers.hiro.password`` (the line of the nearest key written).
+
+        *name*: the problem is the last key itself (a provider's name), not its value.
+        """
+        line = self.doc.line_of(path)
+        file = f"{self.source}:{line}" if line is not None else self.source
+        dotted = ".".join((*path, "(name)") if name else path)
+        return f"{file}: {dotted}" if dotted else file
+
+
+def format_validation_error(exc: ValidationError, locate: _Locator) -> list[str]:
+    """One line per problem: ``file:line: dotted.key: what is wrong``.
+
+    The input value is deliberately left out: it may be a secret.
+    """
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path, name, message = _describe(err)
+        lines.append(f"{locate.where(path, name=name)}: {message}")
+    return lines
+
+
+def _describe(err: ErrorDetails) -> tuple[KeyPath, bool, str]:
+    """The key path an error is about, whether it is about the key's name, and the message."""
+    loc = [str(part) for part in err["loc"]]
+    # A discriminated union puts the provider type into the location
+    # (providers.hiro.hiro.password); users never wrote that key.
+    if len(loc) > 2 and loc[0] == "providers" and loc[2] in PROVIDER_TYPES:
+        del loc[2]
+    name = bool(loc) and loc[-1] == "[key]"  # the provider name itself is wrong
+    if name:
+        loc.pop()
+    ctx = err.get("ctx") or {}
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; config.example.yaml lists every key)"
+    elif isinstance(ctx.get("error"), FieldProblem):
+        loc += ctx["error"].key
+    return tuple(loc), name, message
 
 
 SECRET_KEYS = frozenset({"client_secret", "password", "refresh_token", "key", "state_key"})
@@ -424,8 +478,8 @@ def inline_secret_warnings(path: Path | str) -> list[str]:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path.read_text(encoding="utf-8"), str(path)).data
+    except (OSError, ConfigError):
         return []
     if not mode & 0o077:
         return []
@@ -449,27 +503,3 @@ def _inline_secrets(data: object, prefix: str) -> list[str]:
             else:
                 found += _inline_secrets(value, where)
     return found
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``file: dotted.key: what is wrong``.
-
-    The input value is deliberately left out: it may be a secret.
-    """
-    lines = []
-    for err in exc.errors(include_input=False, include_url=False):
-        loc = list(err["loc"])
-        # A discriminated union puts the provider type into the location
-        # (providers.hiro.hiro.password); users never wrote that key.
-        if len(loc) > 2 and loc[0] == "providers" and loc[2] in PROVIDER_TYPES:
-            del loc[2]
-        if loc and loc[-1] == "[key]":  # the provider name itself is wrong
-            loc[-1] = "(name)"
-        key = ".".join(str(part) for part in loc)
-        message = err["msg"]
-        if message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; config.example.yaml lists every key)"
-        lines.append(f"{source}: {key}: {message}" if key else f"{source}: {message}")
-    return "\n".join(lines)

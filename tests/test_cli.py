@@ -62,12 +62,12 @@ def test_check_rejects_a_bad_config_naming_file_key_and_problem(tmp_path: Path) 
     )
     result = run("check", "--config", str(config))
     assert result.returncode == 2
-    assert f"{config}: providers.hiro.url: must be an http:// or https:// URL" in result.stderr
+    assert f"{config}:4: providers.hiro.url: must be an http:// or https:// URL" in result.stderr
     assert (
-        f"{config}: providers.hiro.client_secret: environment variable"
+        f"{config}:6: providers.hiro.client_secret: environment variable"
         " BROKER_TEST_UNSET_VAR is not set"
     ) in result.stderr
-    assert f"{config}: providers.hiro.password:" in result.stderr
+    assert f"{config}:8: providers.hiro.password:" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
 
 

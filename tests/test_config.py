@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,11 @@ def config_error(text: str) -> str:
     with pytest.raises(ConfigError) as info:
         settings_from(text)
     return str(info.value)
+
+
+def unnumbered(message: str) -> list[str]:
+    """The message's lines without their line numbers (``test.yaml:12: `` → ``test.yaml: ``)."""
+    return [re.sub(r"^([^:\s]+):\d+: ", r"\1: ", line) for line in message.splitlines()]
 
 
 # --- minimal valid configs ---------------------------------------------------------------
@@ -283,6 +290,10 @@ def password_of(settings: BrokerSettings) -> str:
         pytest.param('"  spaced  "', "  spaced  ", id="inline-quoted-keeps-spaces"),
         pytest.param("12345678", "12345678", id="int-becomes-string"),
         pytest.param("0.5", "0.5", id="float-becomes-string"),
+        pytest.param('"0123"', "0123", id="quoted-digits"),
+        pytest.param("yes", "yes", id="yes-is-text-in-yaml-1.2"),
+        pytest.param("on", "on", id="on-is-text-in-yaml-1.2"),
+        pytest.param("12:30", "12:30", id="no-sexagesimal-in-yaml-1.2"),
         pytest.param("{value: inline}", "inline", id="value"),
         pytest.param('{value: "{env: X}"}', "{env: X}", id="value-looks-like-a-mapping"),
     ],
@@ -314,6 +325,65 @@ def test_file_secret_trailing_newline_stripped(tmp_path: Path, content: str, exp
     path = tmp_path / "secret"
     path.write_bytes(content.encode())
     assert password_of(settings_from(password_config(f"{{file: {path}}}"))) == expected
+
+
+# --- YAML 1.2 ------------------------------------------------------------------------------
+
+
+def test_yaml_1_2_keeps_yes_on_and_leading_zeros_as_written() -> None:
+    """yes/on are strings and 0123 is no octal number: what YAML 1.1 loaders got wrong."""
+    settings = settings_from(
+        HUB.replace("client_id: svc-id", 'client_id: "0123"') + "    scope: on\n"
+    )
+    hub = settings.providers["hub"]
+    assert isinstance(hub, HubProvider)
+    assert (hub.client_id, hub.scope) == ("0123", "on")
+
+
+def test_sink_mode_with_a_leading_zero_is_octal() -> None:
+    """`mode: 0640` means what chmod means, though YAML 1.2 reads the digits as decimal."""
+    for written, mode in [("0640", 0o640), ("0o640", 0o640), ("0400", 0o400), ('"0600"', 0o600)]:
+        text = OAUTH2 + f"    sink: {{path: /run/idp.token, mode: {written}}}\n"
+        sink = settings_from(text).providers["idp"].sink
+        assert sink is not None
+        assert sink.mode == mode, written
+
+
+# --- duplicate keys ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            OAUTH2 + OAUTH2.removeprefix("\nproviders:\n"),
+            "test.yaml:9: providers.idp: duplicate key (first at line 3); remove or rename one",
+            id="provider-twice",
+        ),
+        pytest.param(
+            password_config(SECRET) + f"    password: {SECRET}-2\n",
+            "test.yaml:9: providers.idp.password: duplicate key (first at line 8);"
+            " remove or rename one",
+            id="password-twice",
+        ),
+        pytest.param(
+            "port: 1\n" + OAUTH2 + "port: 2\n",
+            "test.yaml:10: port: duplicate key (first at line 1); remove or rename one",
+            id="top-level",
+        ),
+        pytest.param(
+            OAUTH2 + "    headers: {X-A: a, X-A: b}\n",
+            "test.yaml:9: providers.idp.headers.X-A: duplicate key (first at line 9);"
+            " remove or rename one",
+            id="flow-mapping",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_both_lines(text: str, expected: str) -> None:
+    """A key given twice would silently lose the first value: refuse it, with both lines."""
+    message = config_error(text)
+    assert message == expected
+    assert SECRET not in message
 
 
 # --- environment overrides -----------------------------------------------------------------
@@ -659,7 +729,7 @@ def test_bad_config_names_file_key_and_problem(
     (tmp_path / "newline").write_bytes(b"\n")
     text = text.replace("$TMP", str(tmp_path))
     problem = problem.replace("$TMP", str(tmp_path))
-    lines = config_error(text).splitlines()
+    lines = unnumbered(config_error(text))
     prefix = f"test.yaml: {key}: "
     matching = [line for line in lines if line.startswith(prefix)]
     assert matching, lines
@@ -680,12 +750,11 @@ providers:
     colour: blue
 """
     lines = config_error(text).splitlines()
-    assert [line.split(": ")[1] for line in lines] == [
-        "port",
-        "providers.idp.token_url",
-        "providers.idp.colour",
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["test.yaml:2", "port"],
+        ["test.yaml:6", "providers.idp.token_url"],
+        ["test.yaml:10", "providers.idp.colour"],
     ]
-    assert all(line.startswith("test.yaml: ") for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -739,7 +808,7 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
     path.write_text("providers: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == f"{path}: providers: at least one provider must be configured"
+    assert str(info.value) == f"{path}:1: providers: at least one provider must be configured"
 
 
 def test_load_config_missing_file(tmp_path: Path) -> None:
@@ -795,7 +864,7 @@ providers:
 def test_error_never_contains_secret(text: str) -> None:
     """Whatever is wrong, the ConfigError message does not echo the secret."""
     message = config_error(text)
-    assert message.startswith("test.yaml: ")
+    assert message.startswith("test.yaml")
     assert SECRET not in message
     assert SECRET.lower() not in message.lower()
 
@@ -805,7 +874,7 @@ def test_secret_file_content_never_in_error(tmp_path: Path) -> None:
     path = tmp_path / "big"
     path.write_text(SECRET * 10_000, encoding="utf-8")
     message = config_error(password_config(f"{{file: {path}}}"))
-    assert message.startswith(f"test.yaml: providers.idp.password: secret file {path} is ")
+    assert message.startswith(f"test.yaml:8: providers.idp.password: secret file {path} is ")
     assert SECRET not in message
 
 
@@ -837,14 +906,18 @@ providers:
 @pytest.mark.parametrize(
     ("kwargs", "prefix"),
     [
-        pytest.param({}, "<config>: ", id="default-source"),
-        pytest.param({"source": "/etc/broker.yaml"}, "/etc/broker.yaml: ", id="named-source"),
+        pytest.param({}, "<config>", id="default-source"),
+        pytest.param({"source": "/etc/broker.yaml"}, "/etc/broker.yaml", id="named-source"),
     ],
 )
 def test_parse_config_source_prefixes_every_line(kwargs: dict[str, str], prefix: str) -> None:
-    """parse_config starts every error line with the source it was given."""
+    """parse_config starts every error line with the source it was given (and the line)."""
+    parse = functools.partial(parse_config, source=kwargs["source"]) if kwargs else parse_config
     with pytest.raises(ConfigError) as info:
-        parse_config("port: x\nlisten: y\n", **kwargs)
-    lines = str(info.value).splitlines()
-    assert len(lines) == 3  # port, listen and the missing providers
-    assert all(line.startswith(prefix) for line in lines)
+        parse("port: x\nlisten: y\n")
+    assert str(info.value).splitlines() == [
+        f"{prefix}:1: port: Input should be a valid integer, unable to parse string as an integer",
+        f"{prefix}: providers: Field required",
+        f"{prefix}:2: listen: unknown key (check the spelling; config.example.yaml lists every"
+        " key)",
+    ]
