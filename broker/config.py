@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -459,11 +459,23 @@ def _describe(err: ErrorDetails) -> tuple[KeyPath, bool, str]:
         loc.pop()
     ctx = err.get("ctx") or {}
     message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
+    kind = err["type"]
+    if kind == "extra_forbidden":
         message = "unknown key (check the spelling; config.example.yaml lists every key)"
+    elif kind in ("union_tag_not_found", "union_tag_invalid"):
+        loc.append("type")
+        message = _type_message(kind, ctx)
     elif isinstance(ctx.get("error"), FieldProblem):
         loc += ctx["error"].key
     return tuple(loc), name, message
+
+
+def _type_message(kind: str, ctx: dict[str, Any]) -> str:
+    choices = "one of " + ", ".join(PROVIDER_TYPES)
+    if kind == "union_tag_not_found":
+        return f"missing ({choices})"
+    tag = str(ctx.get("tag", ""))[:40]
+    return f"{tag!r} is not a provider type ({choices})"
 
 
 SECRET_KEYS = frozenset({"client_secret", "password", "refresh_token", "key", "state_key"})

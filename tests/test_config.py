@@ -692,14 +692,14 @@ providers:
         ),
         pytest.param(
             "providers:\n  x:\n    type: okta\n    url: https://okta.test\n",
-            "providers.x",
-            "'hiro', 'aerion', 'hub', 'oauth2'",
+            "providers.x.type",
+            "'okta' is not a provider type (one of hiro, aerion, hub, oauth2)",
             id="unknown-provider-type",
         ),
         pytest.param(
             "providers:\n  x:\n    url: https://okta.test\n",
-            "providers.x",
-            "'type'",
+            "providers.x.type",
+            "missing (one of hiro, aerion, hub, oauth2)",
             id="missing-provider-type",
         ),
         pytest.param(
