@@ -1,19 +1,23 @@
 """The broker's configuration: one YAML file, overridable from the environment.
 
 Precedence, highest first: ``BROKER_*`` environment variables (nested keys
-joined by ``__``, e.g. ``BROKER_PROVIDERS__HIRO__PASSWORD``), then the YAML
-file (read as YAML 1.2, duplicate keys refused: :mod:`broker.yamlfile`), then
-the defaults below. ``config.example.yaml`` documents every key.
+joined by ``__``, e.g. ``BROKER_PROVIDERS__HIRO__PASSWORD``; the rules are in
+:mod:`broker.overrides`), then the YAML file (read as YAML 1.2, duplicate keys
+refused: :mod:`broker.yamlfile`), then the defaults below. Both go through the
+same validation. ``config.example.yaml`` documents every key.
 
 A bad configuration raises :class:`ConfigError` with one line per problem naming
-the file and line, the key and the problem, never a secret value::
+where the value came from, the key and the problem, never a secret value::
 
     config.yaml:12: providers.hiro.timeout: Input should be greater than 0
+    environment: BROKER_PORT: Input should be a valid integer, ...
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,9 +31,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from broker.errors import ConfigError
+from broker.overrides import UNKNOWN_KEY, Layered, merge_environment
 from broker.secrets import Indirect, Secret
 from broker.sinks import SinkConfig
 from broker.yamlfile import KeyPath, YamlDoc, read_yaml
@@ -306,15 +310,10 @@ class SecuritySettings(BaseModel):
 MIN_CLIENT_KEY_LENGTH = 16
 
 
-class BrokerSettings(BaseSettings):
-    """The whole configuration."""
+class BrokerSettings(BaseModel):
+    """The whole configuration (:func:`load_config` reads it with its overrides)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="BROKER_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     """Listen address. Loopback by default: tokens are for this host only."""
@@ -377,58 +376,65 @@ class BrokerSettings(BaseSettings):
             raise FieldProblem(("host",), msg)
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file arrives as init kwargs; env overrides it.
-        return (env_settings, init_settings)
-
     def refresh_for(self, provider: str) -> RefreshSettings:
         return self.providers[provider].refresh or self.refresh
 
 
-def load_config(path: Path | str) -> BrokerSettings:
-    """Read and validate the YAML file at *path*; raise ConfigError on any problem."""
+def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -> BrokerSettings:
+    """Read and validate the YAML file at *path*; raise ConfigError on any problem.
+
+    *environ* defaults to ``os.environ``. See :func:`parse_config`.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         msg = f"{path}: cannot read config file: {exc.strerror or type(exc).__name__}"
         raise ConfigError(msg) from None
-    return parse_config(text, source=str(path))
+    return parse_config(text, source=str(path), environ=environ)
 
 
-def parse_config(text: str, *, source: str = "<config>") -> BrokerSettings:
-    """Validate YAML *text*; *source* names it in error messages."""
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+) -> BrokerSettings:
+    """Validate YAML *text* with the ``BROKER_*`` variables of *environ* on top;
+    *source* names the text in messages."""
     doc = read_yaml(text, source)
     data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
         msg = f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
         raise ConfigError(msg)
+    env = os.environ if environ is None else environ
+    layered = merge_environment(data, env, BrokerSettings, source=source)
+    locate = _Locator(source, doc, layered)
+    problems = list(layered.problems)
     try:
-        return BrokerSettings(**data)
+        settings = BrokerSettings.model_validate(layered.data)
     except ValidationError as exc:
-        lines = format_validation_error(exc, _Locator(source, doc))
-        raise ConfigError("\n".join(lines)) from None
+        problems += format_validation_error(exc, locate)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
 
 
 class _Locator:
-    """Names where the value at a key path came from: the file and line."""
+    """Names where the value at a key path came from: file and line, or variable."""
 
-    def __init__(self, source: str, doc: YamlDoc) -> None:
-        self.source, self.doc = source, doc
+    def __init__(self, source: str, doc: YamlDoc, layered: Layered) -> None:
+        self.source, self.doc, self.layered = source, doc, layered
 
     def where(self, path: KeyPath, *, name: bool = False) -> str:
-        """``config.yaml:12: providers.hiro.password`` (the line of the nearest key written).
+        """``config.yaml:12: providers.hiro.password``, ``environment: BROKER_PORT`` ...
 
         *name*: the problem is the last key itself (a provider's name), not its value.
         """
+        found = self.layered.origin_of(path)
+        if found is not None:
+            origin, rest = found
+            return f"{origin}: {'.'.join(rest)}" if rest else origin
         line = self.doc.line_of(path)
         file = f"{self.source}:{line}" if line is not None else self.source
         dotted = ".".join((*path, "(name)") if name else path)
@@ -436,7 +442,8 @@ class _Locator:
 
 
 def format_validation_error(exc: ValidationError, locate: _Locator) -> list[str]:
-    """One line per problem: ``file:line: dotted.key: what is wrong``.
+    """One line per problem: ``file:line: dotted.key: what is wrong`` (or the
+    variable the value came from instead of the file).
 
     The input value is deliberately left out: it may be a secret.
     """
@@ -461,7 +468,7 @@ def _describe(err: ErrorDetails) -> tuple[KeyPath, bool, str]:
     message = err["msg"].removeprefix("Value error, ")
     kind = err["type"]
     if kind == "extra_forbidden":
-        message = "unknown key (check the spelling; config.example.yaml lists every key)"
+        message = UNKNOWN_KEY
     elif kind in ("union_tag_not_found", "union_tag_invalid"):
         loc.append("type")
         message = _type_message(kind, ctx)

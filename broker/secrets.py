@@ -80,3 +80,8 @@ Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
 Indirect = Annotated[str, BeforeValidator(resolve_secret)]
 """A config field that is not secret (a client id, a username) but may also come
 from ``{env: NAME}`` or ``{file: PATH}``, as deployments often keep it next to its secret."""
+
+
+def is_secret_validator(metadata: object) -> bool:
+    """Whether *metadata* (from a field's Annotated) marks a Secret or Indirect field."""
+    return isinstance(metadata, BeforeValidator) and metadata.func is resolve_secret

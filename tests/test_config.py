@@ -424,12 +424,197 @@ providers:
     assert password_of(settings_from(text)) == "env-only"
 
 
-def test_bad_env_override_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A BROKER_PORT that is not a number is reported at key port."""
+def test_bad_env_override_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BROKER_PORT that is not a number is reported against the variable, not the file."""
     monkeypatch.setenv("BROKER_PORT", "not-a-port")
     message = config_error(OAUTH2)
-    assert message.startswith("test.yaml: port: ")
+    assert message == (
+        "environment: BROKER_PORT: Input should be a valid integer, unable to parse string"
+        " as an integer"
+    )
     assert "not-a-port" not in message
+
+
+MY_API = """
+providers:
+  my-api:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: password
+    username: alice
+    password: from-file
+"""
+
+
+def parse_with_env(text: str, **environ: str) -> BrokerSettings:
+    return parse_config(text, source="test.yaml", environ=environ)
+
+
+def env_error(text: str, **environ: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_with_env(text, **environ)
+    return str(info.value)
+
+
+def password_of_provider(settings: BrokerSettings, name: str) -> str:
+    password = settings.providers[name].password
+    assert password is not None
+    return password.get_secret_value()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "BROKER_PROVIDERS__MY_API__PASSWORD",
+        "BROKER_PROVIDERS__MY-API__PASSWORD",
+        "broker_providers__My_Api__password",
+    ],
+)
+def test_env_names_a_provider_the_shell_cannot_spell(variable: str) -> None:
+    """Provider names match case-insensitively with '_' and '-' the same: MY_API is my-api."""
+    settings = parse_with_env(MY_API, **{variable: "from-env"})
+    assert password_of_provider(settings, "my-api") == "from-env"
+
+
+def test_env_sets_list_fields_as_json_and_scalars_as_text() -> None:
+    """Lists and mappings take JSON; numbers and booleans are validated from text."""
+    settings = parse_with_env(
+        "clients:\n  ops:\n    key: ops-key-0123456789\n" + MY_API,
+        BROKER_CLIENTS__OPS__PROVIDERS='["my-api"]',
+        BROKER_CLIENTS__OPS__STATUS="true",
+        BROKER_SECURITY__ALLOWED_HOSTS='["broker"]',
+        BROKER_PROVIDERS__MY_API__HEADERS='{"X-Tenant": "blue"}',
+        BROKER_PROVIDERS__MY_API__REFRESH__MARGIN="5",
+        BROKER_REQUEST_TIMEOUT="2.5",
+    )
+    assert settings.clients["ops"].providers == ["my-api"]
+    assert settings.clients["ops"].status is True
+    assert settings.security.allowed_hosts == ["broker"]
+    provider = settings.providers["my-api"]
+    assert isinstance(provider, OAuth2Provider)
+    assert provider.headers == {"X-Tenant": "blue"}
+    assert settings.refresh_for("my-api").margin == 5
+    assert settings.request_timeout == 2.5
+
+
+def test_env_secret_is_never_read_as_json() -> None:
+    """A password that looks like JSON or like {env: ...} is still the password."""
+    settings = parse_with_env(MY_API, BROKER_PROVIDERS__MY_API__PASSWORD='{"env": "X"}')
+    assert password_of_provider(settings, "my-api") == '{"env": "X"}'
+
+
+def test_foreign_top_level_broker_variables_are_ignored() -> None:
+    """Programs next to the broker set BROKER_URL, BROKER_KEY ...: not settings, no error."""
+    settings = parse_with_env(
+        MY_API,
+        BROKER_URL="http://broker:8181",
+        BROKER_KEY=SECRET,
+        BROKER_KEY_FILE="/run/secrets/key",
+        BROKER_REDIS_URL="redis://r",
+    )
+    assert settings.port == 8181
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param(
+            {"BROKER_PORT": "abc"},
+            "environment: BROKER_PORT: Input should be a valid integer, unable to parse string"
+            " as an integer",
+            id="bad-port",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__MY_API__PASSWROD": SECRET},
+            "environment: BROKER_PROVIDERS__MY_API__PASSWROD: providers.my-api.passwrod:"
+            " unknown key (check the spelling; config.example.yaml lists every key)",
+            id="misspelt-key",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__NOPE__PASSWORD": SECRET},
+            "environment: BROKER_PROVIDERS__NOPE__PASSWORD: no provider named 'nope' in test.yaml",
+            id="no-such-provider",
+        ),
+        pytest.param(
+            {"BROKER_CLIENTS__OPS__KEY": SECRET},
+            "environment: BROKER_CLIENTS__OPS__KEY: no client named 'ops' in test.yaml",
+            id="no-such-client",
+        ),
+        pytest.param(
+            {"BROKER_LISTEN__HOST": "0.0.0.0"},
+            "environment: BROKER_LISTEN__HOST: listen: unknown key (check the spelling;"
+            " config.example.yaml lists every key)",
+            id="nested-foreign-variable",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__MY_API": SECRET},
+            "environment: BROKER_PROVIDERS__MY_API: providers.my-api: set one key per variable:"
+            " BROKER_PROVIDERS__MY_API__<KEY>",
+            id="whole-provider",
+        ),
+        pytest.param(
+            {"BROKER_PORT__X": "1"},
+            "environment: BROKER_PORT__X: port takes one value; it has no keys",
+            id="below-a-scalar",
+        ),
+        pytest.param(
+            {"BROKER_SECURITY__ALLOWED_HOSTS": "broker"},
+            "environment: BROKER_SECURITY__ALLOWED_HOSTS: not valid JSON; this key takes JSON"
+            """ such as '["a", "b"]'""",
+            id="list-not-json",
+        ),
+        pytest.param(
+            {"BROKER_REFRESH": '{"ratio": 5}'},
+            "environment: BROKER_REFRESH: ratio: Input should be less than 1",
+            id="error-inside-json",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__MY_API__TYPE": "okta"},
+            "environment: BROKER_PROVIDERS__MY_API__TYPE: 'okta' is not a provider type"
+            " (one of hiro, aerion, hub, oauth2)",
+            id="type",
+        ),
+        pytest.param(
+            {
+                "BROKER_PROVIDERS__MY_API__PASSWORD": "{env: X}",
+                "BROKER_PROVIDERS__MY_API__USERNAME": "",
+            },
+            None,
+            id="empty-username-is-text",
+        ),
+        pytest.param(
+            {"BROKER_PORT": "1", "broker_port": "2"},
+            "environment: broker_port: port is also set by BROKER_PORT; set it once",
+            id="same-key-twice",
+        ),
+    ],
+)
+def test_env_errors_name_the_variable(environ: dict[str, str], expected: str | None) -> None:
+    """Every problem with an environment override names the variable, never its value."""
+    if expected is None:
+        parse_with_env(MY_API, **environ)
+        return
+    message = env_error(MY_API, **environ)
+    assert message == expected
+    assert SECRET not in message
+
+
+def test_env_names_of_two_providers_that_fold_together_are_ambiguous() -> None:
+    """my-api and my_api both match MY_API: refuse rather than guess."""
+    text = MY_API + MY_API.removeprefix("\nproviders:\n").replace("my-api:", "my_api:")
+    assert env_error(text, BROKER_PROVIDERS__MY_API__PASSWORD=SECRET) == (
+        "environment: BROKER_PROVIDERS__MY_API__PASSWORD: matches providers 'my-api' and"
+        " 'my_api' in test.yaml; rename one (names match with case, '-' and '_' ignored)"
+    )
+
+
+def test_env_and_file_errors_are_reported_together() -> None:
+    """A bad variable does not hide the file's problems, nor they its."""
+    lines = env_error(MY_API + "port: x\n", BROKER_PROVIDERS__MY_API__PASSWROD="x").splitlines()
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["environment", "BROKER_PROVIDERS__MY_API__PASSWROD"],
+        ["test.yaml:9", "port"],
+    ]
 
 
 # --- errors: file, key, problem ------------------------------------------------------------
