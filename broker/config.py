@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -34,7 +35,7 @@ from pydantic_core import ErrorDetails
 
 from broker.errors import ConfigError
 from broker.overrides import UNKNOWN_KEY, Layered, merge_environment
-from broker.secrets import Indirect, Secret
+from broker.secrets import Indirect, OptionalIndirect, OptionalSecret, Secret, not_text
 from broker.sinks import SinkConfig
 from broker.yamlfile import KeyPath, YamlDoc, read_yaml
 
@@ -73,6 +74,13 @@ A trailing slash is dropped: an Origin header has none, and ``https://acme.aerio
 names the same tenant as ``https://acme.aerion.app``."""
 
 
+def _name_is_text(value: object) -> object:
+    error = not_text(value, '"<name>":')
+    if error is not None:
+        raise error
+    return value
+
+
 def _provider_name(value: str) -> str:
     if not PROVIDER_NAME.match(value):
         msg = (
@@ -83,7 +91,7 @@ def _provider_name(value: str) -> str:
     return value
 
 
-ProviderName = Annotated[str, AfterValidator(_provider_name)]
+ProviderName = Annotated[str, BeforeValidator(_name_is_text), AfterValidator(_provider_name)]
 
 
 class FieldProblem(ValueError):
@@ -143,9 +151,9 @@ class _ProviderBase(BaseModel):
 
 
 class _UserCredentials(BaseModel):
-    username: Indirect | None = None
-    password: Secret | None = None
-    refresh_token: Secret | None = None
+    username: OptionalIndirect = None
+    password: OptionalSecret = None
+    refresh_token: OptionalSecret = None
     """A refresh token to start from (an SSO login's, for instance); rotated ones replace it."""
 
 
@@ -217,8 +225,8 @@ class OAuth2Provider(_ProviderBase, _UserCredentials):
     type: Literal["oauth2"]
     token_url: HttpUrl
     grant: GrantType
-    client_id: Indirect | None = None
-    client_secret: Secret | None = None
+    client_id: OptionalIndirect = None
+    client_secret: OptionalSecret = None
     client_auth: ClientAuth = "client_secret_basic"
     scope: str | None = None
     audience: str | None = None
@@ -331,7 +339,7 @@ class BrokerSettings(BaseModel):
     state_dir: Path | None = None
     """Directory where each provider's newest refresh token is kept, crash-safely,
     so a restart resumes the login. Unset: refresh tokens live in memory only."""
-    state_key: Secret | None = None
+    state_key: OptionalSecret = None
     """Fernet key that encrypts the state directory's files at rest."""
     refresh: RefreshSettings = RefreshSettings()
     clients: dict[ProviderName, ClientConfig] = Field(default_factory=dict)
@@ -517,7 +525,7 @@ def _inline_secrets(data: object, prefix: str) -> list[str]:
     if isinstance(data, dict):
         for key, value in data.items():
             where = f"{prefix}.{key}" if prefix else str(key)
-            if key in SECRET_KEYS and isinstance(value, str | int | float) and value != "":
+            if key in SECRET_KEYS and isinstance(value, str) and value != "":
                 found.append(where)
             else:
                 found += _inline_secrets(value, where)

@@ -288,8 +288,6 @@ def password_of(settings: BrokerSettings) -> str:
     [
         pytest.param("plain-text", "plain-text", id="inline"),
         pytest.param('"  spaced  "', "  spaced  ", id="inline-quoted-keeps-spaces"),
-        pytest.param("12345678", "12345678", id="int-becomes-string"),
-        pytest.param("0.5", "0.5", id="float-becomes-string"),
         pytest.param('"0123"', "0123", id="quoted-digits"),
         pytest.param("yes", "yes", id="yes-is-text-in-yaml-1.2"),
         pytest.param("on", "on", id="on-is-text-in-yaml-1.2"),
@@ -299,7 +297,7 @@ def password_of(settings: BrokerSettings) -> str:
     ],
 )
 def test_inline_secrets(secret_yaml: str, expected: str) -> None:
-    """Inline and {value: ...} secrets are taken as text; YAML numbers become strings."""
+    """Inline and {value: ...} secrets are taken as text, exactly as written."""
     assert password_of(settings_from(password_config(secret_yaml))) == expected
 
 
@@ -327,7 +325,110 @@ def test_file_secret_trailing_newline_stripped(tmp_path: Path, content: str, exp
     assert password_of(settings_from(password_config(f"{{file: {path}}}"))) == expected
 
 
-# --- YAML 1.2 ------------------------------------------------------------------------------
+# --- only text where text is kept (YAML 1.2) ---------------------------------------------
+
+TEXT_FIELDS = [
+    # (config with {v} where the value goes, its line, dotted key, field name)
+    pytest.param(password_config("{v}"), 8, "providers.idp.password", "password", id="password"),
+    pytest.param(
+        password_config("pw").replace("username: alice", "username: {v}"),
+        7,
+        "providers.idp.username",
+        "username",
+        id="username",
+    ),
+    pytest.param(
+        OAUTH2.replace("client_id: app", "client_id: {v}"),
+        7,
+        "providers.idp.client_id",
+        "client_id",
+        id="client-id",
+    ),
+    pytest.param(
+        OAUTH2.replace("client_secret: app-secret", "client_secret: {v}"),
+        8,
+        "providers.idp.client_secret",
+        "client_secret",
+        id="client-secret",
+    ),
+    pytest.param(
+        OAUTH2 + "    refresh_token: {v}\n",
+        9,
+        "providers.idp.refresh_token",
+        "refresh_token",
+        id="refresh-token",
+    ),
+    pytest.param(
+        "clients:\n  ops:\n    key: {v}\n" + OAUTH2, 3, "clients.ops.key", "key", id="client-key"
+    ),
+    pytest.param("state_key: {v}\n" + OAUTH2, 1, "state_key", "state_key", id="state-key"),
+]
+
+NOT_TEXT = [
+    pytest.param("0123", "a number", id="leading-zero"),
+    pytest.param("0x1F", "a number", id="hex"),
+    pytest.param("12345678", "a number", id="int"),
+    pytest.param("1e3", "a number", id="float"),
+    pytest.param("true", "a boolean", id="true"),
+    pytest.param("2024-01-01", "a date", id="date"),
+    pytest.param("{value: 0123}", "a number", id="value-number"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "field"), TEXT_FIELDS)
+@pytest.mark.parametrize(("value", "kind"), NOT_TEXT)
+def test_secret_and_identifier_fields_take_only_text(
+    text: str, line: int, key: str, field: str, value: str, kind: str
+) -> None:
+    """A YAML number, boolean or date in a secret or id field is refused: say to quote it.
+
+    YAML has already changed it (0123 is 123, 1e3 is 1000.0), so no string could be
+    the one written. The value is never shown.
+    """
+    message = config_error(text.replace("{v}", value))
+    assert message == (
+        f'test.yaml:{line}: {key}: {kind} here is not kept as written; quote it: {field}: "..."'
+    )
+    assert not set("0123456789") & set(message.split(": ", 2)[2])
+
+
+@pytest.mark.parametrize(("text", "line", "key", "field"), TEXT_FIELDS)
+@pytest.mark.parametrize("value", ["", "~", "null"])
+def test_empty_secret_or_identifier_is_an_error(
+    text: str, line: int, key: str, field: str, value: str
+) -> None:
+    """`password:` with the value forgotten is not taken as "no password"."""
+    assert config_error(text.replace("{v}", value)) == (
+        f"test.yaml:{line}: {key}: empty (YAML reads it as null); write the value, quoted"
+        f' ({field}: "..."), or leave the key out'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            HUB.replace("  hub:", "  0123:"),
+            "test.yaml:3: providers.123.(name): a number here is not kept as written;"
+            ' quote it: "<name>":',
+            id="provider",
+        ),
+        pytest.param(
+            HUB.replace("  hub:", "  true:"),
+            'providers.1.(name): a boolean here is not kept as written; quote it: "<name>":',
+            id="provider-bool",
+        ),
+        pytest.param(
+            "clients:\n  42: {key: a-long-enough-key}\n" + HUB,
+            "test.yaml:2: clients.42.(name): a number here is not kept as written;"
+            ' quote it: "<name>":',
+            id="client",
+        ),
+    ],
+)
+def test_names_given_as_numbers_are_refused(text: str, expected: str) -> None:
+    """A provider or client name that YAML reads as a number or boolean must be quoted."""
+    assert config_error(text).endswith(expected)
 
 
 def test_yaml_1_2_keeps_yes_on_and_leading_zeros_as_written() -> None:
@@ -1050,6 +1151,17 @@ def test_error_never_contains_secret(text: str) -> None:
     """Whatever is wrong, the ConfigError message does not echo the secret."""
     message = config_error(text)
     assert message.startswith("test.yaml")
+    assert SECRET not in message
+    assert SECRET.lower() not in message.lower()
+
+
+def test_numeric_secret_and_env_value_never_in_error() -> None:
+    """Neither a numeric password's digits nor a misspelt variable's value is echoed."""
+    message = config_error(password_config("987654321"))
+    assert "987654321" not in message
+    assert "987" not in message
+    message = env_error(MY_API, BROKER_PROVIDERS__MY_API__PASWORD=SECRET, BROKER_PORT=SECRET)
+    assert len(message.splitlines()) == 2
     assert SECRET not in message
     assert SECRET.lower() not in message.lower()
 
