@@ -11,10 +11,14 @@ where the value came from, the key and the problem, never a secret value::
 
     config.yaml:12: providers.hiro.timeout: Input should be greater than 0
     environment: BROKER_PORT: Input should be a valid integer, ...
+
+Keys that are no longer used (:data:`DEPRECATED_KEYS`) are dropped with a warning
+on the ``broker.config`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -34,10 +38,12 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from broker.errors import ConfigError
-from broker.overrides import UNKNOWN_KEY, Layered, merge_environment
+from broker.overrides import UNKNOWN_KEY, Deprecated, Layered, merge_environment, strip_deprecated
 from broker.secrets import Indirect, OptionalIndirect, OptionalSecret, Secret, not_text
 from broker.sinks import SinkConfig
 from broker.yamlfile import KeyPath, YamlDoc, read_yaml
+
+log = logging.getLogger("broker.config")
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Provider names appear in URLs and env var names: keep them boring."""
@@ -388,6 +394,14 @@ class BrokerSettings(BaseModel):
         return self.providers[provider].refresh or self.refresh
 
 
+DEPRECATED_KEYS: Deprecated = {
+    # Wherever the model appears: refresh and providers.<p>.refresh.
+    (RefreshSettings, "force_cooldown"): "forced refreshes now use If-Match (see README)",
+}
+"""Keys that are no longer used: (model, key) → why. Such a key is dropped with a
+warning instead of failing as unknown, so that old configs keep loading."""
+
+
 def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -> BrokerSettings:
     """Read and validate the YAML file at *path*; raise ConfigError on any problem.
 
@@ -416,11 +430,16 @@ def parse_config(
         msg = f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
         raise ConfigError(msg)
     env = os.environ if environ is None else environ
-    layered = merge_environment(data, env, BrokerSettings, source=source)
+    layered = merge_environment(
+        data, env, BrokerSettings, source=source, deprecated=DEPRECATED_KEYS
+    )
     locate = _Locator(source, doc, layered)
+    clean, removed = strip_deprecated(layered.data, (BrokerSettings,), DEPRECATED_KEYS)
+    for key_path, reason in removed:
+        log.warning("%s", locate.deprecated(key_path, reason))
     problems = list(layered.problems)
     try:
-        settings = BrokerSettings.model_validate(layered.data)
+        settings = BrokerSettings.model_validate(clean)
     except ValidationError as exc:
         problems += format_validation_error(exc, locate)
     if problems:
@@ -447,6 +466,10 @@ class _Locator:
         file = f"{self.source}:{line}" if line is not None else self.source
         dotted = ".".join((*path, "(name)") if name else path)
         return f"{file}: {dotted}" if dotted else file
+
+    def deprecated(self, path: KeyPath, reason: str) -> str:
+        fix = "unset the variable" if self.layered.origin_of(path) else "remove the key"
+        return f"{self.where(path)}: no longer used, ignored: {reason}; {fix}"
 
 
 def format_validation_error(exc: ValidationError, locate: _Locator) -> list[str]:

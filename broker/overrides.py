@@ -46,6 +46,8 @@ NESTED = "__"
 
 Kind = Literal["model", "named", "list", "mapping", "secret", "scalar"]
 UNKNOWN_KEY = "unknown key (check the spelling; config.example.yaml lists every key)"
+Deprecated = Mapping[tuple[type[BaseModel], str], str]
+"""(model, key) → why the key is gone; the key is accepted, warned about and dropped."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,13 @@ def _info_shape(info: FieldInfo) -> Shape:
     return shape_of(info.annotation)
 
 
+def deprecation(models: Iterable[type[BaseModel]], key: object, table: Deprecated) -> str | None:
+    """Why *key* is no longer used in a block of one of *models*, or None."""
+    if not isinstance(key, str):
+        return None
+    return next((table[m, key] for m in models if (m, key) in table), None)
+
+
 @dataclass
 class Layered:
     """The file's data with overrides applied, where they came from, and what was wrong."""
@@ -135,6 +144,7 @@ def merge_environment(
     root: type[BaseModel],
     *,
     source: str,
+    deprecated: Deprecated,
 ) -> Layered:
     """Apply the ``BROKER_*`` variables of *environ* to *data* (not changed: copied
     along each overridden path). *source* names the file in messages."""
@@ -144,7 +154,7 @@ def merge_environment(
         if not name.upper().startswith(ENV_PREFIX):
             continue
         try:
-            _apply_variable(result, name, environ[name], root, source)
+            _apply_variable(result, name, environ[name], root, source, deprecated)
         except _EnvProblem as problem:
             result.problems.append(f"environment: {name}: {problem}")
     return result
@@ -156,8 +166,9 @@ def _apply_variable(
     raw: str,
     root: type[BaseModel],
     source: str,
+    deprecated: Deprecated,
 ) -> None:
-    target = _env_target(name, result.data, root, source)
+    target = _env_target(name, result.data, root, source, deprecated)
     if target is None:
         return
     path, shape = target
@@ -170,7 +181,7 @@ def _apply_variable(
 
 
 def _env_target(
-    name: str, data: Mapping[str, Any], root: type[BaseModel], source: str
+    name: str, data: Mapping[str, Any], root: type[BaseModel], source: str, deprecated: Deprecated
 ) -> tuple[KeyPath, Shape] | None:
     """The key path and shape *name* sets, None for a foreign top-level variable."""
     parts = name[len(ENV_PREFIX) :].lower().split(NESTED)
@@ -184,7 +195,7 @@ def _env_target(
             key = _match_name(part, here, path, source)
             shape = Shape("model", shape.models)
         elif shape.kind == "model":
-            child = field_shape(shape.models, part)
+            child = _child_shape(shape, part, deprecated)
             if child is None:
                 if len(parts) == 1:
                     return None
@@ -199,6 +210,12 @@ def _env_target(
     if entry:
         raise _EnvProblem(f"{'.'.join(path)}: set one key per variable: {name}__<KEY>")
     return path, shape
+
+
+def _child_shape(shape: Shape, key: str, deprecated: Deprecated) -> Shape | None:
+    if deprecation(shape.models, key, deprecated):
+        return Shape("scalar")  # accepted, so that it is warned about and dropped
+    return field_shape(shape.models, key)
 
 
 def _too_deep(name: str, index: int, path: KeyPath, shape: Shape) -> str:
@@ -250,3 +267,42 @@ def _set(data: Mapping[str, Any], path: KeyPath, value: Any, source: str) -> dic
     if not isinstance(inner, Mapping):
         raise _EnvProblem(f"{key} in {source} is not a mapping, so it has no keys to set")
     return {**data, key: _set(inner, rest, value, source)}
+
+
+def strip_deprecated(
+    data: Any, models: tuple[type[BaseModel], ...], table: Deprecated, path: KeyPath = ()
+) -> tuple[Any, list[tuple[KeyPath, str]]]:
+    """*data* without the keys *table* lists, and each removed key's path and reason.
+
+    Only dicts that change are copied.
+    """
+    if not isinstance(data, Mapping):
+        return data, []
+    removed: list[tuple[KeyPath, str]] = []
+    out: dict[Any, Any] = {}
+    for key, value in data.items():
+        reason = deprecation(models, key, table)
+        if reason is not None:
+            removed.append(((*path, str(key)), reason))
+            continue
+        out[key], found = _strip_child(value, models, key, table, (*path, str(key)))
+        removed += found
+    return (out if removed else data), removed
+
+
+def _strip_child(
+    value: Any, models: tuple[type[BaseModel], ...], key: object, table: Deprecated, path: KeyPath
+) -> tuple[Any, list[tuple[KeyPath, str]]]:
+    shape = field_shape(models, key) if isinstance(key, str) else None
+    if shape is None or shape.kind not in ("model", "named"):
+        return value, []
+    if shape.kind == "model":
+        return strip_deprecated(value, shape.models, table, path)
+    if not isinstance(value, Mapping):
+        return value, []
+    removed: list[tuple[KeyPath, str]] = []
+    entries: dict[Any, Any] = {}
+    for name, entry in value.items():
+        entries[name], found = strip_deprecated(entry, shape.models, table, (*path, str(name)))
+        removed += found
+    return (entries if removed else value), removed

@@ -71,6 +71,28 @@ def test_check_rejects_a_bad_config_naming_file_key_and_problem(tmp_path: Path) 
     assert "hunter2" not in result.stderr + result.stdout
 
 
+def minimal_config(tmp_path: Path) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  hub:\n    type: hub\n    url: http://127.0.0.1:9\n"
+        "    client_id: svc\n    client_secret: s3cret\n"
+    )
+    return config
+
+
+def test_deprecated_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    """An old config with refresh.force_cooldown still checks OK, with one warning."""
+    config = minimal_config(tmp_path)
+    config.write_text("refresh:\n  force_cooldown: 5\n" + config.read_text())
+    result = run("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"{config}:2: refresh.force_cooldown: no longer used, ignored: forced refreshes now use"
+        " If-Match (see README); remove the key"
+    ) in result.stderr
+    assert result.stderr.count("force_cooldown") == 1
+
+
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     """serve with a config that does not exist exits 2 and names the file."""
     result = run("serve", "--config", str(tmp_path / "nope.yaml"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from pathlib import Path
@@ -715,6 +716,60 @@ def test_env_and_file_errors_are_reported_together() -> None:
     assert [line.split(": ")[:2] for line in lines] == [
         ["environment", "BROKER_PROVIDERS__MY_API__PASSWROD"],
         ["test.yaml:9", "port"],
+    ]
+
+
+# --- keys no longer used -------------------------------------------------------------------
+
+COOLDOWN = "no longer used, ignored: forced refreshes now use If-Match (see README)"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        pytest.param(
+            "refresh:\n  force_cooldown: 5\n" + MY_API,
+            {},
+            f"test.yaml:2: refresh.force_cooldown: {COOLDOWN}; remove the key",
+            id="top-level",
+        ),
+        pytest.param(
+            MY_API + "    refresh: {force_cooldown: 5, margin: 7}\n",
+            {},
+            f"test.yaml:9: providers.my-api.refresh.force_cooldown: {COOLDOWN}; remove the key",
+            id="provider",
+        ),
+        pytest.param(
+            MY_API,
+            {"BROKER_REFRESH__FORCE_COOLDOWN": "5"},
+            f"environment: BROKER_REFRESH__FORCE_COOLDOWN: {COOLDOWN}; unset the variable",
+            id="environment",
+        ),
+    ],
+)
+def test_deprecated_key_loads_with_one_warning(
+    caplog: pytest.LogCaptureFixture, text: str, environ: dict[str, str], expected: str
+) -> None:
+    """An old config with refresh.force_cooldown loads; the key is named once, on broker.config."""
+    with caplog.at_level(logging.WARNING, logger="broker.config"):
+        settings = parse_config(text, source="test.yaml", environ=environ)
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("broker.config", logging.WARNING, expected)
+    ]
+    assert settings.providers["my-api"].refresh in (None, RefreshSettings(margin=7))
+
+
+def test_deprecated_key_warning_names_the_file_on_every_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """load_config (also what a SIGHUP reload calls) names the file's path."""
+    path = tmp_path / "old.yaml"
+    path.write_text("refresh:\n  force_cooldown: 30\n" + MY_API, encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="broker.config"):
+        load_config(path, environ={})
+        load_config(path, environ={})
+    assert [r.getMessage() for r in caplog.records] == 2 * [
+        f"{path}:2: refresh.force_cooldown: {COOLDOWN}; remove the key"
     ]
 
 

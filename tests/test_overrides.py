@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from broker.config import BrokerSettings, ClientConfig, RefreshSettings
-from broker.overrides import Layered, Shape, field_shape, merge_environment
+from broker.config import DEPRECATED_KEYS, BrokerSettings, ClientConfig, RefreshSettings
+from broker.overrides import Layered, Shape, field_shape, merge_environment, strip_deprecated
 
 FILE: dict[str, Any] = {
     "port": 8181,
@@ -20,7 +20,9 @@ FILE: dict[str, Any] = {
 
 
 def merged(**environ: str) -> Layered:
-    return merge_environment(FILE, environ, BrokerSettings, source="c.yaml")
+    return merge_environment(
+        FILE, environ, BrokerSettings, source="c.yaml", deprecated=DEPRECATED_KEYS
+    )
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,13 @@ def merged(**environ: str) -> Layered:
             {"name": "X-A", "value": "1"},
             None,
             id="block-json",
+        ),
+        pytest.param(
+            {"BROKER_REFRESH__FORCE_COOLDOWN": "5"},
+            ("refresh", "force_cooldown"),
+            "5",
+            None,
+            id="deprecated-key-accepted",
         ),
     ],
 )
@@ -151,12 +160,48 @@ def test_a_non_mapping_in_the_file_is_not_overwritten() -> None:
         {"BROKER_REFRESH__MARGIN": "1"},
         BrokerSettings,
         source="c.yaml",
+        deprecated={},
     )
     assert result.data == {"refresh": 5}
     assert result.problems == [
         "environment: BROKER_REFRESH__MARGIN: refresh in c.yaml is not a mapping, so it has no"
         " keys to set"
     ]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected", "removed"),
+    [
+        pytest.param({"port": 1}, {"port": 1}, [], id="nothing"),
+        pytest.param(
+            {"refresh": {"force_cooldown": 5, "ratio": 0.5}},
+            {"refresh": {"ratio": 0.5}},
+            [("refresh", "force_cooldown")],
+            id="top-level",
+        ),
+        pytest.param(
+            {"providers": {"a": {"refresh": {"force_cooldown": 1}}, "b": {}}},
+            {"providers": {"a": {"refresh": {}}, "b": {}}},
+            [("providers", "a", "refresh", "force_cooldown")],
+            id="provider",
+        ),
+        pytest.param(
+            {"providers": {"a": None, "b": {"refresh": 3}}, "force_cooldown": 1},
+            {"providers": {"a": None, "b": {"refresh": 3}}, "force_cooldown": 1},
+            [],
+            id="only-where-the-model-is",
+        ),
+    ],
+)
+def test_strip_deprecated(
+    data: dict[str, Any], expected: dict[str, Any], removed: list[tuple[str, ...]]
+) -> None:
+    """Deprecated keys go wherever their model appears, with their paths; the rest stays."""
+    out, found = strip_deprecated(data, (BrokerSettings,), DEPRECATED_KEYS)
+    assert out == expected
+    assert [path for path, _ in found] == removed
+    if not removed:
+        assert out is data  # nothing copied
 
 
 @pytest.mark.parametrize(
