@@ -1,16 +1,18 @@
-"""The broker's configuration: one YAML file, overridable from the environment.
+"""The broker's configuration: one YAML file, overridable from the environment and command line.
 
-Precedence, highest first: ``BROKER_*`` environment variables (nested keys
-joined by ``__``, e.g. ``BROKER_PROVIDERS__HIRO__PASSWORD``; the rules are in
-:mod:`broker.overrides`), then the YAML file (read as YAML 1.2, duplicate keys
-refused: :mod:`broker.yamlfile`), then the defaults below. Both go through the
-same validation. ``config.example.yaml`` documents every key.
+Precedence, highest first: command-line options (``broker serve --host/--port``),
+``BROKER_*`` environment variables (nested keys joined by ``__``, e.g.
+``BROKER_PROVIDERS__HIRO__PASSWORD``; the rules are in :mod:`broker.overrides`),
+the YAML file (read as YAML 1.2, duplicate keys refused: :mod:`broker.yamlfile`),
+then the defaults below. All of them go through the same validation.
+``config.example.yaml`` documents every key.
 
 A bad configuration raises :class:`ConfigError` with one line per problem naming
 where the value came from, the key and the problem, never a secret value::
 
-    config.yaml:12: providers.hiro.timeout: Input should be greater than 0
+    config.yaml:12: providers.hiro.password: a number here is not kept as written; ...
     environment: BROKER_PORT: Input should be a valid integer, ...
+    command line: --port: Input should be less than or equal to 65535
 
 Keys that are no longer used (:data:`DEPRECATED_KEYS`) are dropped with a warning
 on the ``broker.config`` logger.
@@ -38,7 +40,14 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from broker.errors import ConfigError
-from broker.overrides import UNKNOWN_KEY, Deprecated, Layered, merge_environment, strip_deprecated
+from broker.overrides import (
+    UNKNOWN_KEY,
+    Deprecated,
+    Layered,
+    apply_command_line,
+    merge_environment,
+    strip_deprecated,
+)
 from broker.secrets import Indirect, OptionalIndirect, OptionalSecret, Secret, not_text
 from broker.sinks import SinkConfig
 from broker.yamlfile import KeyPath, YamlDoc, read_yaml
@@ -402,9 +411,15 @@ DEPRECATED_KEYS: Deprecated = {
 warning instead of failing as unknown, so that old configs keep loading."""
 
 
-def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -> BrokerSettings:
+def load_config(
+    path: Path | str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BrokerSettings:
     """Read and validate the YAML file at *path*; raise ConfigError on any problem.
 
+    *overrides* are command-line values for top-level keys (``{"port": 9000}``);
     *environ* defaults to ``os.environ``. See :func:`parse_config`.
     """
     path = Path(path)
@@ -413,17 +428,18 @@ def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -
     except OSError as exc:
         msg = f"{path}: cannot read config file: {exc.strerror or type(exc).__name__}"
         raise ConfigError(msg) from None
-    return parse_config(text, source=str(path), environ=environ)
+    return parse_config(text, source=str(path), overrides=overrides, environ=environ)
 
 
 def parse_config(
     text: str,
     *,
     source: str = "<config>",
+    overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> BrokerSettings:
-    """Validate YAML *text* with the ``BROKER_*`` variables of *environ* on top;
-    *source* names the text in messages."""
+    """Validate YAML *text* with the ``BROKER_*`` variables of *environ* and the
+    command-line *overrides* on top; *source* names the text in messages."""
     doc = read_yaml(text, source)
     data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
@@ -433,6 +449,7 @@ def parse_config(
     layered = merge_environment(
         data, env, BrokerSettings, source=source, deprecated=DEPRECATED_KEYS
     )
+    apply_command_line(layered, overrides or {}, BrokerSettings)
     locate = _Locator(source, doc, layered)
     clean, removed = strip_deprecated(layered.data, (BrokerSettings,), DEPRECATED_KEYS)
     for key_path, reason in removed:
@@ -448,7 +465,7 @@ def parse_config(
 
 
 class _Locator:
-    """Names where the value at a key path came from: file and line, or variable."""
+    """Names where the value at a key path came from: file and line, variable or option."""
 
     def __init__(self, source: str, doc: YamlDoc, layered: Layered) -> None:
         self.source, self.doc, self.layered = source, doc, layered
@@ -474,7 +491,7 @@ class _Locator:
 
 def format_validation_error(exc: ValidationError, locate: _Locator) -> list[str]:
     """One line per problem: ``file:line: dotted.key: what is wrong`` (or the
-    variable the value came from instead of the file).
+    variable or option the value came from instead of the file).
 
     The input value is deliberately left out: it may be a secret.
     """

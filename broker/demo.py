@@ -64,8 +64,8 @@ async def _demo(host: str, port: int, ttl: float) -> None:
     try:
         urls = {name: await server.start() for name, server in servers.items()}
         config_text = demo_config(urls)
-        settings = parse_config(config_text, source="demo config").model_copy(
-            update={"host": host, "port": port}
+        settings = parse_config(
+            config_text, source="demo config", overrides={"host": host, "port": port}
         )
         _print_banner(settings, urls, config_text)
         await uvicorn.Server(uvicorn_config(settings)).serve()

@@ -1,4 +1,4 @@
-"""Environment overrides on top of the YAML file, and where each value came from.
+"""Environment and command-line overrides on top of the YAML file, and where each value came from.
 
 Environment variables, as :func:`merge_environment` maps them:
 
@@ -19,9 +19,10 @@ Environment variables, as :func:`merge_environment` maps them:
   (programs in the same environment set ``BROKER_URL``, ``BROKER_KEY`` ...),
   but a nested one (with ``__``) that names no real key is an error.
 
-Precedence, highest first: environment, file, defaults. Each overridden key
-path is recorded with its origin (``environment: BROKER_PORT``) so that a
-validation error there names the variable, not the file.
+Precedence, highest first: command line, environment, file, defaults. Each
+overridden key path is recorded with its origin (``environment: BROKER_PORT``,
+``command line: --port``) so that a validation error there names the variable
+or option, not the file.
 
 This module knows the settings only through their pydantic models
 (:func:`shape_of` reads the field annotations), so a new key needs no change here.
@@ -122,7 +123,7 @@ class Layered:
 
     data: dict[str, Any]
     origins: dict[KeyPath, str] = field(default_factory=dict)
-    """Overridden key path → ``environment: BROKER_PORT``."""
+    """Overridden key path → ``environment: BROKER_PORT`` or ``command line: --port``."""
     problems: list[str] = field(default_factory=list)
 
     def origin_of(self, path: KeyPath) -> tuple[str, KeyPath] | None:
@@ -178,6 +179,20 @@ def _apply_variable(
         raise _EnvProblem(f"{'.'.join(path)} is also set by {other}; set it once")
     result.data = _set(result.data, path, _env_value(raw, shape), source)
     result.origins[path] = origin
+
+
+def apply_command_line(
+    layered: Layered, overrides: Mapping[str, Any], root: type[BaseModel]
+) -> Layered:
+    """Set top-level keys from command-line options (``port`` from ``--port``)."""
+    for key, value in overrides.items():
+        if key not in root.model_fields:
+            msg = f"no settings key {key!r}"  # a programming error, not a user's
+            raise ValueError(msg)
+        layered.data = {**layered.data, key: value}
+        layered.origins = {p: o for p, o in layered.origins.items() if p[0] != key}
+        layered.origins[(key,)] = f"command line: --{key.replace('_', '-')}"
+    return layered
 
 
 def _env_target(

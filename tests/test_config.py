@@ -773,6 +773,44 @@ def test_deprecated_key_warning_names_the_file_on_every_load(
     ]
 
 
+# --- command-line overrides ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param(
+            {"port": 99999},
+            "command line: --port: Input should be less than or equal to 65535",
+            id="port",
+        ),
+        pytest.param(
+            {"host": "0.0.0.0"},
+            "command line: --host: 0.0.0.0 is reachable from other machines; configure"
+            " clients (each with its own key) or, knowingly, set"
+            " security.allow_unauthenticated_network: true",
+            id="network-host-without-clients",
+        ),
+    ],
+)
+def test_command_line_overrides_are_validated(overrides: dict[str, object], expected: str) -> None:
+    """--host and --port go through the file's validation, and errors name the option."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(MY_API + "port: 1\n", source="test.yaml", overrides=overrides, environ={})
+    assert str(info.value) == expected
+
+
+def test_command_line_beats_environment_and_file() -> None:
+    """Precedence: command line, environment, file."""
+    settings = parse_config(
+        MY_API + "port: 1\n",
+        source="test.yaml",
+        overrides={"port": 3},
+        environ={"BROKER_PORT": "2", "BROKER_HOST": "::1"},
+    )
+    assert (settings.port, settings.host) == (3, "::1")
+
+
 # --- errors: file, key, problem ------------------------------------------------------------
 
 NAME_RULE = "a provider name must be 1-63 characters of a-z, 0-9, '_' and '-'"

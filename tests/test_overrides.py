@@ -1,4 +1,4 @@
-"""broker.overrides: BROKER_* variables onto the YAML data (pure)."""
+"""broker.overrides: BROKER_* variables and command-line options onto the YAML data (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from broker.config import DEPRECATED_KEYS, BrokerSettings, ClientConfig, RefreshSettings
-from broker.overrides import Layered, Shape, field_shape, merge_environment, strip_deprecated
+from broker.overrides import (
+    Layered,
+    Shape,
+    apply_command_line,
+    field_shape,
+    merge_environment,
+    strip_deprecated,
+)
 
 FILE: dict[str, Any] = {
     "port": 8181,
@@ -167,6 +174,16 @@ def test_a_non_mapping_in_the_file_is_not_overwritten() -> None:
         "environment: BROKER_REFRESH__MARGIN: refresh in c.yaml is not a mapping, so it has no"
         " keys to set"
     ]
+
+
+def test_command_line_replaces_environment_origin() -> None:
+    """--port wins over BROKER_PORT, and errors at port name the option."""
+    result = apply_command_line(merged(BROKER_PORT="1"), {"port": 2}, BrokerSettings)
+    assert result.data["port"] == 2
+    assert result.origins == {("port",): "command line: --port"}
+    assert result.origin_of(("port",)) == ("command line: --port", ())
+    with pytest.raises(ValueError, match="no settings key"):
+        apply_command_line(merged(), {"listen": 1}, BrokerSettings)
 
 
 @pytest.mark.parametrize(
