@@ -302,10 +302,8 @@ def close_all(sockets: Sequence[socket.socket]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = load_config(Path(args.config))
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
+    settings = load_config(Path(args.config), overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("broker")
     for warning in inline_secret_warnings(args.config):

@@ -1,34 +1,58 @@
-"""The broker's configuration: one YAML file, overridable from the environment.
+"""The broker's configuration: one YAML file, overridable from the environment and command line.
 
-Precedence, highest first: ``BROKER_*`` environment variables (nested keys
-joined by ``__``, e.g. ``BROKER_PROVIDERS__HIRO__PASSWORD``), then the YAML
-file, then the defaults below. ``config.example.yaml`` documents every key.
+Precedence, highest first: command-line options (``broker serve --host/--port``),
+``BROKER_*`` environment variables (nested keys joined by ``__``, e.g.
+``BROKER_PROVIDERS__HIRO__PASSWORD``; the rules are in :mod:`broker.overrides`),
+the YAML file (read as YAML 1.2, duplicate keys refused: :mod:`broker.yamlfile`),
+then the defaults below. All of them go through the same validation.
+``config.example.yaml`` documents every key.
 
-A bad configuration raises :class:`ConfigError` whose message names the file,
-the key (``providers.hiro.password``) and the problem, never a secret value.
+A bad configuration raises :class:`ConfigError` with one line per problem naming
+where the value came from, the key and the problem, never a secret value::
+
+    config.yaml:12: providers.hiro.password: a number here is not kept as written; ...
+    environment: BROKER_PORT: Input should be a valid integer, ...
+    command line: --port: Input should be less than or equal to 65535
+
+Keys that are no longer used (:data:`DEPRECATED_KEYS`) are dropped with a warning
+on the ``broker.config`` logger.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_core import ErrorDetails
 
 from broker.errors import ConfigError
-from broker.secrets import Indirect, Secret
+from broker.overrides import (
+    UNKNOWN_KEY,
+    Deprecated,
+    Layered,
+    apply_command_line,
+    merge_environment,
+    strip_deprecated,
+)
+from broker.secrets import Indirect, OptionalIndirect, OptionalSecret, Secret, not_text
 from broker.sinks import SinkConfig
+from broker.yamlfile import KeyPath, YamlDoc, read_yaml
+
+log = logging.getLogger("broker.config")
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Provider names appear in URLs and env var names: keep them boring."""
@@ -42,10 +66,34 @@ def _http_url(value: str) -> str:
         # The value is not echoed: a URL may carry user:password@.
         msg = "must be an http:// or https:// URL"
         raise ValueError(msg)
-    return value.rstrip("/")
+    return value
+
+
+def _base_url(value: str) -> str:
+    if "?" in value or "#" in value:
+        msg = "must not have a query or fragment: the broker appends endpoint paths to it"
+        raise ValueError(msg)
+    return value
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+"""A full endpoint URL, used exactly as written (path, trailing slash and query)."""
+
+BaseUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(_base_url)]
+"""A URL that endpoint paths are appended to (:func:`broker.protocols.presets.join_url`);
+kept as written, a trailing slash or path prefix included."""
+
+OriginUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(lambda v: v.rstrip("/"))]
+"""A URL sent as a header value that names a site (Aerion's ``companyurl``/``Origin``).
+A trailing slash is dropped: an Origin header has none, and ``https://acme.aerion.app/``
+names the same tenant as ``https://acme.aerion.app``."""
+
+
+def _name_is_text(value: object) -> object:
+    error = not_text(value, '"<name>":')
+    if error is not None:
+        raise error
+    return value
 
 
 def _provider_name(value: str) -> str:
@@ -58,7 +106,19 @@ def _provider_name(value: str) -> str:
     return value
 
 
-ProviderName = Annotated[str, AfterValidator(_provider_name)]
+ProviderName = Annotated[str, BeforeValidator(_name_is_text), AfterValidator(_provider_name)]
+
+
+class FieldProblem(ValueError):
+    """A model validator's complaint about one of the model's keys.
+
+    pydantic places a model validator's error at the model; the error formatter
+    appends *key*, so that the message points at (and its source names) the key.
+    """
+
+    def __init__(self, key: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class RefreshSettings(BaseModel):
@@ -106,9 +166,9 @@ class _ProviderBase(BaseModel):
 
 
 class _UserCredentials(BaseModel):
-    username: Indirect | None = None
-    password: Secret | None = None
-    refresh_token: Secret | None = None
+    username: OptionalIndirect = None
+    password: OptionalSecret = None
+    refresh_token: OptionalSecret = None
     """A refresh token to start from (an SSO login's, for instance); rotated ones replace it."""
 
 
@@ -116,9 +176,10 @@ class HiroProvider(_ProviderBase, _UserCredentials):
     """HIRO (arago) Auth API v6: JSON ``/app`` + ``/refresh``, or the OAuth2 ``/token`` endpoint."""
 
     type: Literal["hiro"]
-    url: HttpUrl
+    url: BaseUrl
     auth_api: str = "/api/auth/6"
-    """Path prefix of the auth API: ``/api/auth/6``, ``/api/auth/6.6`` ..."""
+    """Path prefix of the auth API: ``/api/auth/6``, ``/api/auth/6.6`` ... (slashes
+    at either end optional)."""
     flow: Literal["app", "token"] = "app"
     """``app``: JSON password login on ``/app``, refresh on ``/refresh``.
     ``token``: form-encoded OAuth2 on ``/token`` (auth API 6.6)."""
@@ -137,8 +198,8 @@ class AerionProvider(_ProviderBase, _UserCredentials):
     """Aerion: password or refresh-token grant on ``/oauth2/token``, tenant chosen by a header."""
 
     type: Literal["aerion"]
-    url: HttpUrl = "https://api.aerion.app"
-    company_url: HttpUrl
+    url: BaseUrl = "https://api.aerion.app"
+    company_url: OriginUrl
     """Your company's address, e.g. ``https://acme.aerion.app``; names the tenant."""
     tenant_header: Literal["companyurl", "origin"] = "companyurl"
     # Aerion does not validate the client pair, but both must be present and
@@ -156,7 +217,7 @@ class HubProvider(_ProviderBase, _UserCredentials):
     """JetBrains Hub: client credentials, password (offline access) or refresh-token grant."""
 
     type: Literal["hub"]
-    url: HttpUrl
+    url: BaseUrl
     """The Hub URL, e.g. ``https://hub.example.com`` or ``https://x.youtrack.cloud/hub``."""
     client_id: Indirect
     """The Hub service id."""
@@ -179,8 +240,8 @@ class OAuth2Provider(_ProviderBase, _UserCredentials):
     type: Literal["oauth2"]
     token_url: HttpUrl
     grant: GrantType
-    client_id: Indirect | None = None
-    client_secret: Secret | None = None
+    client_id: OptionalIndirect = None
+    client_secret: OptionalSecret = None
     client_auth: ClientAuth = "client_secret_basic"
     scope: str | None = None
     audience: str | None = None
@@ -243,8 +304,8 @@ class ClientConfig(BaseModel):
     @model_validator(mode="after")
     def _long_enough(self) -> ClientConfig:
         if len(self.key.get_secret_value()) < MIN_CLIENT_KEY_LENGTH:
-            msg = f"key: a client key must be at least {MIN_CLIENT_KEY_LENGTH} characters"
-            raise ValueError(msg)
+            msg = f"a client key must be at least {MIN_CLIENT_KEY_LENGTH} characters"
+            raise FieldProblem(("key",), msg)
         return self
 
 
@@ -272,15 +333,10 @@ class SecuritySettings(BaseModel):
 MIN_CLIENT_KEY_LENGTH = 16
 
 
-class BrokerSettings(BaseSettings):
-    """The whole configuration."""
+class BrokerSettings(BaseModel):
+    """The whole configuration (:func:`load_config` reads it with its overrides)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="BROKER_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     """Listen address. Loopback by default: tokens are for this host only."""
@@ -298,7 +354,7 @@ class BrokerSettings(BaseSettings):
     state_dir: Path | None = None
     """Directory where each provider's newest refresh token is kept, crash-safely,
     so a restart resumes the login. Unset: refresh tokens live in memory only."""
-    state_key: Secret | None = None
+    state_key: OptionalSecret = None
     """Fernet key that encrypts the state directory's files at rest."""
     refresh: RefreshSettings = RefreshSettings()
     clients: dict[ProviderName, ClientConfig] = Field(default_factory=dict)
@@ -309,8 +365,7 @@ class BrokerSettings(BaseSettings):
     @model_validator(mode="after")
     def _some_providers(self) -> BrokerSettings:
         if not self.providers:
-            msg = "providers: at least one provider must be configured"
-            raise ValueError(msg)
+            raise FieldProblem(("providers",), "at least one provider must be configured")
         return self
 
     @model_validator(mode="after")
@@ -319,12 +374,12 @@ class BrokerSettings(BaseSettings):
         for name, client in self.clients.items():
             unknown = [p for p in client.providers if p != "*" and p not in self.providers]
             if unknown:
-                msg = f"clients.{name}.providers: no provider named {unknown[0]!r}"
-                raise ValueError(msg)
+                msg = f"no provider named {unknown[0]!r}"
+                raise FieldProblem(("clients", name, "providers"), msg)
             other = keys.setdefault(client.key.get_secret_value(), name)
             if other != name:
-                msg = f"clients.{name}.key: the same key as client {other!r}; give each its own"
-                raise ValueError(msg)
+                msg = f"the same key as client {other!r}; give each its own"
+                raise FieldProblem(("clients", name, "key"), msg)
         return self
 
     @model_validator(mode="after")
@@ -337,61 +392,145 @@ class BrokerSettings(BaseSettings):
             and not self.security.allow_unauthenticated_network
         ):
             msg = (
-                f"host: {self.host} is reachable from other machines; configure clients"
+                f"{self.host} is reachable from other machines; configure clients"
                 " (each with its own key) or, knowingly, set"
                 " security.allow_unauthenticated_network: true"
             )
-            raise ValueError(msg)
+            raise FieldProblem(("host",), msg)
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file arrives as init kwargs; env overrides it.
-        return (env_settings, init_settings)
 
     def refresh_for(self, provider: str) -> RefreshSettings:
         return self.providers[provider].refresh or self.refresh
 
 
-def load_config(path: Path | str) -> BrokerSettings:
-    """Read and validate the YAML file at *path*; raise ConfigError on any problem."""
+DEPRECATED_KEYS: Deprecated = {
+    # Wherever the model appears: refresh and providers.<p>.refresh.
+    (RefreshSettings, "force_cooldown"): "forced refreshes now use If-Match (see README)",
+}
+"""Keys that are no longer used: (model, key) → why. Such a key is dropped with a
+warning instead of failing as unknown, so that old configs keep loading."""
+
+
+def load_config(
+    path: Path | str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BrokerSettings:
+    """Read and validate the YAML file at *path*; raise ConfigError on any problem.
+
+    *overrides* are command-line values for top-level keys (``{"port": 9000}``);
+    *environ* defaults to ``os.environ``. See :func:`parse_config`.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         msg = f"{path}: cannot read config file: {exc.strerror or type(exc).__name__}"
         raise ConfigError(msg) from None
-    return parse_config(text, source=str(path))
+    return parse_config(text, source=str(path), overrides=overrides, environ=environ)
 
 
-def parse_config(text: str, *, source: str = "<config>") -> BrokerSettings:
-    """Validate YAML *text*; *source* names it in error messages."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        msg = f"{source}: not valid YAML{where}: {problem}"
-        raise ConfigError(msg) from None
-    if data is None:
-        data = {}
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BrokerSettings:
+    """Validate YAML *text* with the ``BROKER_*`` variables of *environ* and the
+    command-line *overrides* on top; *source* names the text in messages."""
+    doc = read_yaml(text, source)
+    data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
         msg = f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
         raise ConfigError(msg)
+    env = os.environ if environ is None else environ
+    layered = merge_environment(
+        data, env, BrokerSettings, source=source, deprecated=DEPRECATED_KEYS
+    )
+    apply_command_line(layered, overrides or {}, BrokerSettings)
+    locate = _Locator(source, doc, layered)
+    clean, removed = strip_deprecated(layered.data, (BrokerSettings,), DEPRECATED_KEYS)
+    for key_path, reason in removed:
+        log.warning("%s", locate.deprecated(key_path, reason))
+    problems = list(layered.problems)
     try:
-        return BrokerSettings(**data)
+        settings = BrokerSettings.model_validate(clean)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        problems += format_validation_error(exc, locate)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
+class _Locator:
+    """Names where the value at a key path came from: file and line, variable or option."""
+
+    def __init__(self, source: str, doc: YamlDoc, layered: Layered) -> None:
+        self.source, self.doc, self.layered = source, doc, layered
+
+    def where(self, path: KeyPath, *, name: bool = False) -> str:
+        """``config.yaml:12: providers.hiro.password``, ``environment: BROKER_PORT`` ...
+
+        *name*: the problem is the last key itself (a provider's name), not its value.
+        """
+        found = self.layered.origin_of(path)
+        if found is not None:
+            origin, rest = found
+            return f"{origin}: {'.'.join(rest)}" if rest else origin
+        line = self.doc.line_of(path)
+        file = f"{self.source}:{line}" if line is not None else self.source
+        dotted = ".".join((*path, "(name)") if name else path)
+        return f"{file}: {dotted}" if dotted else file
+
+    def deprecated(self, path: KeyPath, reason: str) -> str:
+        fix = "unset the variable" if self.layered.origin_of(path) else "remove the key"
+        return f"{self.where(path)}: no longer used, ignored: {reason}; {fix}"
+
+
+def format_validation_error(exc: ValidationError, locate: _Locator) -> list[str]:
+    """One line per problem: ``file:line: dotted.key: what is wrong`` (or the
+    variable or option the value came from instead of the file).
+
+    The input value is deliberately left out: it may be a secret.
+    """
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path, name, message = _describe(err)
+        lines.append(f"{locate.where(path, name=name)}: {message}")
+    return lines
+
+
+def _describe(err: ErrorDetails) -> tuple[KeyPath, bool, str]:
+    """The key path an error is about, whether it is about the key's name, and the message."""
+    loc = [str(part) for part in err["loc"]]
+    # A discriminated union puts the provider type into the location
+    # (providers.hiro.hiro.password); users never wrote that key.
+    if len(loc) > 2 and loc[0] == "providers" and loc[2] in PROVIDER_TYPES:
+        del loc[2]
+    name = bool(loc) and loc[-1] == "[key]"  # the provider name itself is wrong
+    if name:
+        loc.pop()
+    ctx = err.get("ctx") or {}
+    message = err["msg"].removeprefix("Value error, ")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        message = UNKNOWN_KEY
+    elif kind in ("union_tag_not_found", "union_tag_invalid"):
+        loc.append("type")
+        message = _type_message(kind, ctx)
+    elif isinstance(ctx.get("error"), FieldProblem):
+        loc += ctx["error"].key
+    return tuple(loc), name, message
+
+
+def _type_message(kind: str, ctx: dict[str, Any]) -> str:
+    choices = "one of " + ", ".join(PROVIDER_TYPES)
+    if kind == "union_tag_not_found":
+        return f"missing ({choices})"
+    tag = str(ctx.get("tag", ""))[:40]
+    return f"{tag!r} is not a provider type ({choices})"
 
 
 SECRET_KEYS = frozenset({"client_secret", "password", "refresh_token", "key", "state_key"})
@@ -406,8 +545,8 @@ def inline_secret_warnings(path: Path | str) -> list[str]:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path.read_text(encoding="utf-8"), str(path)).data
+    except (OSError, ConfigError):
         return []
     if not mode & 0o077:
         return []
@@ -426,32 +565,8 @@ def _inline_secrets(data: object, prefix: str) -> list[str]:
     if isinstance(data, dict):
         for key, value in data.items():
             where = f"{prefix}.{key}" if prefix else str(key)
-            if key in SECRET_KEYS and isinstance(value, str | int | float) and value != "":
+            if key in SECRET_KEYS and isinstance(value, str) and value != "":
                 found.append(where)
             else:
                 found += _inline_secrets(value, where)
     return found
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``file: dotted.key: what is wrong``.
-
-    The input value is deliberately left out: it may be a secret.
-    """
-    lines = []
-    for err in exc.errors(include_input=False, include_url=False):
-        loc = list(err["loc"])
-        # A discriminated union puts the provider type into the location
-        # (providers.hiro.hiro.password); users never wrote that key.
-        if len(loc) > 2 and loc[0] == "providers" and loc[2] in PROVIDER_TYPES:
-            del loc[2]
-        if loc and loc[-1] == "[key]":  # the provider name itself is wrong
-            loc[-1] = "(name)"
-        key = ".".join(str(part) for part in loc)
-        message = err["msg"]
-        if message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; config.example.yaml lists every key)"
-        lines.append(f"{source}: {key}: {message}" if key else f"{source}: {message}")
-    return "\n".join(lines)

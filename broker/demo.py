@@ -61,6 +61,11 @@ def run_demo(*, host: str, port: int, ttl: float) -> int:
     one line before any fake has started or anything was announced.
     """
     configure_logging("info")
+    # --host and --port pass the config's checks before anything is bound.
+    placeholders = {name: "http://127.0.0.1:9" for name in ("hiro", "aerion", "hub")}
+    parse_config(
+        demo_config(placeholders), source="demo config", overrides={"host": host, "port": port}
+    )
     sockets = listen(host, port)
     try:
         with exit_zero_after_shutdown():
@@ -80,8 +85,8 @@ async def _demo(sockets: list[socket.socket], host: str, ttl: float) -> None:
     try:
         urls = {name: await server.start() for name, server in servers.items()}
         config_text = demo_config(urls)
-        settings = parse_config(config_text, source="demo config").model_copy(
-            update={"host": host, "port": port_of(sockets)}
+        settings = parse_config(
+            config_text, source="demo config", overrides={"host": host, "port": port_of(sockets)}
         )
         _print_banner(settings, urls, config_text)
         await uvicorn.Server(uvicorn_config(settings)).serve(sockets=sockets)

@@ -9,7 +9,7 @@ file that the broker rewrites on every refresh::
         sink:
           path: /run/broker/hiro.token
           format: token        # token | json | env
-          mode: 0640
+          mode: 0640           # octal, as for chmod (also 0o640 or "0640")
 
 Formats:
 
@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from broker.atomic import TEMP_SUFFIX, reason, replace_file, write_probe
 from broker.errors import BrokerError
 from broker.tokens import rfc3339
+from broker.yamlfile import ZeroPaddedInt
 
 log = logging.getLogger("broker.sinks")
 
@@ -74,7 +75,8 @@ class SinkConfig(BaseModel):
     format: Literal["token", "json", "env"] = "token"
     """``token``: the bare token; ``json``: like GET /token; ``env``: KEY='value' lines."""
     mode: int = 0o600
-    """Permissions of the file: an octal YAML int (``0640``), a string (``"0640"``) or decimal."""
+    """Permissions of the file: ``0640`` or ``0o640`` (octal, as for chmod), a string
+    (``"0640"``) or a decimal int (``416``)."""
     env_prefix: str = "TOKEN"
     """Variable name prefix for ``format: env``: ``TOKEN``, ``TOKEN_TYPE``, ``TOKEN_EXPIRES_AT``."""
 
@@ -84,6 +86,9 @@ class SinkConfig(BaseModel):
         if isinstance(value, bool):
             msg = "must be a file mode such as 0600 or '0640'"
             raise ValueError(msg)
+        if isinstance(value, ZeroPaddedInt):
+            # YAML 1.2 reads `mode: 0640` as decimal 640; chmod, and whoever wrote it, mean octal.
+            value = str(int(value))
         if isinstance(value, str):
             match = _OCTAL.fullmatch(value.strip())
             if match is None:

@@ -74,13 +74,77 @@ def test_check_rejects_a_bad_config_naming_file_key_and_problem(tmp_path: Path) 
     )
     result = run("check", "--config", str(config))
     assert result.returncode == 2
-    assert f"{config}: providers.hiro.url: must be an http:// or https:// URL" in result.stderr
+    assert f"{config}:4: providers.hiro.url: must be an http:// or https:// URL" in result.stderr
     assert (
-        f"{config}: providers.hiro.client_secret: environment variable"
+        f"{config}:6: providers.hiro.client_secret: environment variable"
         " BROKER_TEST_UNSET_VAR is not set"
     ) in result.stderr
-    assert f"{config}: providers.hiro.password:" in result.stderr
+    assert f"{config}:8: providers.hiro.password:" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def minimal_config(tmp_path: Path) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  hub:\n    type: hub\n    url: http://127.0.0.1:9\n"
+        "    client_id: svc\n    client_secret: s3cret\n"
+    )
+    return config
+
+
+def test_serve_refuses_a_network_host_without_clients(tmp_path: Path) -> None:
+    """--host 0.0.0.0 is validated like host: in the file: no clients, no start."""
+    args = ("serve", "--config", str(minimal_config(tmp_path)), "--port", str(free_port()))
+    result = run(*args, "--host", "0.0.0.0")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "broker: configuration error\n"
+        "command line: --host: 0.0.0.0 is reachable from other machines; configure clients"
+        " (each with its own key) or, knowingly, set security.allow_unauthenticated_network:"
+        " true\n"
+    )
+
+
+def test_serve_refuses_a_port_out_of_range(tmp_path: Path) -> None:
+    """--port 99999 is a configuration error naming the option."""
+    result = run("serve", "--config", str(minimal_config(tmp_path)), "--port", "99999")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "broker: configuration error\n"
+        "command line: --port: Input should be less than or equal to 65535\n"
+    )
+
+
+def test_demo_validates_its_port() -> None:
+    """The demo's --host/--port go through the same validation."""
+    result = run("demo", "--port", "99999")
+    assert result.returncode == 2
+    assert "command line: --port: Input should be less than or equal to 65535" in result.stderr
+
+
+def test_bad_environment_override_names_the_variable(tmp_path: Path) -> None:
+    """BROKER_PORT=abc is reported against the variable, not against the config file."""
+    config = minimal_config(tmp_path)
+    result = run("check", "--config", str(config), env={"BROKER_PORT": "abc"})
+    assert result.returncode == 2
+    assert result.stderr == (
+        "broker: configuration error\n"
+        "environment: BROKER_PORT: Input should be a valid integer, unable to parse string"
+        " as an integer\n"
+    )
+
+
+def test_deprecated_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    """An old config with refresh.force_cooldown still checks OK, with one warning."""
+    config = minimal_config(tmp_path)
+    config.write_text("refresh:\n  force_cooldown: 5\n" + config.read_text())
+    result = run("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"{config}:2: refresh.force_cooldown: no longer used, ignored: forced refreshes now use"
+        " If-Match (see README); remove the key"
+    ) in result.stderr
+    assert result.stderr.count("force_cooldown") == 1
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,11 @@ def config_error(text: str) -> str:
     with pytest.raises(ConfigError) as info:
         settings_from(text)
     return str(info.value)
+
+
+def unnumbered(message: str) -> list[str]:
+    """The message's lines without their line numbers (``test.yaml:12: `` → ``test.yaml: ``)."""
+    return [re.sub(r"^([^:\s]+):\d+: ", r"\1: ", line) for line in message.splitlines()]
 
 
 # --- minimal valid configs ---------------------------------------------------------------
@@ -86,7 +94,7 @@ def test_minimal_hiro() -> None:
     settings = settings_from(HIRO)
     hiro = settings.providers["hiro"]
     assert isinstance(hiro, HiroProvider)
-    assert hiro.url == "https://core.arago.test"
+    assert hiro.url == "https://core.arago.test/"  # as written; presets join paths to it
     assert hiro.auth_api == "/api/auth/6"
     assert hiro.flow == "app"
     assert hiro.client_id == "cid"
@@ -281,14 +289,16 @@ def password_of(settings: BrokerSettings) -> str:
     [
         pytest.param("plain-text", "plain-text", id="inline"),
         pytest.param('"  spaced  "', "  spaced  ", id="inline-quoted-keeps-spaces"),
-        pytest.param("12345678", "12345678", id="int-becomes-string"),
-        pytest.param("0.5", "0.5", id="float-becomes-string"),
+        pytest.param('"0123"', "0123", id="quoted-digits"),
+        pytest.param("yes", "yes", id="yes-is-text-in-yaml-1.2"),
+        pytest.param("on", "on", id="on-is-text-in-yaml-1.2"),
+        pytest.param("12:30", "12:30", id="no-sexagesimal-in-yaml-1.2"),
         pytest.param("{value: inline}", "inline", id="value"),
         pytest.param('{value: "{env: X}"}', "{env: X}", id="value-looks-like-a-mapping"),
     ],
 )
 def test_inline_secrets(secret_yaml: str, expected: str) -> None:
-    """Inline and {value: ...} secrets are taken as text; YAML numbers become strings."""
+    """Inline and {value: ...} secrets are taken as text, exactly as written."""
     assert password_of(settings_from(password_config(secret_yaml))) == expected
 
 
@@ -314,6 +324,168 @@ def test_file_secret_trailing_newline_stripped(tmp_path: Path, content: str, exp
     path = tmp_path / "secret"
     path.write_bytes(content.encode())
     assert password_of(settings_from(password_config(f"{{file: {path}}}"))) == expected
+
+
+# --- only text where text is kept (YAML 1.2) ---------------------------------------------
+
+TEXT_FIELDS = [
+    # (config with {v} where the value goes, its line, dotted key, field name)
+    pytest.param(password_config("{v}"), 8, "providers.idp.password", "password", id="password"),
+    pytest.param(
+        password_config("pw").replace("username: alice", "username: {v}"),
+        7,
+        "providers.idp.username",
+        "username",
+        id="username",
+    ),
+    pytest.param(
+        OAUTH2.replace("client_id: app", "client_id: {v}"),
+        7,
+        "providers.idp.client_id",
+        "client_id",
+        id="client-id",
+    ),
+    pytest.param(
+        OAUTH2.replace("client_secret: app-secret", "client_secret: {v}"),
+        8,
+        "providers.idp.client_secret",
+        "client_secret",
+        id="client-secret",
+    ),
+    pytest.param(
+        OAUTH2 + "    refresh_token: {v}\n",
+        9,
+        "providers.idp.refresh_token",
+        "refresh_token",
+        id="refresh-token",
+    ),
+    pytest.param(
+        "clients:\n  ops:\n    key: {v}\n" + OAUTH2, 3, "clients.ops.key", "key", id="client-key"
+    ),
+    pytest.param("state_key: {v}\n" + OAUTH2, 1, "state_key", "state_key", id="state-key"),
+]
+
+NOT_TEXT = [
+    pytest.param("0123", "a number", id="leading-zero"),
+    pytest.param("0x1F", "a number", id="hex"),
+    pytest.param("12345678", "a number", id="int"),
+    pytest.param("1e3", "a number", id="float"),
+    pytest.param("true", "a boolean", id="true"),
+    pytest.param("2024-01-01", "a date", id="date"),
+    pytest.param("{value: 0123}", "a number", id="value-number"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "field"), TEXT_FIELDS)
+@pytest.mark.parametrize(("value", "kind"), NOT_TEXT)
+def test_secret_and_identifier_fields_take_only_text(
+    text: str, line: int, key: str, field: str, value: str, kind: str
+) -> None:
+    """A YAML number, boolean or date in a secret or id field is refused: say to quote it.
+
+    YAML has already changed it (0123 is 123, 1e3 is 1000.0), so no string could be
+    the one written. The value is never shown.
+    """
+    message = config_error(text.replace("{v}", value))
+    assert message == (
+        f'test.yaml:{line}: {key}: {kind} here is not kept as written; quote it: {field}: "..."'
+    )
+    assert not set("0123456789") & set(message.split(": ", 2)[2])
+
+
+@pytest.mark.parametrize(("text", "line", "key", "field"), TEXT_FIELDS)
+@pytest.mark.parametrize("value", ["", "~", "null"])
+def test_empty_secret_or_identifier_is_an_error(
+    text: str, line: int, key: str, field: str, value: str
+) -> None:
+    """`password:` with the value forgotten is not taken as "no password"."""
+    assert config_error(text.replace("{v}", value)) == (
+        f"test.yaml:{line}: {key}: empty (YAML reads it as null); write the value, quoted"
+        f' ({field}: "..."), or leave the key out'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            HUB.replace("  hub:", "  0123:"),
+            "test.yaml:3: providers.123.(name): a number here is not kept as written;"
+            ' quote it: "<name>":',
+            id="provider",
+        ),
+        pytest.param(
+            HUB.replace("  hub:", "  true:"),
+            'providers.1.(name): a boolean here is not kept as written; quote it: "<name>":',
+            id="provider-bool",
+        ),
+        pytest.param(
+            "clients:\n  42: {key: a-long-enough-key}\n" + HUB,
+            "test.yaml:2: clients.42.(name): a number here is not kept as written;"
+            ' quote it: "<name>":',
+            id="client",
+        ),
+    ],
+)
+def test_names_given_as_numbers_are_refused(text: str, expected: str) -> None:
+    """A provider or client name that YAML reads as a number or boolean must be quoted."""
+    assert config_error(text).endswith(expected)
+
+
+def test_yaml_1_2_keeps_yes_on_and_leading_zeros_as_written() -> None:
+    """yes/on are strings and 0123 is no octal number: what YAML 1.1 loaders got wrong."""
+    settings = settings_from(
+        HUB.replace("client_id: svc-id", 'client_id: "0123"') + "    scope: on\n"
+    )
+    hub = settings.providers["hub"]
+    assert isinstance(hub, HubProvider)
+    assert (hub.client_id, hub.scope) == ("0123", "on")
+
+
+def test_sink_mode_with_a_leading_zero_is_octal() -> None:
+    """`mode: 0640` means what chmod means, though YAML 1.2 reads the digits as decimal."""
+    for written, mode in [("0640", 0o640), ("0o640", 0o640), ("0400", 0o400), ('"0600"', 0o600)]:
+        text = OAUTH2 + f"    sink: {{path: /run/idp.token, mode: {written}}}\n"
+        sink = settings_from(text).providers["idp"].sink
+        assert sink is not None
+        assert sink.mode == mode, written
+
+
+# --- duplicate keys ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            OAUTH2 + OAUTH2.removeprefix("\nproviders:\n"),
+            "test.yaml:9: providers.idp: duplicate key (first at line 3); remove or rename one",
+            id="provider-twice",
+        ),
+        pytest.param(
+            password_config(SECRET) + f"    password: {SECRET}-2\n",
+            "test.yaml:9: providers.idp.password: duplicate key (first at line 8);"
+            " remove or rename one",
+            id="password-twice",
+        ),
+        pytest.param(
+            "port: 1\n" + OAUTH2 + "port: 2\n",
+            "test.yaml:10: port: duplicate key (first at line 1); remove or rename one",
+            id="top-level",
+        ),
+        pytest.param(
+            OAUTH2 + "    headers: {X-A: a, X-A: b}\n",
+            "test.yaml:9: providers.idp.headers.X-A: duplicate key (first at line 9);"
+            " remove or rename one",
+            id="flow-mapping",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_both_lines(text: str, expected: str) -> None:
+    """A key given twice would silently lose the first value: refuse it, with both lines."""
+    message = config_error(text)
+    assert message == expected
+    assert SECRET not in message
 
 
 # --- environment overrides -----------------------------------------------------------------
@@ -354,12 +526,289 @@ providers:
     assert password_of(settings_from(text)) == "env-only"
 
 
-def test_bad_env_override_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A BROKER_PORT that is not a number is reported at key port."""
+def test_bad_env_override_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BROKER_PORT that is not a number is reported against the variable, not the file."""
     monkeypatch.setenv("BROKER_PORT", "not-a-port")
     message = config_error(OAUTH2)
-    assert message.startswith("test.yaml: port: ")
+    assert message == (
+        "environment: BROKER_PORT: Input should be a valid integer, unable to parse string"
+        " as an integer"
+    )
     assert "not-a-port" not in message
+
+
+MY_API = """
+providers:
+  my-api:
+    type: oauth2
+    token_url: https://idp.test/token
+    grant: password
+    username: alice
+    password: from-file
+"""
+
+
+def parse_with_env(text: str, **environ: str) -> BrokerSettings:
+    return parse_config(text, source="test.yaml", environ=environ)
+
+
+def env_error(text: str, **environ: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_with_env(text, **environ)
+    return str(info.value)
+
+
+def password_of_provider(settings: BrokerSettings, name: str) -> str:
+    password = settings.providers[name].password
+    assert password is not None
+    return password.get_secret_value()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "BROKER_PROVIDERS__MY_API__PASSWORD",
+        "BROKER_PROVIDERS__MY-API__PASSWORD",
+        "broker_providers__My_Api__password",
+    ],
+)
+def test_env_names_a_provider_the_shell_cannot_spell(variable: str) -> None:
+    """Provider names match case-insensitively with '_' and '-' the same: MY_API is my-api."""
+    settings = parse_with_env(MY_API, **{variable: "from-env"})
+    assert password_of_provider(settings, "my-api") == "from-env"
+
+
+def test_env_sets_list_fields_as_json_and_scalars_as_text() -> None:
+    """Lists and mappings take JSON; numbers and booleans are validated from text."""
+    settings = parse_with_env(
+        "clients:\n  ops:\n    key: ops-key-0123456789\n" + MY_API,
+        BROKER_CLIENTS__OPS__PROVIDERS='["my-api"]',
+        BROKER_CLIENTS__OPS__STATUS="true",
+        BROKER_SECURITY__ALLOWED_HOSTS='["broker"]',
+        BROKER_PROVIDERS__MY_API__HEADERS='{"X-Tenant": "blue"}',
+        BROKER_PROVIDERS__MY_API__REFRESH__MARGIN="5",
+        BROKER_REQUEST_TIMEOUT="2.5",
+    )
+    assert settings.clients["ops"].providers == ["my-api"]
+    assert settings.clients["ops"].status is True
+    assert settings.security.allowed_hosts == ["broker"]
+    provider = settings.providers["my-api"]
+    assert isinstance(provider, OAuth2Provider)
+    assert provider.headers == {"X-Tenant": "blue"}
+    assert settings.refresh_for("my-api").margin == 5
+    assert settings.request_timeout == 2.5
+
+
+def test_env_secret_is_never_read_as_json() -> None:
+    """A password that looks like JSON or like {env: ...} is still the password."""
+    settings = parse_with_env(MY_API, BROKER_PROVIDERS__MY_API__PASSWORD='{"env": "X"}')
+    assert password_of_provider(settings, "my-api") == '{"env": "X"}'
+
+
+def test_foreign_top_level_broker_variables_are_ignored() -> None:
+    """Programs next to the broker set BROKER_URL, BROKER_KEY ...: not settings, no error."""
+    settings = parse_with_env(
+        MY_API,
+        BROKER_URL="http://broker:8181",
+        BROKER_KEY=SECRET,
+        BROKER_KEY_FILE="/run/secrets/key",
+        BROKER_REDIS_URL="redis://r",
+    )
+    assert settings.port == 8181
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param(
+            {"BROKER_PORT": "abc"},
+            "environment: BROKER_PORT: Input should be a valid integer, unable to parse string"
+            " as an integer",
+            id="bad-port",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__MY_API__PASSWROD": SECRET},
+            "environment: BROKER_PROVIDERS__MY_API__PASSWROD: providers.my-api.passwrod:"
+            " unknown key (check the spelling; config.example.yaml lists every key)",
+            id="misspelt-key",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__NOPE__PASSWORD": SECRET},
+            "environment: BROKER_PROVIDERS__NOPE__PASSWORD: no provider named 'nope' in test.yaml",
+            id="no-such-provider",
+        ),
+        pytest.param(
+            {"BROKER_CLIENTS__OPS__KEY": SECRET},
+            "environment: BROKER_CLIENTS__OPS__KEY: no client named 'ops' in test.yaml",
+            id="no-such-client",
+        ),
+        pytest.param(
+            {"BROKER_LISTEN__HOST": "0.0.0.0"},
+            "environment: BROKER_LISTEN__HOST: listen: unknown key (check the spelling;"
+            " config.example.yaml lists every key)",
+            id="nested-foreign-variable",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__MY_API": SECRET},
+            "environment: BROKER_PROVIDERS__MY_API: providers.my-api: set one key per variable:"
+            " BROKER_PROVIDERS__MY_API__<KEY>",
+            id="whole-provider",
+        ),
+        pytest.param(
+            {"BROKER_PORT__X": "1"},
+            "environment: BROKER_PORT__X: port takes one value; it has no keys",
+            id="below-a-scalar",
+        ),
+        pytest.param(
+            {"BROKER_SECURITY__ALLOWED_HOSTS": "broker"},
+            "environment: BROKER_SECURITY__ALLOWED_HOSTS: not valid JSON; this key takes JSON"
+            """ such as '["a", "b"]'""",
+            id="list-not-json",
+        ),
+        pytest.param(
+            {"BROKER_REFRESH": '{"ratio": 5}'},
+            "environment: BROKER_REFRESH: ratio: Input should be less than 1",
+            id="error-inside-json",
+        ),
+        pytest.param(
+            {"BROKER_PROVIDERS__MY_API__TYPE": "okta"},
+            "environment: BROKER_PROVIDERS__MY_API__TYPE: 'okta' is not a provider type"
+            " (one of hiro, aerion, hub, oauth2)",
+            id="type",
+        ),
+        pytest.param(
+            {
+                "BROKER_PROVIDERS__MY_API__PASSWORD": "{env: X}",
+                "BROKER_PROVIDERS__MY_API__USERNAME": "",
+            },
+            None,
+            id="empty-username-is-text",
+        ),
+        pytest.param(
+            {"BROKER_PORT": "1", "broker_port": "2"},
+            "environment: broker_port: port is also set by BROKER_PORT; set it once",
+            id="same-key-twice",
+        ),
+    ],
+)
+def test_env_errors_name_the_variable(environ: dict[str, str], expected: str | None) -> None:
+    """Every problem with an environment override names the variable, never its value."""
+    if expected is None:
+        parse_with_env(MY_API, **environ)
+        return
+    message = env_error(MY_API, **environ)
+    assert message == expected
+    assert SECRET not in message
+
+
+def test_env_names_of_two_providers_that_fold_together_are_ambiguous() -> None:
+    """my-api and my_api both match MY_API: refuse rather than guess."""
+    text = MY_API + MY_API.removeprefix("\nproviders:\n").replace("my-api:", "my_api:")
+    assert env_error(text, BROKER_PROVIDERS__MY_API__PASSWORD=SECRET) == (
+        "environment: BROKER_PROVIDERS__MY_API__PASSWORD: matches providers 'my-api' and"
+        " 'my_api' in test.yaml; rename one (names match with case, '-' and '_' ignored)"
+    )
+
+
+def test_env_and_file_errors_are_reported_together() -> None:
+    """A bad variable does not hide the file's problems, nor they its."""
+    lines = env_error(MY_API + "port: x\n", BROKER_PROVIDERS__MY_API__PASSWROD="x").splitlines()
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["environment", "BROKER_PROVIDERS__MY_API__PASSWROD"],
+        ["test.yaml:9", "port"],
+    ]
+
+
+# --- keys no longer used -------------------------------------------------------------------
+
+COOLDOWN = "no longer used, ignored: forced refreshes now use If-Match (see README)"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        pytest.param(
+            "refresh:\n  force_cooldown: 5\n" + MY_API,
+            {},
+            f"test.yaml:2: refresh.force_cooldown: {COOLDOWN}; remove the key",
+            id="top-level",
+        ),
+        pytest.param(
+            MY_API + "    refresh: {force_cooldown: 5, margin: 7}\n",
+            {},
+            f"test.yaml:9: providers.my-api.refresh.force_cooldown: {COOLDOWN}; remove the key",
+            id="provider",
+        ),
+        pytest.param(
+            MY_API,
+            {"BROKER_REFRESH__FORCE_COOLDOWN": "5"},
+            f"environment: BROKER_REFRESH__FORCE_COOLDOWN: {COOLDOWN}; unset the variable",
+            id="environment",
+        ),
+    ],
+)
+def test_deprecated_key_loads_with_one_warning(
+    caplog: pytest.LogCaptureFixture, text: str, environ: dict[str, str], expected: str
+) -> None:
+    """An old config with refresh.force_cooldown loads; the key is named once, on broker.config."""
+    with caplog.at_level(logging.WARNING, logger="broker.config"):
+        settings = parse_config(text, source="test.yaml", environ=environ)
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("broker.config", logging.WARNING, expected)
+    ]
+    assert settings.providers["my-api"].refresh in (None, RefreshSettings(margin=7))
+
+
+def test_deprecated_key_warning_names_the_file_on_every_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """load_config (also what a SIGHUP reload calls) names the file's path."""
+    path = tmp_path / "old.yaml"
+    path.write_text("refresh:\n  force_cooldown: 30\n" + MY_API, encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="broker.config"):
+        load_config(path, environ={})
+        load_config(path, environ={})
+    assert [r.getMessage() for r in caplog.records] == 2 * [
+        f"{path}:2: refresh.force_cooldown: {COOLDOWN}; remove the key"
+    ]
+
+
+# --- command-line overrides ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param(
+            {"port": 99999},
+            "command line: --port: Input should be less than or equal to 65535",
+            id="port",
+        ),
+        pytest.param(
+            {"host": "0.0.0.0"},
+            "command line: --host: 0.0.0.0 is reachable from other machines; configure"
+            " clients (each with its own key) or, knowingly, set"
+            " security.allow_unauthenticated_network: true",
+            id="network-host-without-clients",
+        ),
+    ],
+)
+def test_command_line_overrides_are_validated(overrides: dict[str, object], expected: str) -> None:
+    """--host and --port go through the file's validation, and errors name the option."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(MY_API + "port: 1\n", source="test.yaml", overrides=overrides, environ={})
+    assert str(info.value) == expected
+
+
+def test_command_line_beats_environment_and_file() -> None:
+    """Precedence: command line, environment, file."""
+    settings = parse_config(
+        MY_API + "port: 1\n",
+        source="test.yaml",
+        overrides={"port": 3},
+        environ={"BROKER_PORT": "2", "BROKER_HOST": "::1"},
+    )
+    assert (settings.port, settings.host) == (3, "::1")
 
 
 # --- errors: file, key, problem ------------------------------------------------------------
@@ -450,6 +899,12 @@ providers:
             "providers.aerion.company_url",
             "must be an http:// or https:// URL",
             id="url-no-host",
+        ),
+        pytest.param(
+            HUB.replace("url: https://hub.example.com", "url: https://hub.test/?x=1"),
+            "providers.hub.url",
+            "must not have a query or fragment: the broker appends endpoint paths to it",
+            id="base-url-with-query",
         ),
         pytest.param(
             HUB.replace("  hub:", "  Bad Name:"),
@@ -616,14 +1071,14 @@ providers:
         ),
         pytest.param(
             "providers:\n  x:\n    type: okta\n    url: https://okta.test\n",
-            "providers.x",
-            "'hiro', 'aerion', 'hub', 'oauth2'",
+            "providers.x.type",
+            "'okta' is not a provider type (one of hiro, aerion, hub, oauth2)",
             id="unknown-provider-type",
         ),
         pytest.param(
             "providers:\n  x:\n    url: https://okta.test\n",
-            "providers.x",
-            "'type'",
+            "providers.x.type",
+            "missing (one of hiro, aerion, hub, oauth2)",
             id="missing-provider-type",
         ),
         pytest.param(
@@ -653,7 +1108,7 @@ def test_bad_config_names_file_key_and_problem(
     (tmp_path / "newline").write_bytes(b"\n")
     text = text.replace("$TMP", str(tmp_path))
     problem = problem.replace("$TMP", str(tmp_path))
-    lines = config_error(text).splitlines()
+    lines = unnumbered(config_error(text))
     prefix = f"test.yaml: {key}: "
     matching = [line for line in lines if line.startswith(prefix)]
     assert matching, lines
@@ -674,12 +1129,11 @@ providers:
     colour: blue
 """
     lines = config_error(text).splitlines()
-    assert [line.split(": ")[1] for line in lines] == [
-        "port",
-        "providers.idp.token_url",
-        "providers.idp.colour",
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["test.yaml:2", "port"],
+        ["test.yaml:6", "providers.idp.token_url"],
+        ["test.yaml:10", "providers.idp.colour"],
     ]
-    assert all(line.startswith("test.yaml: ") for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -733,7 +1187,7 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
     path.write_text("providers: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == f"{path}: providers: at least one provider must be configured"
+    assert str(info.value) == f"{path}:1: providers: at least one provider must be configured"
 
 
 def test_load_config_missing_file(tmp_path: Path) -> None:
@@ -789,7 +1243,18 @@ providers:
 def test_error_never_contains_secret(text: str) -> None:
     """Whatever is wrong, the ConfigError message does not echo the secret."""
     message = config_error(text)
-    assert message.startswith("test.yaml: ")
+    assert message.startswith("test.yaml")
+    assert SECRET not in message
+    assert SECRET.lower() not in message.lower()
+
+
+def test_numeric_secret_and_env_value_never_in_error() -> None:
+    """Neither a numeric password's digits nor a misspelt variable's value is echoed."""
+    message = config_error(password_config("987654321"))
+    assert "987654321" not in message
+    assert "987" not in message
+    message = env_error(MY_API, BROKER_PROVIDERS__MY_API__PASWORD=SECRET, BROKER_PORT=SECRET)
+    assert len(message.splitlines()) == 2
     assert SECRET not in message
     assert SECRET.lower() not in message.lower()
 
@@ -799,7 +1264,7 @@ def test_secret_file_content_never_in_error(tmp_path: Path) -> None:
     path = tmp_path / "big"
     path.write_text(SECRET * 10_000, encoding="utf-8")
     message = config_error(password_config(f"{{file: {path}}}"))
-    assert message.startswith(f"test.yaml: providers.idp.password: secret file {path} is ")
+    assert message.startswith(f"test.yaml:8: providers.idp.password: secret file {path} is ")
     assert SECRET not in message
 
 
@@ -831,14 +1296,18 @@ providers:
 @pytest.mark.parametrize(
     ("kwargs", "prefix"),
     [
-        pytest.param({}, "<config>: ", id="default-source"),
-        pytest.param({"source": "/etc/broker.yaml"}, "/etc/broker.yaml: ", id="named-source"),
+        pytest.param({}, "<config>", id="default-source"),
+        pytest.param({"source": "/etc/broker.yaml"}, "/etc/broker.yaml", id="named-source"),
     ],
 )
 def test_parse_config_source_prefixes_every_line(kwargs: dict[str, str], prefix: str) -> None:
-    """parse_config starts every error line with the source it was given."""
+    """parse_config starts every error line with the source it was given (and the line)."""
+    parse = functools.partial(parse_config, source=kwargs["source"]) if kwargs else parse_config
     with pytest.raises(ConfigError) as info:
-        parse_config("port: x\nlisten: y\n", **kwargs)
-    lines = str(info.value).splitlines()
-    assert len(lines) == 3  # port, listen and the missing providers
-    assert all(line.startswith(prefix) for line in lines)
+        parse("port: x\nlisten: y\n")
+    assert str(info.value).splitlines() == [
+        f"{prefix}:1: port: Input should be a valid integer, unable to parse string as an integer",
+        f"{prefix}: providers: Field required",
+        f"{prefix}:2: listen: unknown key (check the spelling; config.example.yaml lists every"
+        " key)",
+    ]

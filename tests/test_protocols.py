@@ -27,6 +27,7 @@ from broker.protocols.base import (
 )
 from broker.protocols.hiro import HiroAppProtocol
 from broker.protocols.oauth2 import OAuth2Protocol
+from broker.protocols.presets import join_url
 from tests.support import settings_from
 
 TRANSIENT = FailureKind.TRANSIENT
@@ -536,6 +537,107 @@ def test_request(
         assert json.loads(request.content) == body
     else:
         assert form_of(request) == body
+
+
+def provider_yaml(kind: str, **keys: str) -> str:
+    """One provider *p* of type *kind* with credentials that make it valid, plus *keys*."""
+    credentials = {
+        "hiro": {"client_id": "c", "client_secret": "s", "username": "u", "password": "pw"},
+        "aerion": {"company_url": "https://acme.aerion.app", "username": "u", "password": "pw"},
+        "hub": {"client_id": "c", "client_secret": "s"},
+        "oauth2": {"grant": "client_credentials", "client_id": "c", "client_secret": "s"},
+    }[kind]
+    lines = "".join(f"    {k}: {v}\n" for k, v in (credentials | keys).items())
+    return f"providers:\n  p:\n    type: {kind}\n{lines}"
+
+
+@pytest.mark.parametrize(
+    ("text", "url"),
+    [
+        pytest.param(
+            provider_yaml("oauth2", token_url="https://idp.test/o/token/"),
+            "https://idp.test/o/token/",
+            id="oauth2-trailing-slash-kept",
+        ),
+        pytest.param(
+            provider_yaml("oauth2", token_url="https://idp.test/t/token?tenant=blue&v=2"),
+            "https://idp.test/t/token?tenant=blue&v=2",
+            id="oauth2-query-kept",
+        ),
+        pytest.param(
+            provider_yaml("oauth2", token_url="http://127.0.0.1:8080/token/?x="),
+            "http://127.0.0.1:8080/token/?x=",
+            id="oauth2-slash-and-empty-query-kept",
+        ),
+        pytest.param(
+            provider_yaml("hub", url="https://x.youtrack.cloud/hub/"),
+            "https://x.youtrack.cloud/hub/api/rest/oauth2/token",
+            id="hub-prefix-trailing-slash",
+        ),
+        pytest.param(
+            provider_yaml("hub", url="https://x.youtrack.cloud/hub"),
+            "https://x.youtrack.cloud/hub/api/rest/oauth2/token",
+            id="hub-prefix",
+        ),
+        pytest.param(
+            provider_yaml("hub", url="https://hub.test:8443/"),
+            "https://hub.test:8443/api/rest/oauth2/token",
+            id="hub-root-slash",
+        ),
+        pytest.param(
+            provider_yaml("aerion", url="https://api.aerion.app/"),
+            "https://api.aerion.app/oauth2/token",
+            id="aerion-slash",
+        ),
+        pytest.param(
+            provider_yaml("hiro", url="https://core.test/", auth_api="api/auth/6.6", flow="token"),
+            "https://core.test/api/auth/6.6/token",
+            id="hiro-token-auth-api-without-slashes",
+        ),
+        pytest.param(
+            provider_yaml("hiro", url="https://core.test/hiro", auth_api="/api/auth/6.6/"),
+            "https://core.test/hiro/api/auth/6.6/app",
+            id="hiro-app-auth-api-with-slashes",
+        ),
+        pytest.param(
+            provider_yaml("hiro", url="https://core.test//", auth_api="/"),
+            "https://core.test/app",
+            id="hiro-empty-auth-api",
+        ),
+    ],
+)
+def test_endpoint_url(text: str, url: str) -> None:
+    """token_url is requested exactly as written; presets join their path to the base URL."""
+    request = protocol(text).login_request()
+    assert str(request.url) == url
+    assert "grant_type" not in str(request.url)  # the form stays in the body
+
+
+@pytest.mark.parametrize(
+    ("base", "paths", "expected"),
+    [
+        ("https://h.test", ("/oauth2/token",), "https://h.test/oauth2/token"),
+        ("https://h.test/", ("/oauth2/token",), "https://h.test/oauth2/token"),
+        (
+            "https://h.test/hub/",
+            ("/api/rest/oauth2/token",),
+            "https://h.test/hub/api/rest/oauth2/token",
+        ),
+        (
+            "https://h.test/hub",
+            ("api/rest/oauth2/token",),
+            "https://h.test/hub/api/rest/oauth2/token",
+        ),
+        ("https://h.test", ("/api/auth/6.6/", "token"), "https://h.test/api/auth/6.6/token"),
+        ("https://h.test", ("api/auth/6", "/app"), "https://h.test/api/auth/6/app"),
+        ("https://h.test/", ("", "/", "app"), "https://h.test/app"),
+        ("https://h.test", (), "https://h.test"),
+        ("http://127.0.0.1:9/a//", ("//b//",), "http://127.0.0.1:9/a/b"),
+    ],
+)
+def test_join_url(base: str, paths: tuple[str, ...], expected: str) -> None:
+    """One slash between base and each path, whatever slashes either side has."""
+    assert join_url(base, *paths) == expected
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from broker.atomic import TEMP_SUFFIX
 from broker.sinks import FileSink, SinkConfig, SinkError, render, sh_quote
+from broker.yamlfile import ZeroPaddedInt, read_yaml
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl-_x"
 NOW = datetime(2026, 11, 25, 3, 14, 7, tzinfo=UTC).timestamp()
@@ -279,18 +279,21 @@ def test_check_removes_only_stale_temps_of_this_sink(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "mode"),
     [
-        ("mode: 0640", 0o640),  # YAML 1.1 octal int
+        ("mode: 0640", 0o640),  # a leading zero means octal, as for chmod (not YAML 1.2)
+        ("mode: 0400", 0o400),  # ... else this would be decimal 400, mode 0620
+        ("mode: 00600", 0o600),
         ("mode: 416", 0o640),
         ("mode: '0640'", 0o640),
         ("mode: '0o640'", 0o640),
-        ("mode: 0o640", 0o640),  # PyYAML reads 0o640 as a string
+        ("mode: 0o640", 0o640),  # YAML 1.2 octal int
         ("mode: '600'", 0o600),
         ("mode: 0", 0),
     ],
 )
 def test_mode_accepts_yaml_ints_and_octal_strings(raw: str, mode: int) -> None:
-    """Modes may be YAML octal ints, decimal ints or octal strings."""
-    data = yaml.safe_load(f"path: /run/broker/t\n{raw}\n")
+    """Modes may be octal ints (0640, 0o640), decimal ints or octal strings, as the
+    config loader reads them."""
+    data = read_yaml(f"path: /run/broker/t\n{raw}\n", "test.yaml").data
     assert SinkConfig.model_validate(data).mode == mode
 
 
@@ -302,6 +305,7 @@ def test_mode_accepts_yaml_ints_and_octal_strings(raw: str, mode: int) -> None:
         (-1, "between 0 and 0777"),
         ("rw-r-----", "octal file mode"),
         ("0999", "octal file mode"),
+        (ZeroPaddedInt(999), "octal file mode"),  # `mode: 0999` in the YAML
         (True, "file mode"),
     ],
 )

@@ -2,6 +2,9 @@
 
 The presets (``hiro``, ``aerion``, ``hub``) fill in each vendor's endpoint
 paths and quirks so a user's config stays short; ``oauth2`` is the general form.
+
+A preset's endpoint is its base ``url`` joined with the vendor's path by
+:func:`join_url`; an ``oauth2`` ``token_url`` is used exactly as configured.
 """
 
 from __future__ import annotations
@@ -12,6 +15,17 @@ from broker.protocols.hiro import REFRESH_REJECTED, HiroAppProtocol
 from broker.protocols.oauth2 import OAuth2Protocol
 
 ProviderConfig = HiroProvider | AerionProvider | HubProvider | OAuth2Provider
+
+
+def join_url(base: str, *paths: str) -> str:
+    """*base* with each of *paths* appended, one ``/`` between parts.
+
+    The base may end in ``/`` and carry a path prefix (``https://x.youtrack.cloud/hub/``);
+    each path may have slashes at either end or none (``/api/auth/6/``, ``api/auth/6``);
+    empty paths are skipped. Nothing else is changed (config refuses a query on a base).
+    """
+    parts = [p.strip("/") for p in paths]
+    return "/".join([base.rstrip("/"), *(p for p in parts if p)])
 
 
 def build_protocol(config: ProviderConfig) -> TokenProtocol:
@@ -30,7 +44,7 @@ def _user_grant(config: HiroProvider | AerionProvider) -> str:
 
 
 def _hiro(config: HiroProvider) -> TokenProtocol:
-    auth_base = config.url + "/" + config.auth_api.strip("/")
+    auth_base = join_url(config.url, config.auth_api)
     if config.flow == "app":
         return HiroAppProtocol(
             auth_base=auth_base,
@@ -41,7 +55,7 @@ def _hiro(config: HiroProvider) -> TokenProtocol:
         )
     return OAuth2Protocol(
         label="hiro",
-        token_url=f"{auth_base}/token",
+        token_url=join_url(auth_base, "token"),
         grant=_user_grant(config),
         client_id=config.client_id,
         client_secret=config.client_secret,
@@ -57,7 +71,7 @@ def _aerion(config: AerionProvider) -> TokenProtocol:
     # client_id and client_secret present (it does not check them).
     return OAuth2Protocol(
         label="aerion",
-        token_url=f"{config.url}/oauth2/token",
+        token_url=join_url(config.url, "/oauth2/token"),
         grant=_user_grant(config),
         client_id=config.client_id,
         client_secret=config.client_secret,
@@ -79,7 +93,7 @@ def _hub(config: HubProvider) -> TokenProtocol:
             grant = "client_credentials"
     return OAuth2Protocol(
         label="hub",
-        token_url=f"{config.url}/api/rest/oauth2/token",
+        token_url=join_url(config.url, "/api/rest/oauth2/token"),
         grant=grant,
         client_id=config.client_id,
         client_secret=config.client_secret,
