@@ -12,9 +12,10 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -181,11 +182,19 @@ async def _report_logins(settings: BrokerSettings) -> Counter[Outcome]:
 
 
 def uvicorn_config(
-    settings: BrokerSettings, config_path: Path | None = None, store: StateStore | None = None
+    settings: BrokerSettings,
+    config_path: Path | None = None,
+    store: StateStore | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> uvicorn.Config:
-    """The server for this process; also sets its garbage collector up (:mod:`broker.heap`)."""
+    """The server for this process; also sets its garbage collector up (:mod:`broker.heap`).
+
+    *overrides* (``--host``, ``--port``) are applied again at every reload of *config_path*.
+    """
     heap.tune()
-    app = create_app(settings, config_path=config_path, store=store, freeze_heap=True)
+    app = create_app(
+        settings, config_path=config_path, overrides=overrides, store=store, freeze_heap=True
+    )
     return uvicorn.Config(
         TokenFastPath(app),
         host=settings.host,
@@ -329,7 +338,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         with exit_zero_after_shutdown():
-            server = uvicorn.Server(uvicorn_config(settings, Path(args.config), store))
+            config = uvicorn_config(settings, Path(args.config), store, overrides)
+            server = uvicorn.Server(config)
             server.run(sockets=sockets)
     finally:
         close_all(sockets)

@@ -121,7 +121,13 @@ class Reloader:
         ]
         if not waiting:
             return wanted, []
-        return load_config(self._path, overrides={**self._overrides, **held}), waiting
+        changed = {key: held[key] for key in RESTART_KEYS if getattr(wanted, key) != held[key]}
+        if "host" in changed:
+            # The one restart key other keys are checked against (no clients on a
+            # network address): validate the new file with the address in use.
+            wanted = load_config(self._path, overrides={**self._overrides, "host": held["host"]})
+        # The others were validated at start and no other key depends on them.
+        return wanted.model_copy(update=changed), waiting
 
 
 def _describe(key: str, in_use: object, wanted: object) -> str:

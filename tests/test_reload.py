@@ -173,15 +173,26 @@ async def test_log_level_applies_at_once(tmp_path: Path) -> None:
 async def test_restart_keys_are_compared_with_the_values_in_use(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Started with --port 9999: a file still saying 8181 is no change; a new port in the
-    file is named with both values, and the one in use stays."""
-    overrides = {"port": 9999}
-    async with running(tmp_path, overrides) as broker:
+    """A new port in the file is named with both values, and the one in use stays."""
+    async with running(tmp_path) as broker:
         caplog.set_level(logging.INFO, logger="broker.reload")
         await broker.sighup(config_text(broker.url))
         assert "takes effect at the next restart" not in caplog.text
         await broker.sighup(config_text(broker.url, port=8282))
-        assert "port changed from 9999 to 8282" in caplog.text
+        assert "port changed from 8181 to 8282; it takes effect at the next restart" in caplog.text
+        assert broker.reloader.in_use.port == 8181
+
+
+async def test_command_line_overrides_still_win_on_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started with --port 9999: whatever port the file says, nothing changed (no warning)."""
+    async with running(tmp_path, {"port": 9999}) as broker:
+        caplog.set_level(logging.INFO, logger="broker.reload")
+        await broker.sighup(config_text(broker.url))
+        await broker.sighup(config_text(broker.url, port=8282))
+        assert "takes effect at the next restart" not in caplog.text
+        assert "config reloaded" in caplog.text
         assert broker.reloader.in_use.port == 9999
 
 
