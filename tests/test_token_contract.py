@@ -7,10 +7,12 @@ as the FastAPI route does.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -169,6 +171,25 @@ def test_no_answer_has_less_than_a_second_left_or_comes_after_its_expires_at() -
         providers = client.get("/providers").json()["providers"]["idp"]
         assert providers["expires_in"] is None
         assert client.get("/readyz").status_code == 503
+
+
+def test_a_sink_never_holds_a_token_it_may_not_serve(tmp_path: Path) -> None:
+    """The sink file holds the token while it may be served, is removed when it may not
+    (no replacement came), and comes back with the next token."""
+    sink = tmp_path / "idp.json"
+    fake = FakeOAuth2(clients={"app": SECRET}, ttl=3)
+    with serve_in_thread(fake.app) as url:
+        text = config(url) + f"    sink: {{path: {sink}, format: json}}\n"
+        with running_broker(settings_from(text)) as client:
+            written = json.loads(wait_for(lambda: sink.exists() and sink.read_text()))
+            assert written["access_token"] == client.get("/token/idp").json()["access_token"]
+            assert written["expires_in"] >= 1
+            fake.fail_next(1000, 503)
+            wait_for(lambda: not sink.exists(), timeout=5)
+            assert client.get("/token/idp").status_code == 503
+            fake.recover()
+            again = json.loads(wait_for(lambda: sink.exists() and sink.read_text(), timeout=10))
+            assert again["access_token"] != written["access_token"]
 
 
 # -- states ------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ fake's clock, default ``time.time``). Tokens die exactly at issue time + ``ttl``
 - ``.revoke_refresh_token(rt)``, ``.revoke_access_token(t)``.
 - ``.fail_next(count, status, body=None, headers=None, *, target="token")``: canned answers for
   the next requests to the token endpoint (or, with ``target="api"``, the "me" endpoints);
-  ``body=None`` sends the provider's own error body.
+  ``body=None`` sends the provider's own error body; ``.recover(target="token")`` drops the
+  canned answers not yet sent.
 - ``.quirks`` and one attribute per switch: the wider world, below.
 
 Routing is strict on every fake: the other trailing-slash spelling of a path is the provider's

@@ -259,6 +259,11 @@ class FakeProvider:
             for _ in range(count):
                 self._failures[target].append(_Canned(status, body, headers))
 
+    def recover(self, *, target: Target = "token") -> None:
+        """Drop the canned failures not yet sent: the next requests are answered normally."""
+        with self._lock:
+            self._failures[target].clear()
+
     # -- for subclasses -------------------------------------------------------------------------
 
     def _routes(self) -> list[BaseRoute]:
