@@ -181,14 +181,16 @@ def test_a_sink_never_holds_a_token_it_may_not_serve(tmp_path: Path) -> None:
     with serve_in_thread(fake.app) as url:
         text = config(url) + f"    sink: {{path: {sink}, format: json}}\n"
         with running_broker(settings_from(text)) as client:
-            written = json.loads(wait_for(lambda: sink.exists() and sink.read_text()))
+            written = json.loads(wait_for(lambda: sink.read_text() if sink.exists() else ""))
             assert written["access_token"] == client.get("/token/idp").json()["access_token"]
             assert written["expires_in"] >= 1
             fake.fail_next(1000, 503)
             wait_for(lambda: not sink.exists(), timeout=5)
             assert client.get("/token/idp").status_code == 503
             fake.recover()
-            again = json.loads(wait_for(lambda: sink.exists() and sink.read_text(), timeout=10))
+            again = json.loads(
+                wait_for(lambda: sink.read_text() if sink.exists() else "", timeout=10)
+            )
             assert again["access_token"] != written["access_token"]
 
 
