@@ -6,7 +6,7 @@ Pure: times and facts are passed in, so each rule is table-tested alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from broker.errors import FailureKind
 
@@ -20,16 +20,7 @@ ProviderState = Literal[
     "misconfigured",
     "needs_login",
 ]
-PROVIDER_STATES: tuple[ProviderState, ...] = (
-    "starting",
-    "ready",
-    "degraded",
-    "expired",
-    "failing",
-    "rejected",
-    "misconfigured",
-    "needs_login",
-)
+PROVIDER_STATES: tuple[ProviderState, ...] = get_args(ProviderState)
 SERVING_STATES = frozenset({"ready", "degraded"})
 """States in which the provider holds a token it serves."""
 
