@@ -436,9 +436,13 @@ def test_an_echoed_refresh_error_does_not_leak_the_refresh_token(
 def test_a_broker_process_logs_no_echoed_secret(setup: Setup, tmp_path: Path) -> None:
     """The real log path: ``broker serve`` writing JSON lines at debug level, its SecretFilter
     on the handler. A login and a refresh whose errors quote the request are logged, with no
-    spelling or piece of the credentials, the refresh tokens or the access tokens."""
+    spelling or piece of the credentials, the refresh tokens or the access tokens. The login's
+    answer also echoes them in a header, which httpcore logs at debug level: that record is
+    another library's, so the SecretFilter is what redacts it."""
     fake = setup.make(WorldQuirks(echo_credentials_in_errors=True))
-    fake.fail_next(1, 400)  # the first login fails, echoing the credentials
+    spellings = credential_spellings(setup)
+    header = f"{PASSWORD} {quote_plus(SECRET)} {spellings['Basic credentials']}"
+    fake.fail_next(1, 400, headers={"X-Echo": header})  # the first login fails, echoing
     port = free_port()
     with serve_in_thread(fake.app) as url:
         provider = setup.yaml(fake).replace("{url}", url)
@@ -457,12 +461,13 @@ def test_a_broker_process_logs_no_echoed_secret(setup: Setup, tmp_path: Path) ->
     failures = [r["msg"] for r in records if r.get("event") == "token_request_failed"]
     assert ["login failed" in m and "request body" in m for m in failures[:1]] == [True]
     assert any("refresh failed" in m and "request body" in m for m in failures[1:])
-    spellings = credential_spellings(setup)
     for number, token in enumerate(fake.issued_refresh_tokens):
         spellings.update(spellings_of(f"refresh token {number}", token))
     for number, token in enumerate(fake.issued_access_tokens):
         spellings[f"access token {number}"] = token
     assert leaked(broker.output, spellings) == []
+    headers_logged = [r["msg"] for r in records if r["logger"].startswith("httpcore")]
+    assert any("x-echo" in m and "[redacted]" in m for m in headers_logged), "filter applied"
 
 
 # -- a token endpoint that redirects -------------------------------------------------------
