@@ -18,15 +18,30 @@ Secrets shorter than :data:`MIN_SECRET_LENGTH` are ignored: they are not
 secrets worth the damage redacting them does to ordinary words (Aerion's
 default client secret is "public").
 
-How it is fast: the index maps 6-character pieces of every spelling, taken at
-every third offset, to the spellings they were cut from. Each run of 8
-characters of a spelling contains one of them (one of its first three offsets
-is a multiple of 3, and 6 characters from there still fit in 8), so a text is
-scanned with one dict lookup per position and each hit is extended character
-by character against its spelling to the whole run. The index is a third of an
-entry per character of each spelling, built without regular expressions (a
-secret's ``*`` or ``(`` are plain characters here), and updated in place as
-secrets come and go: the log filter sees every token rotation.
+How it is fast: the index maps 6-character pieces ("grams") of every
+spelling, taken at every third offset, to the spellings they were cut from.
+Each run of 8 characters of a spelling contains one of them (one of its first
+three offsets is a multiple of 3, and 6 characters from there still fit in 8),
+so finding the grams in a text finds every run, and each hit is extended
+character by character against its spelling to the whole run. Grams are found
+from whichever side is cheaper: with few of them, each is looked for in the
+text (``str.find``); with many, each position of the text is looked up in the
+index. No regular expression is built from a secret (its ``*`` or ``(`` are
+plain characters here), and the index is updated in place as secrets come and
+go: the log filter sees every token rotation. Whether an encoded run hides a
+secret is remembered until the secrets change: a library's log lines repeat
+the same identifiers, and each is a base64-looking run.
+
+Two bounds keep that cost linear at 10,000 providers, each with a reason:
+
+* A spelling gets at most 20 grams: one longer than 65 characters (a JWT) is
+  sampled more sparsely, so its pieces are caught from ``len / 20 + 5``
+  characters on (40 for a 700-character JWT), and the whole of it always.
+* A gram that more than 32 spellings share is not used to find runs: it is
+  structure, not a secret (every JWT of an issuer starts with the same header;
+  Basic credentials of ``client-1``, ``client-2``... start with the same base64),
+  and extending it against thousands of tokens would cost milliseconds per hit.
+  A secret's own grams still find it, and the extension covers the shared part.
 """
 
 from __future__ import annotations
@@ -49,7 +64,16 @@ RUN: Final = 8
 
 _GRAM: Final = 6
 _STEP: Final = RUN - _GRAM + 1
-"""Index pieces of _GRAM characters every _STEP offsets: every run of RUN holds one."""
+"""Index grams of _GRAM characters every _STEP offsets: every run of RUN holds one."""
+_MAX_GRAMS: Final = 20
+"""Grams per spelling at most: longer spellings are indexed at a wider step."""
+_MAX_SHARED: Final = 32
+"""A gram shared by more spellings than this is structure, not used to find runs."""
+_VERDICTS: Final = 1024
+"""Encoded runs whose verdict is remembered until the secrets change."""
+_FIND_FROM_GRAMS: Final = 3
+"""Look for each gram in the text when there are fewer than this many per text character:
+``str.find`` of a gram costs about a third of slicing and looking up one text position."""
 
 _BASE64_RUN: Final = re.compile(r"[A-Za-z0-9+/_-]{11,}={0,2}")
 """Base64 (either alphabet) long enough to hold RUN bytes: 8 bytes take 11 characters."""
@@ -63,10 +87,10 @@ _PERCENT_ESCAPE: Final = re.compile(r"%[0-9A-Fa-f]{2}")
 def spellings(secret: str) -> frozenset[str]:
     """The ways *secret* is written in the text of requests, logs and error bodies."""
     as_json = json.dumps(secret)[1:-1]
+    # Other percent-encodings (lower-case hex, "/" or "~" left alone) are found by decoding.
     forms = {
         secret,
         quote(secret, safe="", errors="surrogateescape"),  # every reserved character escaped
-        quote(secret, errors="surrogateescape"),  # "/" left alone, urllib's default
         quote_plus(secret, errors="surrogateescape"),  # form encoding: space as "+"
         as_json,  # inside a JSON string: \" \\ and \uXXXX
         json.dumps(secret, ensure_ascii=False)[1:-1],
@@ -86,12 +110,14 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._grams: dict[str, str | tuple[str, ...]] = {}
-        """A _GRAM piece -> the spelling(s) it was cut from."""
+        self._grams: dict[str, str | set[str]] = {}
+        """A gram -> the spelling, or the set of spellings, it was cut from."""
         self._spellings: dict[str, frozenset[str]] = {}
         """Each secret -> its spellings."""
         self._uses: dict[str, int] = {}
         """Each spelling -> how many secrets have it (two secrets can share one)."""
+        self._verdicts: dict[str, bool] = {}
+        """An encoded run or word -> whether it hides a secret, for the secrets held now."""
         self.update(secrets)
 
     def __repr__(self) -> str:
@@ -107,6 +133,7 @@ class Redactor:
         held = self._spellings.keys()
         if held == wanted:
             return
+        self._verdicts.clear()
         for gone in held - wanted:
             for spelling in self._spellings.pop(gone):
                 self._uses[spelling] -= 1
@@ -134,45 +161,56 @@ class Redactor:
 
     def _index(self, spelling: str) -> None:
         grams = self._grams
-        for at in range(0, len(spelling) - _GRAM + 1, _STEP):
-            gram = spelling[at : at + _GRAM]
+        for gram in _grams_of(spelling):
             have = grams.get(gram)
             if have is None:
                 grams[gram] = spelling
             elif isinstance(have, str):
                 if have != spelling:
-                    grams[gram] = (have, spelling)
-            elif spelling not in have:
-                grams[gram] = (*have, spelling)
+                    grams[gram] = {have, spelling}
+            else:
+                have.add(spelling)
 
     def _unindex(self, spelling: str) -> None:
         grams = self._grams
-        for at in range(0, len(spelling) - _GRAM + 1, _STEP):
-            gram = spelling[at : at + _GRAM]
+        for gram in _grams_of(spelling):
             have = grams.get(gram)
-            if have is None:  # the same piece twice in one spelling: already gone
-                continue
-            if isinstance(have, str):
-                if have == spelling:
-                    del grams[gram]
-                continue
-            rest = tuple(other for other in have if other != spelling)
-            grams[gram] = rest[0] if len(rest) == 1 else rest
+            if isinstance(have, set):
+                have.discard(spelling)
+                if len(have) == 1:
+                    grams[gram] = next(iter(have))
+            elif have == spelling:  # (None or another's: the gram came twice in spelling)
+                del grams[gram]
 
     # -- searching ------------------------------------------------------------------
 
+    def _hits(self, text: str) -> list[int]:
+        """Where grams of the index start in *text*, in order."""
+        grams = self._grams
+        if len(grams) < _FIND_FROM_GRAMS * len(text):
+            found = []
+            for gram in grams:
+                at = text.find(gram)
+                while at >= 0:
+                    found.append(at)
+                    at = text.find(gram, at + 1)
+            return sorted(found)
+        return [at for at in range(len(text) - _GRAM + 1) if text[at : at + _GRAM] in grams]
+
     def _runs(self, text: str) -> list[tuple[int, int]]:
         """``(start, end)`` of every run of RUN or more characters of a spelling in *text*."""
-        grams = self._grams
-        hits = [at for at in range(len(text) - _GRAM + 1) if text[at : at + _GRAM] in grams]
+        hits = self._hits(text)
         if not hits:
             return []
+        grams = self._grams
         runs: list[tuple[int, int]] = []
         extended: dict[tuple[str, int], int] = {}
         """(spelling, text offset - spelling offset) -> end of the run found on that diagonal."""
         for at in hits:
             gram = text[at : at + _GRAM]
             have = grams[gram]
+            if isinstance(have, set) and len(have) > _MAX_SHARED:
+                continue
             for spelling in (have,) if isinstance(have, str) else have:
                 offset = spelling.find(gram)
                 while offset >= 0:
@@ -187,31 +225,41 @@ class Redactor:
 
     def _encoded(self, text: str) -> list[tuple[int, int]]:
         """Base64 runs and percent-encoded words of *text* whose decoding holds a secret."""
-        found = [m.span() for m in _BASE64_RUN.finditer(text) if self._in_base64(m.group())]
+        found = [m.span() for m in _BASE64_RUN.finditer(text) if self._hides(m.group(), True)]
         if "%" in text:
             found.extend(
                 m.span()
                 for m in _WORD.finditer(text)
-                if _PERCENT_ESCAPE.search(m.group()) and self._in_percent(m.group())
+                if _PERCENT_ESCAPE.search(m.group()) and self._hides(m.group(), False)
             )
         return found
 
+    def _hides(self, run: str, base64: bool) -> bool:
+        """Whether the base64 *run* or the percent-encoded word *run* hides a secret."""
+        verdict = self._verdicts.get(run)
+        if verdict is None:
+            verdict = self._in_base64(run) if base64 else self._in_percent(run)
+            if len(self._verdicts) >= _VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[run] = verdict
+        return verdict
+
     def _in_base64(self, run: str) -> bool:
         chars = run.rstrip("=").translate(_URLSAFE_TO_STANDARD)
-        # The run need not start where its encoding did: try each of the four
-        # alignments, filling the gap with "A" (zero bits), so every byte whose
-        # bits all lie in the run is decoded right at one of them.
+        # The run need not start where its encoding did: decode it at each of the
+        # four alignments, filling the gap with "A" (zero bits), so every byte whose
+        # bits all lie in the run is decoded right at one of them; search all four
+        # at once (a match across the joins could only redact too much).
+        views = []
         for fill in ("", "A", "AA", "AAA"):
             aligned = fill + chars
             left = len(aligned) % 4
             aligned = aligned[:-1] if left == 1 else aligned + "=" * (-len(aligned) % 4)
             try:
-                decoded = binascii.a2b_base64(aligned).decode("latin-1")
+                views.append(binascii.a2b_base64(aligned).decode("latin-1"))
             except binascii.Error:  # cannot happen with the padding above; never fail a log line
                 continue
-            if self._runs(decoded):
-                return True
-        return False
+        return bool(self._runs("\n".join(views)))
 
     def _in_percent(self, word: str) -> bool:
         for decoded in {unquote(word), unquote_plus(word)}:
@@ -221,6 +269,13 @@ class Redactor:
             if any(self._in_base64(m.group()) for m in _BASE64_RUN.finditer(decoded)):
                 return True
         return False
+
+
+def _grams_of(spelling: str) -> list[str]:
+    """The grams *spelling* is indexed by: every _STEP characters, at most _MAX_GRAMS."""
+    starts = len(spelling) - _GRAM + 1
+    step = max(_STEP, -(-starts // _MAX_GRAMS))
+    return [spelling[at : at + _GRAM] for at in range(0, starts, step)]
 
 
 def _extend(text: str, at: int, spelling: str, offset: int) -> tuple[int, int]:

@@ -200,3 +200,52 @@ def test_odd_characters_do_not_break_it() -> None:
     odd = "bad\udcff-surrogate\x00nul"
     redactor = Redactor([odd])
     assert redactor.redact(f"x {odd} y") == f"x {REDACTED} y"
+
+
+def test_results_do_not_depend_on_how_grams_are_found() -> None:
+    """With few grams each is looked for in the text, with many each text position is
+    looked up: the same texts come out the same."""
+    crowded = Redactor([*SECRETS, *(f"filler-{n:04d}-{n * 7919:08x}" for n in range(2000))])
+    texts = [
+        f"error: {encode(secret)} (rejected)" for encode in ENCODINGS.values() for secret in SECRETS
+    ]
+    texts += [f"got {PASSWORD[:8]}...", f"got {PASSWORD[:7]}!", "The quick brown fox."]
+    assert [crowded.redact(text) for text in texts] == [REDACTOR.redact(text) for text in texts]
+
+
+def test_a_piece_many_secrets_share_is_structure() -> None:
+    """Every token of an issuer starts with the same JWT header: alone it is not redacted
+    (it is no secret, and extending it against every token would cost milliseconds), but
+    each token is redacted whole, its header included, and so is a piece of its own."""
+    header = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9"
+    tokens = [f"{header}.{b64(f'payload {n:03d} of a token')}.sig{n:03d}zz" for n in range(40)]
+    redactor = Redactor(tokens)
+    assert redactor.redact(f"alg: {header}") == f"alg: {header}"
+    assert redactor.redact(f"token {tokens[7]} refused") == f"token {REDACTED} refused"
+    own = tokens[7][-12:]  # the end of its payload and its signature: its own
+    assert redactor.redact(f"<{own}>") == f"<{REDACTED}>"
+
+
+def test_a_long_secret_is_caught_in_pieces_of_a_twentieth_of_it() -> None:
+    """A 700-character value (a JWT) gets at most 20 index entries: every piece of
+    700 / 20 + 5 characters is still caught, wherever it starts, and the whole of it."""
+    token = "".join(chr(0x41 + (i * 7919) % 58) for i in range(700))
+    redactor = Redactor([token])
+    size = 700 // 20 + 5
+    missed = [
+        at for at in range(700 - size) if REDACTED not in redactor.redact(token[at : at + size])
+    ]
+    assert missed == []
+    assert redactor.redact(f"x {token} y") == f"x {REDACTED} y"
+
+
+def test_remembered_verdicts_follow_the_secrets() -> None:
+    """A base64 run found harmless is looked at again once a secret it hides is added."""
+    hidden = "later-added-secret"
+    run = b64(f"user:{hidden}")
+    redactor = Redactor(["0ther-value-0001"])
+    assert redactor.redact(run) == run
+    redactor.update(["0ther-value-0001", hidden])
+    assert redactor.redact(run) == REDACTED
+    redactor.update(["0ther-value-0001"])
+    assert redactor.redact(run) == run
