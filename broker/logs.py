@@ -294,6 +294,8 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self._secrets = secrets
         self._redactor = Redactor()
+        self._held: list[str] = []
+        """The values the redactor was last updated with."""
         # Records come from every thread; an update half done could miss a secret.
         self._lock = threading.Lock()
 
@@ -305,7 +307,11 @@ class SecretFilter(logging.Filter):
         except Exception:  # a broken source must not lose the log line
             return True
         with self._lock:
-            self._redactor.update(values)
+            # The same strings as last time in the same order (no rotation since): one
+            # comparison by identity per value, not a set built and compared.
+            if values != self._held:
+                self._redactor.update(values)
+                self._held = values
             if self._redactor:
                 self._redact(record, self._redactor.redact)
         return True
