@@ -48,6 +48,7 @@ run scale scale --providers 10,100,1000,10000 --ready-timeout 45
 run scale_staged scale --providers 1000 --stage 100
 run startup startup --providers 1,1000 --repeat 3 --timeout 30
 run vs_inprocess vs_inprocess --workers 50 --window 60 --short-ttl 20
+run redact redact --secrets 10000
 
 echo "reports in $OUT"
 exit $status

@@ -14,8 +14,10 @@ lines escape line breaks (a traceback becomes one line with ``\\n``), so one
 event is always one line and a message cannot forge another line.
 
 :class:`SecretFilter` is a last line of defence: the broker never logs a
-secret on purpose, but if a configured secret value ever reaches a log
-record, it is replaced by ``[redacted]`` before anything is written.
+secret on purpose, but if a configured secret or a token the broker holds ever
+reaches another library's log record, in any spelling or as a piece of 8 or
+more characters (:mod:`broker.redact`), it is replaced by ``[redacted]``
+before anything is written.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ import json
 import logging
 import math
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
 
-LogFormat = Literal["text", "json"]
+from broker.redact import REDACTED as REDACTED  # re-exported: what a redacted value looks like
+from broker.redact import Redactor
 
-REDACTED: Final = "[redacted]"
+LogFormat = Literal["text", "json"]
 
 UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 """Routed through the root handler: their own handlers are removed and they propagate."""
@@ -275,41 +279,45 @@ made each refresh ~20 ms of CPU."""
 
 
 class SecretFilter(logging.Filter):
-    """Replace every configured secret value in a record with ``[redacted]``.
+    """Redact every secret *secrets* returns from a record, in any spelling.
 
-    *secrets* is called for each record (so reloaded secrets apply at once);
-    values shorter than *min_length* are ignored, as redacting them would
-    mangle ordinary words and numbers. The message is rendered with its args
-    and redacted; string extra fields (also inside lists and dicts) and the
-    exception text are redacted too. Put it on a handler, not a logger:
-    logger filters do not see records propagated from child loggers.
+    *secrets* is called for each record (so reloaded secrets and rotated tokens
+    apply at once); the :class:`~broker.redact.Redactor` is updated with what
+    changed since the last record, and ignores values under 8 characters, as
+    redacting them would mangle ordinary words and numbers. The message is
+    rendered with its args and redacted; string extra fields (also inside lists
+    and dicts) and the exception text are redacted too. Put it on a handler, not
+    a logger: logger filters do not see records propagated from child loggers.
     """
 
-    def __init__(self, secrets: Callable[[], Iterable[str]], *, min_length: int = 4) -> None:
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
         super().__init__()
         self._secrets = secrets
-        self._min_length = min_length
+        self._redactor = Redactor()
+        self._held: list[str] = []
+        """The values the redactor was last updated with."""
+        # Records come from every thread; an update half done could miss a secret.
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith(OWN_LOGGERS):
             return True
         try:
-            values = sorted(
-                {s for s in self._secrets() if s and len(s) >= self._min_length},
-                key=len,
-                reverse=True,  # longest first: a secret containing another is fully covered
-            )
+            values = list(self._secrets())
         except Exception:  # a broken source must not lose the log line
             return True
-        if not values:
-            return True
+        with self._lock:
+            # The same strings as last time in the same order (no rotation since): one
+            # comparison by identity per value, not a set built and compared.
+            if values != self._held:
+                self._redactor.update(values)
+                self._held = values
+            if self._redactor:
+                self._redact(record, self._redactor.redact)
+        return True
 
-        def scrub(text: str) -> str:
-            for value in values:
-                if value in text:
-                    text = text.replace(value, REDACTED)
-            return text
-
+    @staticmethod
+    def _redact(record: logging.LogRecord, scrub: Callable[[str], str]) -> None:
         try:
             message = record.getMessage()
         except Exception:  # bad %-args: let logging report it as usual
@@ -325,7 +333,6 @@ class SecretFilter(logging.Filter):
             record.exc_text = scrub(record.exc_text)
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
-        return True
 
 
 def _scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:

@@ -20,11 +20,14 @@ provider echoes back does not leave the broker.
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from urllib.parse import quote_plus
+from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
@@ -43,7 +46,7 @@ from broker.fakes import (
     hub,
 )
 from broker.fakes.server import serve_in_thread
-from tests.support import running_broker, settings_from, wait_for
+from tests.support import free_port, process, ready, running_broker, settings_from, wait_for
 
 TTL = 2.0
 SECRET = "s3cr+t:with %2B/and spaces"
@@ -320,20 +323,60 @@ def test_a_caller_whose_token_was_revoked_recovers_without_idp_traffic(
 # -- leaks -------------------------------------------------------------------------------
 
 
-def credential_spellings(setup: Setup) -> dict[str, str]:
-    """Every form in which the broker sends its credentials, by name."""
-    basic = f"{quote_plus(setup.client_id)}:{quote_plus(SECRET)}".encode()
-    return {
-        "secret": SECRET,
-        "form-encoded secret": quote_plus(SECRET),
-        "password": PASSWORD,
-        "form-encoded password": quote_plus(PASSWORD),
-        "Basic credentials": base64.b64encode(basic).decode(),
+PIECE = 8
+"""A piece of a secret this long must not show either (an identity provider's truncation
+of what it echoes, or ours, must not leave a recognisable prefix)."""
+
+
+def spellings_of(name: str, value: str) -> dict[str, str]:
+    """*value* raw, percent- and form-encoded, and every piece of PIECE of each, by name."""
+    whole = {
+        name: value,
+        f"form-encoded {name}": quote_plus(value),
+        f"percent-encoded {name}": quote(value),
+        f"percent-encoded {name} (/ too)": quote(value, safe=""),
     }
+    pieces = {
+        f"{spelling} [{at}:{at + PIECE}]": text[at : at + PIECE]
+        for spelling, text in whole.items()
+        for at in range(len(text) - PIECE + 1)
+    }
+    return {**whole, **pieces}
+
+
+def credential_spellings(setup: Setup) -> dict[str, str]:
+    """Every form in which the broker sends its credentials, and the usual re-encodings of
+    them, by name: raw, form- and percent-encoded, every piece of 8 of those, and the Basic
+    credentials in both base64 alphabets, with and without padding, with the id and secret
+    form-encoded (RFC 6749) or verbatim."""
+    spellings = {**spellings_of("secret", SECRET), **spellings_of("password", PASSWORD)}
+    for how, basic in (
+        ("", f"{quote_plus(setup.client_id)}:{quote_plus(SECRET)}"),
+        (" (verbatim)", f"{setup.client_id}:{SECRET}"),
+    ):
+        for alphabet, encode in (("", base64.b64encode), (" URL-safe", base64.urlsafe_b64encode)):
+            encoded = encode(basic.encode()).decode()
+            spellings[f"Basic credentials{how}{alphabet}"] = encoded
+            spellings[f"Basic credentials{how}{alphabet}, no padding"] = encoded.rstrip("=")
+    return spellings
 
 
 def leaked(text: str, spellings: dict[str, str]) -> list[str]:
     return [name for name, value in spellings.items() if value in text]
+
+
+def leaks(seen: dict[str, str], spellings: dict[str, str]) -> dict[str, list[str]]:
+    """For each place that leaked (the 503 body, /providers, the log...), what it showed."""
+    return {place: found for place, text in seen.items() if (found := leaked(text, spellings))}
+
+
+def refused(answer: httpx.Response) -> httpx.Response | None:
+    return answer if answer.status_code == 503 else None
+
+
+def echoed_everywhere(seen: dict[str, str]) -> None:
+    """The fake's echo reached every place looked at: the test looks at real leak paths."""
+    assert [place for place, text in seen.items() if "request body" not in text] == []
 
 
 @pytest.fixture(params=SETUPS, ids=[s.name for s in SETUPS])
@@ -346,32 +389,85 @@ def test_an_echoed_login_error_does_not_leak_credentials(
     setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Failed logins whose errors quote the request: the 503 every caller of /token gets,
-    /providers and the log stay free of the secret and password in every spelling sent."""
+    /providers, /readyz and the log stay free of the secret and password in every spelling
+    sent, and of every piece of 8 of them."""
+    caplog.set_level(logging.DEBUG)
     fake = setup.make(WorldQuirks(echo_credentials_in_errors=True))
     fake.fail_next(100, 400)  # every login for the test's length: the fake's echoing error
     with broker_in_front_of(setup, fake) as (broker, _):
         token_answer = broker.get("/token/p")
-        providers = broker.get("/providers").text
+        seen = {
+            "503 body": token_answer.text,
+            "/providers": broker.get("/providers").text,
+            "/readyz": broker.get("/readyz").text,
+            "log": caplog.text,
+        }
     assert token_answer.status_code == 503
-    assert "request body" in providers, "the echo reached the broker"
-    spellings = credential_spellings(setup)
-    assert leaked(token_answer.text + providers + caplog.text, spellings) == []
+    echoed_everywhere(seen)
+    assert leaks(seen, credential_spellings(setup)) == {}
 
 
 def test_an_echoed_refresh_error_does_not_leak_the_refresh_token(
     setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A transient refresh failure whose error quotes the request: the refresh token, which
-    stays valid and is retried, must not show up in /providers or the log."""
+    """Transient refresh failures whose errors quote the request: the refresh token, which
+    stays valid and is retried, does not show up, whole or as a piece of 8, in the 503
+    callers get once the token has expired, /providers, /readyz or the log."""
+    caplog.set_level(logging.DEBUG)
     fake = setup.make(WorldQuirks(echo_credentials_in_errors=True))
     with broker_in_front_of(setup, fake) as (broker, _):
         wait_for(lambda: broker.get("/token/p").status_code == 200)
         live = fake.issued_refresh_tokens[-1]
-        fake.fail_next(1, 503)
-        wait_for(lambda: broker.get("/providers").json()["providers"]["p"]["failures"])
-        providers = broker.get("/providers").text
-    spellings = {"refresh token": live, **credential_spellings(setup)}
-    assert leaked(providers + caplog.text, spellings) == []
+        fake.fail_next(100, 503)  # every refresh fails until the token has expired
+        token_answer = wait_for(lambda: refused(broker.get("/token/p")))
+        assert token_answer is not None
+        seen = {
+            "503 body": token_answer.text,
+            "/providers": broker.get("/providers").text,
+            "/readyz": broker.get("/readyz").text,
+            "log": caplog.text,
+        }
+    assert "refresh failed" in seen["/providers"]
+    echoed_everywhere(seen)
+    spellings = {**spellings_of("refresh token", live), **credential_spellings(setup)}
+    assert leaks(seen, spellings) == {}
+
+
+def test_a_broker_process_logs_no_echoed_secret(setup: Setup, tmp_path: Path) -> None:
+    """The real log path: ``broker serve`` writing JSON lines at debug level, its SecretFilter
+    on the handler. A login and a refresh whose errors quote the request are logged, with no
+    spelling or piece of the credentials, the refresh tokens or the access tokens. The login's
+    answer also echoes them in a header, which httpcore logs at debug level: that record is
+    another library's, so the SecretFilter is what redacts it."""
+    fake = setup.make(WorldQuirks(echo_credentials_in_errors=True))
+    spellings = credential_spellings(setup)
+    header = f"{PASSWORD} {quote_plus(SECRET)} {spellings['Basic credentials']}"
+    fake.fail_next(1, 400, headers={"X-Echo": header})  # the first login fails, echoing
+    port = free_port()
+    with serve_in_thread(fake.app) as url:
+        provider = setup.yaml(fake).replace("{url}", url)
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"port: {port}\nlog_format: json\nlog_level: debug\n"
+            + BROKER_YAML
+            + "".join(f"    {line}\n" for line in provider.strip().splitlines())
+        )
+        config.chmod(0o600)
+        with process("serve", "--config", str(config)) as broker:
+            wait_for(lambda: ready(f"http://127.0.0.1:{port}", broker.proc), timeout=30)
+            fake.fail_next(1, 503)  # the next refresh fails, echoing the refresh token
+            wait_for(lambda: broker.output.count('"token_request_failed"') >= 2)
+    records = [json.loads(line) for line in broker.output.splitlines() if line.strip()]
+    failures = [r["msg"] for r in records if r.get("event") == "token_request_failed"]
+    assert ["login failed" in m and "request body" in m for m in failures[:1]] == [True]
+    assert any("refresh failed" in m and "request body" in m for m in failures[1:])
+    for number, token in enumerate(fake.issued_refresh_tokens):
+        spellings.update(spellings_of(f"refresh token {number}", token))
+    for number, token in enumerate(fake.issued_access_tokens):
+        spellings[f"access token {number}"] = token
+    assert leaked(broker.output, spellings) == []
+    headers_logged = [r["msg"] for r in records if r["logger"].startswith("httpcore")]
+    assert any("x-echo" in m and "[redacted]" in m for m in headers_logged), "filter applied"
 
 
 # -- a token endpoint that redirects -------------------------------------------------------

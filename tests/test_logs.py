@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 import uvicorn.config
@@ -216,7 +218,8 @@ def test_secret_filter_redacts_message_args_extra_and_exception() -> None:
     """A configured secret is replaced wherever it appears in the record."""
     out = io.StringIO()
     configure_logging("info", "json", out, secrets=lambda: [SECRET, "cs-client-secret"])
-    lib_log.info("login with %s", SECRET, extra={"body": f"password={SECRET}", "n": [SECRET, 3]})
+    # (Not "password=": that word is 8 characters of SECRET, so it is redacted too.)
+    lib_log.info("login with %s", SECRET, extra={"body": f"secret={SECRET}", "n": [SECRET, 3]})
     try:
         raise RuntimeError(f"rejected {SECRET}")
     except RuntimeError:
@@ -225,14 +228,14 @@ def test_secret_filter_redacts_message_args_extra_and_exception() -> None:
     assert SECRET not in text
     first, second = json_lines(out)
     assert first["msg"] == f"login with {REDACTED}"
-    assert first["body"] == f"password={REDACTED}"
+    assert first["body"] == f"secret={REDACTED}"
     assert first["n"] == [REDACTED, 3]
     assert f"RuntimeError: rejected {REDACTED}" in second["exc"]
     assert second["exc_type"] == "RuntimeError"
 
 
 def test_secret_filter_reads_secrets_per_record_and_ignores_short_ones() -> None:
-    """The secrets callable is consulted each time; values under 4 characters are left alone."""
+    """The secrets callable is consulted each time; values under 8 characters are left alone."""
     current = ["ab", ""]
     secret_filter = SecretFilter(lambda: current)
     first = record("ab is short: %s", "abc", name="somelib.client")
@@ -250,6 +253,38 @@ def test_secret_filter_longest_secret_first() -> None:
     rec = record("t=xxabcdyy", name="somelib.client")
     secret_filter.filter(rec)
     assert rec.getMessage() == f"t={REDACTED}"
+
+
+def test_secret_filter_redacts_every_spelling_and_piece() -> None:
+    """Another library quoting a request: the Basic credentials, a form body, a JSON body,
+    a piece of 8 of the password: none of it is written, the text around it is."""
+    password = "pa ss+w%rd:1"
+    basic = base64.b64encode(f"app:{quote_plus(password)}".encode()).decode()
+    out = io.StringIO()
+    configure_logging("debug", "json", out, secrets=lambda: [password, "cs-6f1e0a9b-client"])
+    lib_log.warning("sent Authorization: Basic %s", basic)
+    lib_log.warning("sent grant_type=password&password=%s&x=1", quote_plus(password))
+    lib_log.warning("sent %s", json.dumps({"password": password}), extra={"cut": password[:8]})
+    docs = json_lines(out)
+    assert [d["msg"] for d in docs] == [
+        f"sent Authorization: Basic {REDACTED}",
+        f"sent grant_type=password&password={REDACTED}&x=1",
+        f'sent {{"password": "{REDACTED}"}}',
+    ]
+    assert docs[2]["cut"] == REDACTED
+
+
+def test_secret_filter_follows_rotation() -> None:
+    """A token that is no longer held is no longer redacted; its successor is at once."""
+    held = ["rt-0000-first-token"]
+    secret_filter = SecretFilter(lambda: held)
+    first = record("old rt-0000-first-token", name="somelib.client")
+    secret_filter.filter(first)
+    assert first.getMessage() == f"old {REDACTED}"
+    held[:] = ["rt-1111-second-token"]
+    second = record("rt-0000-first-token rt-1111-second-token", name="somelib.client")
+    secret_filter.filter(second)
+    assert second.getMessage() == f"rt-0000-first-token {REDACTED}"
 
 
 def test_secret_filter_survives_a_broken_source() -> None:

@@ -19,11 +19,13 @@ from broker.protocols import TokenProtocol, build_protocol
 from broker.protocols.base import (
     MAX_ERROR_TEXT,
     basic_auth,
+    basic_credentials,
     classify_http_error,
     error_fields,
     jwt_expiry,
     parse_lifetime,
     retry_after_seconds,
+    secrets_sent,
 )
 from broker.protocols.hiro import HiroAppProtocol
 from broker.protocols.oauth2 import OAuth2Protocol
@@ -988,6 +990,16 @@ SCRUBBING = OAuth2Protocol(
     password=SecretStr("alice-password"),
 )
 
+SPACED = OAuth2Protocol(
+    token_url="https://idp.test/token",
+    grant="password",
+    username="alice",
+    password=SecretStr("pass word1"),
+    client_id="app",
+    client_secret=SecretStr("tab\tsecret"),
+)
+"""Secrets that making text one line would change: redacted before and after."""
+
 
 @pytest.mark.parametrize(
     ("proto", "text", "expected"),
@@ -1002,8 +1014,36 @@ SCRUBBING = OAuth2Protocol(
         pytest.param(
             SCRUBBING,
             "user alice password alice-password, again alice-password",
-            "user alice password [redacted], again [redacted]",
+            # "password" on its own is 8 characters of alice-password: redacted too.
+            "user alice [redacted] [redacted], again [redacted]",
             id="password-twice",
+        ),
+        pytest.param(
+            SCRUBBING, "your alice-passw is wrong", "your [redacted] is wrong", id="password-prefix"
+        ),
+        pytest.param(
+            SCRUBBING, "alice-p and app-sec", "alice-p and app-sec", id="7-characters-shown"
+        ),
+        pytest.param(
+            SCRUBBING,
+            "YXBwOmFwcC1zZWNyZXQ= / %59XBwOmFwcC1zZWNyZXQ%3D",
+            "[redacted] / [redacted]",
+            id="basic-credentials",
+        ),
+        pytest.param(
+            SCRUBBING,
+            "line\nbreak\x1b[31mred\x1b[0m\u202etxt.exe\x00!",
+            "line break red txt.exe !",
+            id="one-printable-line",
+        ),
+        pytest.param(
+            SPACED, "pass  word1 tab\tsecret", "[redacted] [redacted]", id="whitespace-in-secrets"
+        ),
+        pytest.param(
+            SCRUBBING,
+            "y" * (MAX_ERROR_TEXT - 4) + "alice-password",
+            "y" * (MAX_ERROR_TEXT - 4) + "[red...",
+            id="redacted-before-truncated",
         ),
         pytest.param(SCRUBBING, "a\n\tb   c \r\n", "a b c", id="whitespace-collapsed"),
         pytest.param(SCRUBBING, "x" * MAX_ERROR_TEXT, "x" * MAX_ERROR_TEXT, id="at-limit"),
@@ -1042,7 +1082,7 @@ SCRUBBING = OAuth2Protocol(
                 password=SecretStr("hiro-pw"),
             ),
             "hiro-client-secret / hiro-pw",
-            "[redacted] / [redacted]",
+            "[redacted] / hiro-pw",  # under 8 characters: not redacted
             id="hiro",
         ),
     ],
@@ -1748,8 +1788,128 @@ def test_error_message_scrubs_echoed_secrets() -> None:
     message = str(info.value)
     assert "app-secret" not in message
     assert "alice-password" not in message
-    assert message.startswith(
+    assert message.startswith(  # "password" is 8 characters of alice-password
         "login failed: token endpoint answered HTTP 401 invalid_client:"
-        " client [redacted] with password [redacted] is wrong ! !"
+        " client [redacted] with [redacted] [redacted] is wrong ! !"
     )
     assert message.endswith("...")
+
+
+# --- what a request carried is redacted from what answers it ------------------------------
+
+ROTATED_RT = "rt-4a9c1e77-live-refresh-token"
+
+
+def answered(request: httpx.Request, status: int, body: object) -> tuple[httpx.Response, bytes]:
+    """A JSON answer to *request*, as the client hands it over (``response.request`` set)."""
+    content = json.dumps(body).encode()
+    response = httpx.Response(
+        status, headers={"Content-Type": "application/json"}, content=content, request=request
+    )
+    return response, content
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        pytest.param(
+            httpx.Request("POST", "https://idp.test/t", data={"refresh_token": "rt-1", "a": "b"}),
+            ["rt-1"],
+            id="form",
+        ),
+        pytest.param(
+            httpx.Request(
+                "POST",
+                "https://idp.test/t",
+                headers={"Authorization": "Basic YXBwOnNlY3JldA=="},
+                data={"password": "pw 1", "client_secret": "cs"},
+            ),
+            ["YXBwOnNlY3JldA==", "cs", "pw 1"],
+            id="basic-and-form",
+        ),
+        pytest.param(
+            httpx.Request(
+                "POST", "https://idp.test/t", json={"client_secret": "cs", "refresh_token": "rt"}
+            ),
+            ["cs", "rt"],
+            id="json",
+        ),
+        pytest.param(
+            httpx.Request("POST", "https://idp.test/t", json=["refresh_token"]), [], id="json-list"
+        ),
+        pytest.param(
+            httpx.Request("POST", "https://idp.test/t", headers={"Authorization": "Bearer at-9"}),
+            ["at-9"],
+            id="bearer",
+        ),
+        pytest.param(None, [], id="no-request"),
+    ],
+)
+def test_secrets_sent(request_: httpx.Request | None, expected: list[str]) -> None:
+    """The Authorization credentials and the secret fields of a form or JSON body."""
+    assert sorted(secrets_sent(request_)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "refresh_request"),
+    [
+        pytest.param(OAUTH2_RT, True, id="oauth2-refresh"),
+        pytest.param(HIRO_APP, True, id="hiro-refresh"),
+        pytest.param(OAUTH2_BASIC, False, id="oauth2-basic-login"),
+        pytest.param(HIRO_APP, False, id="hiro-login"),
+    ],
+)
+def test_an_echoed_request_leaves_nothing_in_the_error(text: str, refresh_request: bool) -> None:
+    """An identity provider that quotes the request (headers and body) in its error: the
+    message keeps the words around, and not one piece of 8 of anything secret it carried."""
+    proto = protocol(text)
+    sent = proto.refresh_request(ROTATED_RT) if refresh_request else proto.login_request()
+    echo = f"bad request: {sent.headers.get('authorization')} {sent.content.decode()}"
+    response, content = answered(sent, 400, {"error": "invalid_request", "error_description": echo})
+    with pytest.raises(TokenEndpointError) as info:
+        proto.parse_response(response, content, wall_now=WALL, refreshing=refresh_request)
+    message = info.value.message
+    assert "bad request: " in message
+    secrets = [*secrets_sent(sent), *proto.secret_values()]
+    assert (ROTATED_RT in secrets) is refresh_request
+    pieces = {s[i : i + 8] for s in secrets if len(s) >= 8 for i in range(len(s) - 7)}
+    assert [piece for piece in pieces if piece in message] == []
+
+
+def test_an_error_code_that_is_a_secret_is_not_kept() -> None:
+    """A token-shaped "error" echoing the refresh token would become a metric label: the
+    stable code falls back to the status, and the message does not quote it."""
+    proto = protocol(OAUTH2_RT)
+    sent = proto.refresh_request(ROTATED_RT)
+    response, content = answered(sent, 400, {"error": ROTATED_RT})
+    with pytest.raises(TokenEndpointError) as info:
+        proto.parse_response(response, content, wall_now=WALL, refreshing=True)
+    assert info.value.code == "http_400"
+    assert ROTATED_RT not in info.value.message
+    assert not info.value.refresh_token_rejected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            OAUTH2_BASIC,
+            {"p@ss:w/rd", *basic_credentials("my app", "p@ss:w/rd")},
+            id="basic-both-spellings",
+        ),
+        pytest.param(OAUTH2_POST, {"app-secret", "alice-password"}, id="post-no-combination"),
+        pytest.param(HIRO_APP, {"csecret", "12345678"}, id="hiro"),
+    ],
+)
+def test_secret_values(text: str, expected: set[str]) -> None:
+    """The secrets a protocol sends; the client id only inside its Basic credentials."""
+    values = set(protocol(text).secret_values())
+    assert values == expected
+    assert "my app" not in values
+
+
+def test_basic_credentials_are_what_is_sent() -> None:
+    encoded, verbatim = basic_credentials("my app", "p@ss:w/rd")
+    assert basic_auth("my app", "p@ss:w/rd") == f"Basic {encoded}"
+    assert base64.b64decode(encoded) == b"my+app:p%40ss%3Aw%2Frd"
+    assert base64.b64decode(verbatim) == b"my app:p@ss:w/rd"

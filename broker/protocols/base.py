@@ -16,14 +16,20 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import parse_qs, quote_plus
 
 import httpx
 
 from broker.errors import FailureKind, TokenEndpointError
+from broker.redact import Redactor
+from broker.sanitize import one_line, shortened
 from broker.tokens import Grant
 
 MAX_ERROR_TEXT = 200
 """How much of an identity provider's error text is kept for logs and the status API."""
+
+SECRET_FIELDS = ("client_secret", "password", "refresh_token")
+"""Request body fields whose values are secrets."""
 
 # RFC 6749 §5.2 codes that mean "these credentials or this grant will not work".
 PERMANENT_OAUTH_ERRORS = frozenset(
@@ -75,25 +81,82 @@ class TokenProtocol(ABC):
 
     @abstractmethod
     def secret_values(self) -> Iterable[str]:
-        """Every secret this protocol sends, so error texts can be scrubbed of them."""
+        """Every secret this protocol sends, so error texts and logs can be scrubbed of them.
 
-    def scrub(self, text: str) -> str:
-        """Shorten *text* and blank out any configured secret in it."""
-        for secret in self.secret_values():
-            if secret:
-                text = text.replace(secret, "[redacted]")
-        text = " ".join(text.split())
-        if len(text) > MAX_ERROR_TEXT:
-            text = text[:MAX_ERROR_TEXT] + "..."
-        return text
+        The client id is not secret, but Basic credentials combine it with the secret:
+        those are listed as sent (see :func:`basic_credentials`).
+        """
+
+    def redactor(self, sent: httpx.Request | None = None) -> Redactor:
+        """Finds this protocol's secrets, and those *sent* carried (a refresh token)."""
+        return Redactor([*self.secret_values(), *secrets_sent(sent)])
+
+    def scrub(self, text: str, *, sent: httpx.Request | None = None) -> str:
+        """*text* from the identity provider, as :func:`shown` makes it."""
+        return shown(text, self.redactor(sent))
+
+
+def shown(text: str, redactor: Redactor, limit: int = MAX_ERROR_TEXT) -> str:
+    """An identity provider's *text* as the broker shows it: secrets redacted, one
+    printable line, at most *limit* characters (then "...").
+
+    Redacted before anything changes it (a secret with a tab or two spaces in it is
+    matched as it was sent), again after making it one line (turning controls into
+    spaces and collapsing whitespace can join the pieces of a secret), and only then
+    shortened: cutting first could leave a piece of a secret too short to be recognised.
+    """
+    return shortened(redactor.redact(one_line(redactor.redact(text))), limit)
 
 
 def basic_auth(client_id: str, client_secret: str) -> str:
     """RFC 6749 §2.3.1: form-urlencode both parts, then Base64 ``id:secret``."""
-    from urllib.parse import quote_plus
+    return "Basic " + basic_credentials(client_id, client_secret)[0]
 
-    raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+def basic_credentials(client_id: str, client_secret: str) -> tuple[str, str]:
+    """The Base64 of ``id:secret`` as RFC 6749 §2.3.1 sends it (both parts form-encoded),
+    and as RFC 7617 alone would (verbatim), for redacting either."""
+    encoded = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
+    verbatim = f"{client_id}:{client_secret}"
+    return (
+        base64.b64encode(encoded.encode()).decode("ascii"),
+        base64.b64encode(verbatim.encode()).decode("ascii"),
+    )
+
+
+def secrets_sent(request: httpx.Request | None) -> list[str]:
+    """The secrets *request* carried: its ``Authorization`` credentials and the values
+    of :data:`SECRET_FIELDS` in its form or JSON body (the refresh token of a refresh)."""
+    if request is None:
+        return []
+    found: list[str] = []
+    credentials = request.headers.get("authorization", "").partition(" ")[2].strip()
+    if credentials:
+        found.append(credentials)
+    try:
+        body = request.content
+    except httpx.RequestNotRead:  # a streamed body: the protocols never send one
+        return found
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        fields = parse_qs(body.decode("utf-8", "replace"))
+        found.extend(value for key in SECRET_FIELDS for value in fields.get(key, ()))
+    elif "json" in content_type:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return found
+        if isinstance(data, dict):
+            found.extend(v for key in SECRET_FIELDS if isinstance(v := data.get(key), str))
+    return found
+
+
+def request_of(response: httpx.Response) -> httpx.Request | None:
+    """The request *response* answers, if it knows (a response built in a test may not)."""
+    try:
+        return response.request
+    except RuntimeError:
+        return None
 
 
 def parse_json_object(body: bytes, status: int) -> dict[str, Any]:
@@ -224,13 +287,23 @@ def token_endpoint_error(
     wall_now: float,
     refreshing: bool,
     refresh_rejected_statuses: frozenset[int] = frozenset(),
+    sent: httpx.Request | None = None,
 ) -> TokenEndpointError:
-    """Build the error for a token response that carries an error (usually non-2xx)."""
+    """Build the error for a token response that carries an error (usually non-2xx).
+
+    *sent* is the request answered: whatever secret it carried is redacted from the
+    identity provider's text too, as are the protocol's own.
+    """
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         data = None
     code, description = error_fields(data if isinstance(data, dict) else None)
+    redactor = protocol.redactor(sent)
+    if code is not None and redactor.finds(code):
+        # A code shaped like a token may be one echoed back; it would become a metric
+        # label and a log field. None of the codes the broker acts on is a secret.
+        code = None
     kind, rt_rejected = classify_http_error(
         status=status,
         error_code=code,
@@ -239,11 +312,11 @@ def token_endpoint_error(
     )
     stable_code = code if code is not None else f"http_{status}"
     what = "refresh" if refreshing else "login"
-    detail = f": {protocol.scrub(description)}" if description else ""
+    detail = f": {shown(description, redactor)}" if description else ""
     if description is None and data is None and body.strip():
         detail = " (body is not JSON)"
     if kind is FailureKind.MISCONFIGURED:
-        stable_code, detail = _misconfigured(protocol, status, headers)
+        stable_code, detail = _misconfigured(redactor, status, headers)
     msg = f"{what} failed: token endpoint answered HTTP {status} {stable_code}{detail}"
     return TokenEndpointError(
         msg,
@@ -255,14 +328,14 @@ def token_endpoint_error(
     )
 
 
-def _misconfigured(protocol: TokenProtocol, status: int, headers: httpx.Headers) -> tuple[str, str]:
+def _misconfigured(redactor: Redactor, status: int, headers: httpx.Headers) -> tuple[str, str]:
     """The code and explanation for a token URL that is not a token endpoint."""
     if 300 <= status < 400:
         location = headers.get("location", "")
         # Scheme, host and path say what went wrong (http -> https, a login page);
         # a query string could carry anything, so it is left out.
         target = location.split("?", 1)[0].split("#", 1)[0]
-        where = f" to {protocol.scrub(target)}" if target else ""
+        where = f" to {shown(target, redactor)}" if target else ""
         return (
             "unexpected_redirect",
             f": redirected{where}; token requests are never redirected: configure the final URL",

@@ -19,6 +19,7 @@ from broker.protocols.base import (
     jwt_expiry,
     parse_json_object,
     parse_lifetime,
+    request_of,
     token_endpoint_error,
 )
 from broker.tokens import Grant
@@ -76,6 +77,7 @@ class HiroAppProtocol(TokenProtocol):
                 body,
                 wall_now=wall_now,
                 refreshing=refreshing,
+                sent=request_of(response),
                 refresh_rejected_statuses=REFRESH_REJECTED,
             )
         data = parse_json_object(body, status)
@@ -91,6 +93,7 @@ class HiroAppProtocol(TokenProtocol):
                 body,
                 wall_now=wall_now,
                 refreshing=refreshing,
+                sent=request_of(response),
                 refresh_rejected_statuses=REFRESH_REJECTED,
             )
         token = data.get("_TOKEN") or data.get("access_token")

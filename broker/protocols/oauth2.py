@@ -16,9 +16,11 @@ from broker.errors import FailureKind, TokenEndpointError
 from broker.protocols.base import (
     TokenProtocol,
     basic_auth,
+    basic_credentials,
     jwt_expiry,
     parse_json_object,
     parse_lifetime,
+    request_of,
     token_endpoint_error,
 )
 from broker.tokens import Grant
@@ -81,7 +83,7 @@ class OAuth2Protocol(TokenProtocol):
             form.setdefault(key, value)
         if self.client_id is not None:
             secret = self.client_secret.get_secret_value() if self.client_secret else ""
-            if self.client_auth == "client_secret_basic" and self.client_secret is not None:
+            if self._sends_basic and self.client_secret is not None:
                 headers["Authorization"] = basic_auth(self.client_id, secret)
             else:
                 form["client_id"] = self.client_id
@@ -101,13 +103,20 @@ class OAuth2Protocol(TokenProtocol):
                 body,
                 wall_now=wall_now,
                 refreshing=refreshing,
+                sent=request_of(response),
                 refresh_rejected_statuses=self.refresh_rejected_statuses,
             )
         data = parse_json_object(body, status)
         if "error" in data and "access_token" not in data:
             # Some servers report errors with a 200; treat it like the 400 it should be.
             raise token_endpoint_error(
-                self, 400, response.headers, body, wall_now=wall_now, refreshing=refreshing
+                self,
+                400,
+                response.headers,
+                body,
+                wall_now=wall_now,
+                refreshing=refreshing,
+                sent=request_of(response),
             )
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token.strip():
@@ -144,3 +153,9 @@ class OAuth2Protocol(TokenProtocol):
         for secret in (self.client_secret, self.password):
             if secret is not None:
                 yield secret.get_secret_value()
+        if self._sends_basic and self.client_id is not None and self.client_secret is not None:
+            yield from basic_credentials(self.client_id, self.client_secret.get_secret_value())
+
+    @property
+    def _sends_basic(self) -> bool:
+        return self.client_auth == "client_secret_basic"
