@@ -40,7 +40,12 @@ def tune() -> None:
 
 
 def freeze() -> None:
-    """Exempt everything alive now from collections (after start-up)."""
+    """Exempt everything alive now from collections (after start-up).
+
+    Collects first: start-up garbage in reference cycles (the YAML loader's
+    node graph, for one) would otherwise be frozen with the rest and never freed.
+    """
+    gc.collect()
     gc.freeze()
 
 
