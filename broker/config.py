@@ -25,7 +25,8 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -39,6 +40,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from broker.addresses import is_loopback_address
 from broker.errors import ConfigError
 from broker.overrides import (
     UNKNOWN_KEY,
@@ -62,11 +64,28 @@ ClientAuth = Literal["client_secret_basic", "client_secret_post"]
 
 
 def _http_url(value: str) -> str:
+    # The value is never echoed: it may carry a password.
     if not re.match(r"^https?://[^/\s?#]+", value):
-        # The value is not echoed: a URL may carry user:password@.
         msg = "must be an http:// or https:// URL"
         raise ValueError(msg)
+    if "@" in urlsplit(value).netloc:
+        # httpx would send it as Basic credentials in place of the configured client
+        # authentication, and log the URL; broker check would print it.
+        msg = (
+            "must not contain a user name or password (user:password@); put credentials"
+            " in client_id/client_secret or username/password, from {env:} or {file:}"
+        )
+        raise ValueError(msg)
     return value
+
+
+def cleartext_host(url: str) -> str | None:
+    """The host of a plain ``http://`` *url* that is not this host, else None."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "http" and not is_loopback_address(host):
+        return host
+    return None
 
 
 def _base_url(value: str) -> str:
@@ -163,6 +182,23 @@ class _ProviderBase(BaseModel):
     """Overrides the top-level refresh settings for this provider."""
     sink: SinkConfig | None = None
     """Also write each new access token to this file (atomically)."""
+    allow_insecure_http: bool = False
+    """Allow a plain ``http://`` token endpoint on another host: secrets and tokens then
+    cross the network unencrypted (logged as a warning at every start). Loopback
+    ``http://`` is always allowed."""
+
+    @model_validator(mode="after")
+    def _no_cleartext_to_other_hosts(self) -> Self:
+        key = "token_url" if "token_url" in type(self).model_fields else "url"
+        host = cleartext_host(str(getattr(self, key)))
+        if host is not None and not self.allow_insecure_http:
+            msg = (
+                f"plain http:// to {host} would send secrets and tokens unencrypted over the"
+                " network; use https://, or set allow_insecure_http: true on this provider"
+                " (for a trusted network only)"
+            )
+            raise FieldProblem((key,), msg)
+        return self
 
 
 class _UserCredentials(BaseModel):
@@ -384,8 +420,6 @@ class BrokerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _network_needs_clients(self) -> BrokerSettings:
-        from broker.security import is_loopback_address
-
         if (
             not is_loopback_address(self.host)
             and not self.clients

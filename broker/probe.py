@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from broker.addresses import is_loopback_address
 from broker.app import open_store
 from broker.clock import SystemClock
 from broker.config import BrokerSettings
@@ -29,7 +30,6 @@ from broker.errors import FailureKind, TokenEndpointError
 from broker.exchange import exchange
 from broker.protocols import TokenProtocol, build_protocol
 from broker.protocols.presets import ProviderConfig
-from broker.security import is_loopback_address
 from broker.sinks import FileSink, SinkError
 from broker.state import StateError
 
@@ -75,10 +75,11 @@ def cleartext_warnings(settings: BrokerSettings) -> list[str]:
     for name, provider in settings.providers.items():
         url = token_url(build_protocol(provider))
         if url.scheme == "http" and not is_loopback_address(url.host):
+            # Only with allow_insecure_http: the config refuses it otherwise.
             warnings.append(
-                f"providers.{name}: token requests go to {_shown(url)} in plain http:"
-                " passwords, client secrets and tokens cross the network unencrypted;"
-                " use https://"
+                f"providers.{name}: allow_insecure_http is set: token requests go to"
+                f" {_shown(url)} in plain http: passwords, client secrets and tokens cross"
+                " the network unencrypted; use https://"
             )
     return warnings
 

@@ -17,7 +17,6 @@ Two layers, each cheap enough for the token hot path:
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broker.addresses import is_loopback_address
 from broker.config import BrokerSettings
 
 Need = Literal["token", "status"]
@@ -217,16 +217,6 @@ async def send_denied(send: Send, denied: Denied) -> None:
     headers += [(k.lower().encode(), v.encode()) for k, v in denied.headers().items()]
     await send({"type": "http.response.start", "status": denied.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def is_loopback_address(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_loopback(client: object) -> bool:

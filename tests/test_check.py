@@ -87,25 +87,53 @@ def test_check_accepts_writable_directories_and_leaves_nothing_behind(tmp_path: 
 # -- plain http -------------------------------------------------------------------------
 
 
-def test_check_warns_about_plain_http_to_other_hosts_only(tmp_path: Path) -> None:
-    """http:// to another host sends secrets in clear text: a warning, not a failure.
+def test_check_refuses_plain_http_to_other_hosts(tmp_path: Path) -> None:
+    """http:// to another host would send secrets in clear text: refused, naming the key.
     Loopback (127.0.0.0/8, ::1, localhost) is fine; nothing is sent without --login."""
     config = write_config(
         tmp_path,
         "providers:\n"
-        + hub_provider("remote", "http://user:pw-in-url@hub.example.com:8080/hub")
+        + hub_provider("remote", "http://hub.example.com:8080/hub")
         + hub_provider("secure", "https://hub.example.com")
         + hub_provider("local4", "http://127.0.0.2:9")
         + hub_provider("local6", "http://[::1]:9")
         + hub_provider("localname", "http://localhost:9"),
     )
     result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1:] == [
+        f"{config}:4: providers.remote.url: plain http:// to hub.example.com would send secrets"
+        " and tokens unencrypted over the network; use https://, or set allow_insecure_http:"
+        " true on this provider (for a trusted network only)"
+    ]
+
+
+def test_check_warns_about_allowed_plain_http(tmp_path: Path) -> None:
+    """allow_insecure_http: true lets it start, with a warning at every start."""
+    config = write_config(
+        tmp_path,
+        "providers:\n"
+        + hub_provider("remote", "http://hub.example.com:8080/hub", allow_insecure_http="true"),
+    )
+    result = run("check", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        f"warning: {config}: providers.remote: token requests go to"
-        " http://hub.example.com:8080/hub/api/rest/oauth2/token in plain http: passwords,"
+        f"warning: {config}: providers.remote: allow_insecure_http is set: token requests go"
+        " to http://hub.example.com:8080/hub/api/rest/oauth2/token in plain http: passwords,"
         " client secrets and tokens cross the network unencrypted; use https://"
     ]
+
+
+def test_check_refuses_credentials_in_urls(tmp_path: Path) -> None:
+    """user:password@ in a URL is refused without echoing it (it would replace the client
+    authentication, and be printed and logged)."""
+    config = write_config(
+        tmp_path, "providers:\n" + hub_provider("remote", "https://user:pw-in-url@hub.example.com")
+    )
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert "providers.remote.url: must not contain a user name or password" in result.stderr
+    assert "pw-in-url" not in result.stdout + result.stderr
 
 
 # -- check --login ----------------------------------------------------------------------

@@ -1311,3 +1311,43 @@ def test_parse_config_source_prefixes_every_line(kwargs: dict[str, str], prefix:
         f"{prefix}:2: listen: unknown key (check the spelling; config.example.yaml lists every"
         " key)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "problem"),
+    [
+        pytest.param("https://idp.example.com/token", "", None, id="https"),
+        pytest.param("http://127.0.0.1:9/token", "", None, id="loopback-v4"),
+        pytest.param("http://127.8.9.10/token", "", None, id="loopback-v4-range"),
+        pytest.param("http://[::1]:9/token", "", None, id="loopback-v6"),
+        pytest.param("http://LOCALHOST:9/token", "", None, id="localhost"),
+        pytest.param(
+            "http://idp.example.com/token", "", "plain http:// to idp.example.com", id="http"
+        ),
+        pytest.param("http://10.0.0.1/token", "", "plain http:// to 10.0.0.1", id="http-private"),
+        pytest.param(
+            "http://idp.example.com/token", "allow_insecure_http: true", None, id="http-allowed"
+        ),
+        pytest.param(
+            "https://u:secret-pw@idp.example.com/t", "", "user name or password", id="userinfo"
+        ),
+        pytest.param("https://u@idp.example.com/t", "", "user name or password", id="user-only"),
+        pytest.param("http://u:p@127.0.0.1/t", "", "user name or password", id="userinfo-loopback"),
+    ],
+)
+def test_token_url_rules(url: str, extra: str, problem: str | None) -> None:
+    """No credentials in URLs; plain http only to this host unless allowed per provider."""
+    text = (
+        "providers:\n  p:\n    type: oauth2\n"
+        f"    token_url: {url}\n    grant: client_credentials\n"
+        "    client_id: app\n    client_secret: app-secret\n" + (f"    {extra}\n" if extra else "")
+    )
+    if problem is None:
+        assert parse_config(text, source="c.yaml").providers["p"]
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="c.yaml")
+    message = str(caught.value)
+    assert message.startswith("c.yaml:4: providers.p.token_url: ")
+    assert problem in message
+    assert "secret-pw" not in message

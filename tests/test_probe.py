@@ -77,9 +77,9 @@ def test_the_primary_grant_is_sent_and_a_5xx_is_reported_as_maybe_temporary() ->
 
 def test_token_url_of_a_provider_on_a_refresh_token_alone() -> None:
     settings = settings_from(
-        "providers:\n  hiro:\n    type: hiro\n    url: http://idp.example.com\n"
+        "providers:\n  hiro:\n    type: hiro\n    url: https://idp.example.com\n"
         "    client_id: c\n    client_secret: s\n    refresh_token: rt-value\n"
     )
     protocol = build_protocol(settings.providers["hiro"])
     assert not protocol.can_login
-    assert token_url(protocol) == "http://idp.example.com/api/auth/6/refresh"
+    assert token_url(protocol) == "https://idp.example.com/api/auth/6/refresh"
