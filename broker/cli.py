@@ -32,6 +32,8 @@ from broker.state import StateError, StateStore
 DEFAULT_CONFIG = "config.yaml"
 EXIT_LOGIN_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as shells report a command stopped by Ctrl+C."""
 EXIT_STDOUT_CLOSED = 1
 """As the Python docs' recipe for a reader that goes away (``broker check | head -1``)."""
 
@@ -47,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_STDOUT_CLOSED
+    except KeyboardInterrupt:
+        # Ctrl+C during check --login, say: the user knows, no traceback needed.
+        print("broker: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _discard_stdout() -> None:

@@ -5,6 +5,9 @@ Run as real processes (``python -m broker check ...``) against the fakes on 127.
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from broker.fakes import hiro, hub
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.hub import FakeHub
 from broker.fakes.server import serve_in_thread
-from tests.support import free_port
+from tests.support import BROKER, ROOT, free_port
 from tests.test_cli import run
 
 
@@ -242,3 +245,32 @@ def test_check_login_is_not_reached_with_a_config_error(tmp_path: Path) -> None:
         assert world.hub.requests == []
     assert result.returncode == 2
     assert "test login" not in result.stdout
+
+
+def test_ctrl_c_during_a_test_login_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """An identity provider that accepts the connection and never answers; Ctrl+C (SIGINT)
+    while check --login waits: exit 130, 'interrupted', no traceback."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        config = write_config(
+            tmp_path,
+            "providers:\n" + hub_provider("slow", f"http://127.0.0.1:{port}", timeout="60"),
+        )
+        proc = subprocess.Popen(
+            [*BROKER, "check", "--login", "--config", str(config)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            silent.settimeout(30)
+            connection, _ = silent.accept()  # the test login is waiting for an answer now
+            with connection:
+                proc.send_signal(signal.SIGINT)
+                _, stderr = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "broker: interrupted" in stderr
+    assert "Traceback" not in stderr

@@ -1343,7 +1343,7 @@ def test_token_url_rules(url: str, extra: str, problem: str | None) -> None:
         "    client_id: app\n    client_secret: app-secret\n" + (f"    {extra}\n" if extra else "")
     )
     if problem is None:
-        assert parse_config(text, source="c.yaml").providers["p"]
+        assert "p" in parse_config(text, source="c.yaml").providers
         return
     with pytest.raises(ConfigError) as caught:
         parse_config(text, source="c.yaml")
