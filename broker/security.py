@@ -30,9 +30,29 @@ from broker.config import BrokerSettings
 Need = Literal["token", "status"]
 
 PROXY_HEADERS = frozenset(
-    {b"x-forwarded-for", b"forwarded", b"x-forwarded-host", b"x-real-ip", b"x-forwarded-proto"}
+    {
+        # The standard and de facto forwarding headers.
+        b"forwarded",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-proto",
+        b"x-forwarded-server",
+        b"x-real-ip",
+        # The client address as CDNs and load balancers pass it on.
+        b"x-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        # The original path as rewriting front ends (IIS, some gateways) pass it on.
+        b"x-original-url",
+        b"x-rewrite-url",
+    }
 )
-"""A request that passed through a proxy was not made by a local process itself."""
+"""A request that passed through a proxy was not made by a local process itself.
+
+Lower case: the HTTP servers hand header names to ASGI apps in lower case, whatever the
+spelling on the wire."""
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 

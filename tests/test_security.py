@@ -17,7 +17,8 @@ from broker.config import inline_secret_warnings
 from broker.errors import ConfigError
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from tests.support import running_broker, settings_from
+from broker.fastpath import TokenFastPath
+from tests.support import running_broker, serving, settings_from
 
 READER_KEY = "reader-key-7f3a9c2e41d0"
 OTHER_KEY = "other-key-0b8e5d6f2a91c"
@@ -65,6 +66,17 @@ def broker(extra: str = CLIENTS) -> Iterator[tuple[httpx.Client, FakeOAuth2]]:
         running_broker(settings_from(extra + PROVIDERS.format(url=url))) as client,
     ):
         yield client, fake
+
+
+@contextmanager
+def broker_and_fast_path(extra: str = CLIENTS) -> Iterator[tuple[httpx.Client, TokenFastPath]]:
+    """As :func:`broker`, yielding the fast path (``served`` says which path answered)."""
+    fake = FakeOAuth2(clients={"app": "app-secret"}, ttl=300)
+    with (
+        serve_in_thread(fake.app) as url,
+        serving(settings_from(extra + PROVIDERS.format(url=url))) as (client, fast),
+    ):
+        yield client, fast
 
 
 # -- callers ---------------------------------------------------------------------------
@@ -180,6 +192,38 @@ def test_browsers_proxies_and_rebinding_are_refused(
         assert (
             client.get("/providers", headers={**bearer(OPS_KEY), **headers}).status_code == status
         )
+
+
+PROXY_HEADERS = {
+    "Via": "1.1 proxy.example",
+    "X-Forwarded-Port": "443",
+    "X-Forwarded-Server": "proxy.example",
+    "X-Client-IP": "203.0.113.9",
+    "True-Client-IP": "203.0.113.9",
+    "CF-Connecting-IP": "203.0.113.9",
+    "X-Original-URL": "/token/beta",
+    "X-Rewrite-URL": "/token/beta",
+}
+"""Headers proxies, CDNs and rewriting front ends add, beyond X-Forwarded-* and Forwarded."""
+
+
+@pytest.mark.parametrize("name", list(PROXY_HEADERS))
+def test_every_proxy_header_is_refused_on_both_paths(name: str) -> None:
+    """In any spelling, with a valid key: 403 proxied_request from the fast path's request
+    (a plain GET) and from the routes; without the header both are served."""
+    spellings = {name, name.lower(), name.upper(), name.swapcase()}
+    with broker_and_fast_path() as (client, fast):
+        for spelling in spellings:
+            for path in ("/token/alpha", "/token/alpha?format=json", "/providers"):
+                key = OPS_KEY if path == "/providers" else READER_KEY
+                headers = {**bearer(key), spelling: PROXY_HEADERS[name]}
+                response = client.get(path, headers=headers)
+                assert response.status_code == 403, (spelling, path, response.text)
+                assert response.json()["error"] == "proxied_request"
+        assert fast.served == 0
+        assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
+        assert fast.served == 1
+        assert client.get("/token/alpha?format=json", headers=bearer(READER_KEY)).status_code == 200
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]:8181", "LOCALHOST:1"])
