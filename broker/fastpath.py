@@ -56,9 +56,6 @@ class TokenFastPath:
             return False
         guard: Guard = state.guard
         name = scope["path"][len(PREFIX) :]
-        provider = manager.providers.get(name)
-        if provider is None:
-            return False
         authorization = accept = None
         for key, value in scope["headers"]:
             # The first of repeated headers counts, as in Starlette's request.headers.get.
@@ -70,6 +67,11 @@ class TokenFastPath:
             guard.check_request(scope)
             client = guard.authorize(authorization, name, "token")
         except Denied:
+            return False
+        # Only now, for a caller allowed to know: looked up earlier, an existing name would
+        # take longer to refuse than a missing one, which tells the caller it exists.
+        provider = manager.providers.get(name)
+        if provider is None:
             return False
         now = manager.now()
         token = provider.token

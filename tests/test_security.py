@@ -18,6 +18,7 @@ from broker.errors import ConfigError
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
 from broker.fastpath import TokenFastPath
+from broker.manager import Provider
 from tests.support import running_broker, serving, settings_from
 
 READER_KEY = "reader-key-7f3a9c2e41d0"
@@ -112,6 +113,60 @@ def test_unauthenticated_callers_learn_nothing_about_providers() -> None:
             limited.status_code == client.get("/token/beta", headers=bearer(READER_KEY)).status_code
         )
         assert client.get("/token/nope", headers=bearer(OTHER_KEY)).status_code == 404
+
+
+class LookupCountingTable(dict[str, Provider]):
+    """The manager's provider table, recording every name looked up in it."""
+
+    def __init__(self, table: dict[str, Provider]) -> None:
+        super().__init__(table)
+        self.lookups: list[str] = []
+
+    def get(self, key: str, default: Provider | None = None) -> Provider | None:  # type: ignore[override]
+        self.lookups.append(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Provider:
+        self.lookups.append(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.lookups.append(str(key))
+        return super().__contains__(key)
+
+
+def answer(response: httpx.Response) -> tuple[int, dict[str, str], bytes]:
+    """What a caller sees, but the headers that name the moment (Date) or the server."""
+    headers = {k: v for k, v in response.headers.items() if k not in ("date", "server")}
+    return response.status_code, headers, response.content
+
+
+def test_no_provider_lookup_before_the_caller_is_authorized() -> None:
+    """Callers without a valid key get the same bytes for an existing and a missing name,
+    and neither path (the fast path's plain GET, the routes) looks either name up: so
+    both names take the same code path and the same time."""
+    callers = [{}, bearer("not-a-key-at-all-x"), {"Authorization": READER_KEY}]
+    requests = [
+        ("GET", "/token/{}"),
+        ("GET", "/token/{}?format=json"),
+        ("POST", "/token/{}/refresh"),
+    ]
+    with broker_and_fast_path() as (client, fast):
+        manager = fast.app.state.manager
+        table = LookupCountingTable(manager.providers)
+        manager.providers = table
+        for headers in callers:
+            for method, path in requests:
+                exists = client.request(method, path.format("alpha"), headers=headers)
+                missing = client.request(method, path.format("nope"), headers=headers)
+                assert exists.status_code == 401
+                assert answer(exists) == answer(missing)
+        assert table.lookups == []
+        assert fast.served == 0
+        # The table does see lookups once a caller is known (so the count above means it).
+        assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
+        assert table.lookups == ["alpha"]
+        assert fast.served == 1
 
 
 def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
