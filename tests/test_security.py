@@ -345,6 +345,29 @@ def test_path_tricks_never_reach_another_provider(path: str) -> None:
             assert "access_token" not in response.text
 
 
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("/token/" + "a" * 10_000, "a" * 64 + "..."),
+        ("/token/%1B%5B31mred%0D%0Ainjected", "red injected"),
+        ("/token/%E2%80%AEreversed", "reversed"),
+    ],
+)
+def test_unknown_provider_answers_echo_a_short_sanitized_name(path: str, shown: str) -> None:
+    """A 10 KB name, escape sequences, line breaks and bidi overrides: the 404 names at
+    most 64 printable characters of what was asked, on one line."""
+    with broker() as (client, _):
+        for suffix in ("", "?format=json"):
+            response = client.get(path + suffix, headers=bearer(OTHER_KEY))
+            assert response.status_code == 404
+            body = response.json()
+            assert body == {
+                "error": "unknown_provider",
+                "message": f"no provider named {shown!r} is configured",
+            }
+            assert len(response.content) < 200
+
+
 def test_oversized_headers_are_refused_and_the_broker_survives() -> None:
     """A 100 KB header is refused by the server; the next request is served."""
     with broker() as (client, _):
