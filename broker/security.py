@@ -204,7 +204,9 @@ class Guard:
 def _client_for(clients: tuple[Client, ...], authorization: str | None) -> Client | None:
     if not authorization or authorization[:7].lower() != "bearer ":
         return None
-    presented = authorization[7:].strip().encode()
+    # Exactly the configured key: RFC 6750 allows more spaces after the scheme, nothing
+    # else around the key (the HTTP parser has dropped trailing spaces and tabs already).
+    presented = authorization[7:].lstrip(" ").encode()
     found = None
     # Compare against every key, in constant time each, so neither the
     # comparison nor the loop reveals how much of a key was right.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,6 +185,82 @@ def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> 
         assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
         keys = {b for _, b in compared}
         assert {READER_KEY.encode(), OTHER_KEY.encode(), OPS_KEY.encode()} <= keys
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        READER_KEY.encode() + b"\xa0",  # no-break space: str.strip() removes it
+        b"\xa0" + READER_KEY.encode(),
+        READER_KEY.encode() + b"\x85",  # next line: str.strip() removes it too
+        READER_KEY.encode()[:-1],
+        READER_KEY.encode() + b"x",
+    ],
+)
+def test_a_key_is_compared_exactly_as_configured(presented: bytes) -> None:
+    """Over real HTTP, on the fast path, the routes and status: a key with anything around
+    it is no key. (These bytes pass the HTTP parser; trailing spaces and tabs it drops, as
+    RFC 9110 says, and control characters it refuses.)"""
+    with broker_and_fast_path() as (client, fast):
+        authorization = {b"Authorization": b"Bearer " + presented}
+        for path in ("/token/alpha", "/token/alpha?format=json", "/providers"):
+            response = client.get(path, headers=authorization)
+            assert response.status_code == 401, (path, response.text)
+            assert response.json()["error"] == "unauthorized"
+        assert client.post("/token/alpha/refresh", headers=authorization).status_code == 401
+        assert fast.served == 0
+        # The key itself, after one or more spaces (RFC 6750: "Bearer" 1*SP token), is served.
+        for spaces in (" ", "   "):
+            exact = {"Authorization": f"Bearer{spaces}{READER_KEY}"}
+            assert client.get("/token/alpha", headers=exact).status_code == 200
+        assert fast.served == 2
+
+
+def raw_status(base_url: httpx.URL, request: bytes) -> bytes:
+    """Send *request* as it is (no client library's checks) and return the status line."""
+    with socket.create_connection((base_url.host, base_url.port or 80), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+def test_what_the_http_parser_does_with_bytes_after_a_key() -> None:
+    """The boundary of the test above, byte for byte over a socket: trailing spaces and
+    tabs are not part of a header value (RFC 9110 5.5), so the parser drops them and the
+    broker sees the key alone; control characters the parser refuses (400); anything
+    else reaches the broker, which refuses it (401)."""
+    expected = {b" ": b"200", b"\t": b"200", b" \t ": b"200", b"\x0b": b"400", b"\x00": b"400"}
+    expected |= {b"\xa0": b"401", b"\x85": b"401", b" x": b"401"}
+    with broker() as (client, _):
+        for tail, status in expected.items():
+            request = (
+                b"GET /providers HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + OPS_KEY.encode() + tail + b"\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            assert raw_status(client.base_url, request).split(b" ")[1] == status, tail
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("around", [" ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1f", "\x00"])
+async def test_whitespace_and_controls_around_a_key_are_refused(around: str) -> None:
+    """What the HTTP parser would drop or refuse, handed to the app directly: the key
+    comparison itself accepts nothing but the key."""
+    settings = settings_from(CLIENTS + PROVIDERS.format(url="http://127.0.0.1:9"))
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=TokenFastPath(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as caller:
+
+        async def status(authorization: str) -> int:
+            headers = {b"Authorization": authorization.encode("latin-1")}
+            return (await caller.get("/metrics", headers=headers)).status_code
+
+        assert await status(f"Bearer {OPS_KEY}") == 200
+        assert await status(f"Bearer {OPS_KEY}{around}") == 401
+        # More spaces after the scheme are allowed (RFC 6750: "Bearer" 1*SP token).
+        assert await status(f"Bearer {around}{OPS_KEY}") == (200 if around == " " else 401)
 
 
 def test_status_needs_its_own_permission() -> None:
