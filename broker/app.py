@@ -33,6 +33,7 @@ from broker.api_models import (
 )
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
+from broker.docs import add_docs_routes
 from broker.errors import TokenUnavailableError, UnknownProviderError
 from broker.logs import add_secret_filter
 from broker.manager import Provider, TokenManager
@@ -139,12 +140,18 @@ def create_app(
         version=__version__,
         summary="Serves fresh OAuth2 bearer tokens to local processes.",
         lifespan=lifespan,
+        # broker.docs serves these itself: for callers allowed status, with no CDN.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     guard = Guard(settings)
     app.state.guard = guard
     app.add_middleware(GuardMiddleware, guard=guard)
     _add_error_handlers(app)
     _add_routes(app, guard)
+    add_docs_routes(app, guard)
     app.state.metrics = metrics
     _add_metrics_route(app, guard, metrics)
     return app

@@ -99,6 +99,8 @@ class AccessRules:
     loopback_only: bool
     allowed_hosts: frozenset[str]
     required_header: tuple[bytes, bytes] | None
+    docs: bool
+    """Whether ``/docs`` is served (to callers allowed status)."""
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> AccessRules:
@@ -124,6 +126,7 @@ class AccessRules:
                 if header is not None
                 else None
             ),
+            docs=settings.docs,
         )
 
 
