@@ -22,6 +22,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from broker import __version__, heap
 from broker.answers import NO_STORE, accepts_raw, record_served, token_payload
@@ -40,7 +41,7 @@ from broker.manager import Provider, TokenManager
 from broker.metrics import Metrics
 from broker.policy import SERVING_STATES
 from broker.reload import Reloader
-from broker.security import Denied, Guard, GuardMiddleware
+from broker.security import Denied, Guard, GuardMiddleware, SecurityHeadersMiddleware
 from broker.state import StateStore
 from broker.tokens import Token, rfc3339
 
@@ -135,7 +136,7 @@ def create_app(
                 stop_reloading()
                 await manager.stop()
 
-    app = FastAPI(
+    app = BrokerApp(
         title="credential broker",
         version=__version__,
         summary="Serves fresh OAuth2 bearer tokens to local processes.",
@@ -155,6 +156,18 @@ def create_app(
     app.state.metrics = metrics
     _add_metrics_route(app, guard, metrics)
     return app
+
+
+class BrokerApp(FastAPI):
+    """FastAPI with the security headers on every answer.
+
+    :class:`SecurityHeadersMiddleware` goes around the whole middleware stack: added with
+    ``add_middleware`` it would run inside Starlette's error middleware, and a 500 would
+    leave without the headers.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeadersMiddleware(super().build_middleware_stack())
 
 
 def _add_metrics_route(app: FastAPI, guard: Guard, metrics: Metrics) -> None:

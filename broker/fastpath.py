@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from broker.answers import REFRESH_FAILED_HEADER, accepts_raw, record_served, token_payload
 from broker.manager import TokenManager
-from broker.security import Denied, Guard
+from broker.security import RAW_SECURITY_HEADERS, Denied, Guard
 from broker.tokens import Token
 
 PREFIX = "/token/"
@@ -97,7 +97,11 @@ class TokenFastPath:
         cached = self._headers.get(key)
         if cached is not None and cached[0] is token:
             return cached[1]
-        encoded = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        # The security headers too: these answers never pass SecurityHeadersMiddleware.
+        encoded = [
+            *RAW_SECURITY_HEADERS,
+            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+        ]
         if len(self._headers) > 4096:
             self._headers.clear()  # entries of providers a reload removed; rebuilt on demand
         self._headers[key] = (token, encoded)

@@ -1,6 +1,6 @@
 """Who may take a token: request checks against SSRF, DNS rebinding and browsers, and callers.
 
-Two layers, each cheap enough for the token hot path:
+Three parts, each cheap enough for the token hot path:
 
 * :class:`GuardMiddleware` (pure ASGI) checks every request but ``/healthz``
   before routing: the ``Host`` header must name this broker (DNS rebinding),
@@ -8,6 +8,9 @@ Two layers, each cheap enough for the token hot path:
   (``Origin``, cross-site ``Sec-Fetch-Site``), the optional required header
   (as cloud metadata servers do) and, when no clients are configured, a
   loopback peer.
+* :class:`SecurityHeadersMiddleware` puts :data:`SECURITY_HEADERS` on every answer: a
+  Content-Security-Policy that lets nothing from elsewhere run on the broker's origin
+  (a script there could read tokens), ``nosniff`` and no framing.
 * :meth:`Guard.authorize` checks the caller's key (``Authorization: Bearer``,
   constant-time comparison) against the configured clients and the providers
   each may read. It runs before the provider is looked up, so an
@@ -23,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.config import BrokerSettings
 
@@ -55,6 +58,19 @@ Lower case: the HTTP servers hand header names to ASGI apps in lower case, whate
 spelling on the wire."""
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+CONTENT_SECURITY_POLICY = "default-src 'self'; frame-ancestors 'none'"
+"""For every answer but the docs page (:mod:`broker.docs` widens it by what that page needs).
+
+A page of this origin that runs a script can read every token (same origin), so nothing
+from elsewhere may run here, and no other site may frame the broker's pages."""
+
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),  # a token sent as text/plain is never run as script
+    ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers that predate CSP 2
+)
+RAW_SECURITY_HEADERS = tuple((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS)
 
 MAX_HEADER_BYTES = 16 * 1024
 """Legitimate callers send a few hundred bytes of headers; refuse floods early."""
@@ -234,6 +250,32 @@ class GuardMiddleware:
                 await send_denied(send, denied)
                 return
         await self.app(scope, receive, send)
+
+
+class SecurityHeadersMiddleware:
+    """Adds :data:`SECURITY_HEADERS` to every HTTP answer that does not set its own.
+
+    It wraps the whole app, Starlette's error middleware included, so that every answer
+    carries them: routes, error handlers, the guard's denials, 404s and 500s.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [h for h in RAW_SECURITY_HEADERS if h[0] not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def send_denied(send: Send, denied: Denied) -> None:

@@ -1,9 +1,9 @@
-"""The docs and the OpenAPI document, through real HTTP.
+"""The docs, the OpenAPI document and the security headers, through real HTTP.
 
 A script running on the broker's origin can read tokens like any local caller, so: docs
-off by default and self-hosted when on, with a Content-Security-Policy that lets nothing
-else run, and OpenAPI and docs only for callers allowed status. The browser's view is in
-``tests/test_docs_browser.py``.
+off by default and self-hosted when on, OpenAPI and docs only for callers allowed status,
+and on every answer a Content-Security-Policy that lets nothing from elsewhere run,
+``nosniff`` and no framing. The browser's view is in ``tests/test_docs_browser.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ providers:
     client_id: app
     client_secret: app-secret
 """
+
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+}
 
 DOCS_URLS = [
     "/docs",
@@ -171,6 +177,8 @@ def test_the_docs_page_references_only_its_own_origin() -> None:
             + "; img-src 'self' data:; frame-ancestors 'none'"
         )
         assert len(references.inline_scripts) == 1
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["x-content-type-options"] == "nosniff"
 
 
 def test_only_the_files_the_page_loads_are_served() -> None:
@@ -187,3 +195,59 @@ def test_only_the_files_the_page_loads_are_served() -> None:
         ]:
             response = client.get(f"/docs/static/{name}")
             assert response.status_code == 404, name
+
+
+# -- the security headers on every answer ---------------------------------------------------
+
+
+def answers(client: httpx.Client, fast: TokenFastPath) -> Iterator[tuple[str, httpx.Response]]:
+    """One answer of every kind the broker gives, with what it is."""
+    reader, everything, ops = bearer(READER_KEY), bearer(ALL_KEY), bearer(OPS_KEY)
+    before = fast.served
+    yield "token, fast path", client.get("/token/alpha", headers=reader)
+    assert fast.served == before + 1
+    yield "token, route", client.get("/token/alpha?format=json", headers=reader)
+    yield "raw token", client.get("/token/alpha?format=raw", headers=reader)
+    yield "forced refresh", client.post("/token/alpha/refresh", headers=reader)
+    yield "healthz", client.get("/healthz")
+    yield "readyz", client.get("/readyz")
+    yield "providers", client.get("/providers", headers=ops)
+    yield "metrics", client.get("/metrics", headers=ops)
+    yield "openapi", client.get("/openapi.json", headers=ops)
+    yield "401", client.get("/token/alpha")
+    yield "403 forbidden", client.get("/token/down", headers=reader)
+    yield (
+        "403 browser",
+        client.get("/token/alpha", headers={**reader, "Origin": "https://x.example"}),
+    )
+    yield "403 host", client.get("/providers", headers={**ops, "Host": "evil.example"})
+    yield "404 route", client.get("/no-such-route")
+    yield "404 docs off", client.get("/docs", headers=ops)
+    yield "404 provider", client.get("/token/nope", headers=everything)
+    yield "405", client.put("/token/alpha", headers=reader)
+    yield "422", client.get("/token/alpha?min_valid=-1", headers=reader)
+    yield "431", client.get("/providers", headers={**ops, "X-Pad": "x" * 17_000})
+    yield "503", client.get("/token/down", headers=everything)
+    yield "500", client.get("/boom")
+
+
+def test_every_answer_carries_the_security_headers() -> None:
+    """Routes, the fast path, error handlers, the guard's denials, 404s, 405, 422, 431,
+    503 and a 500 from Starlette's own error middleware: all three headers, exactly."""
+    with broker(CLIENTS) as (client, fast):
+
+        async def boom() -> None:
+            raise RuntimeError("a bug")
+
+        fast.app.add_api_route("/boom", boom)
+        statuses = {}
+        for kind, response in answers(client, fast):
+            statuses[kind] = response.status_code
+            for name, value in SECURITY_HEADERS.items():
+                assert response.headers.get(name) == value, (kind, response.headers)
+        expected = {"401": 401, "405": 405, "422": 422, "431": 431, "503": 503, "500": 500}
+        expected |= {"readyz": 503}  # provider down is not ready
+        expected |= {"403 forbidden": 403, "403 browser": 403, "403 host": 403}
+        expected |= {"404 route": 404, "404 docs off": 404, "404 provider": 404}
+        assert {kind: statuses[kind] for kind in expected} == expected
+        assert all(statuses[kind] == 200 for kind in statuses if kind not in expected)
