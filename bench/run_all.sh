@@ -49,6 +49,7 @@ run scale_staged scale --providers 1000 --stage 100
 run startup startup --providers 1,1000 --repeat 3 --timeout 30
 run vs_inprocess vs_inprocess --workers 50 --window 60 --short-ttl 20
 run redact redact --secrets 10000
+run name_timing name_timing --rounds 20000 --http-rounds 5000
 
 echo "reports in $OUT"
 exit $status

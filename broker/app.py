@@ -22,6 +22,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from broker import __version__, heap
 from broker.answers import NO_STORE, accepts_raw, record_served, token_payload
@@ -33,13 +34,14 @@ from broker.api_models import (
 )
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
+from broker.docs import add_docs_routes
 from broker.errors import TokenUnavailableError, UnknownProviderError
 from broker.logs import add_secret_filter
 from broker.manager import Provider, TokenManager
 from broker.metrics import Metrics
 from broker.policy import SERVING_STATES
 from broker.reload import Reloader
-from broker.security import Denied, Guard, GuardMiddleware
+from broker.security import Denied, Guard, GuardMiddleware, SecurityHeadersMiddleware
 from broker.state import StateStore
 from broker.tokens import Token, rfc3339
 
@@ -134,20 +136,38 @@ def create_app(
                 stop_reloading()
                 await manager.stop()
 
-    app = FastAPI(
+    app = BrokerApp(
         title="credential broker",
         version=__version__,
         summary="Serves fresh OAuth2 bearer tokens to local processes.",
         lifespan=lifespan,
+        # broker.docs serves these itself: for callers allowed status, with no CDN.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     guard = Guard(settings)
     app.state.guard = guard
     app.add_middleware(GuardMiddleware, guard=guard)
     _add_error_handlers(app)
     _add_routes(app, guard)
+    add_docs_routes(app, guard)
     app.state.metrics = metrics
     _add_metrics_route(app, guard, metrics)
     return app
+
+
+class BrokerApp(FastAPI):
+    """FastAPI with the security headers on every answer.
+
+    :class:`SecurityHeadersMiddleware` goes around the whole middleware stack: added with
+    ``add_middleware`` it would run inside Starlette's error middleware, and a 500 would
+    leave without the headers.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeadersMiddleware(super().build_middleware_stack())
 
 
 def _add_metrics_route(app: FastAPI, guard: Guard, metrics: Metrics) -> None:

@@ -396,6 +396,10 @@ class BrokerSettings(BaseModel):
     clients: dict[ProviderName, ClientConfig] = Field(default_factory=dict)
     """Callers and what they may read. None: only this host's processes may call."""
     security: SecuritySettings = SecuritySettings()
+    docs: bool = False
+    """Serve the interactive API docs (Swagger UI, shipped with the broker) at ``/docs`` to
+    callers allowed status. Off by default: a page on the broker's origin that runs a
+    script could read tokens. ``/openapi.json`` is served either way (to the same callers)."""
     providers: dict[ProviderName, ProviderConfig]
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from broker.answers import REFRESH_FAILED_HEADER, accepts_raw, record_served, token_payload
 from broker.manager import TokenManager
-from broker.security import Denied, Guard
+from broker.security import RAW_SECURITY_HEADERS, Denied, Guard
 from broker.tokens import Token
 
 PREFIX = "/token/"
@@ -56,9 +56,6 @@ class TokenFastPath:
             return False
         guard: Guard = state.guard
         name = scope["path"][len(PREFIX) :]
-        provider = manager.providers.get(name)
-        if provider is None:
-            return False
         authorization = accept = None
         for key, value in scope["headers"]:
             # The first of repeated headers counts, as in Starlette's request.headers.get.
@@ -70,6 +67,11 @@ class TokenFastPath:
             guard.check_request(scope)
             client = guard.authorize(authorization, name, "token")
         except Denied:
+            return False
+        # Only now, for a caller allowed to know: looked up earlier, an existing name would
+        # take longer to refuse than a missing one, which tells the caller it exists.
+        provider = manager.providers.get(name)
+        if provider is None:
             return False
         now = manager.now()
         token = provider.token
@@ -95,7 +97,11 @@ class TokenFastPath:
         cached = self._headers.get(key)
         if cached is not None and cached[0] is token:
             return cached[1]
-        encoded = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        # The security headers too: these answers never pass SecurityHeadersMiddleware.
+        encoded = [
+            *RAW_SECURITY_HEADERS,
+            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+        ]
         if len(self._headers) > 4096:
             self._headers.clear()  # entries of providers a reload removed; rebuilt on demand
         self._headers[key] = (token, encoded)

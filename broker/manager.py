@@ -36,12 +36,16 @@ from broker.metrics import Metrics, ProviderSnapshot
 from broker.pacer import StartCalendar
 from broker.policy import CallerBucket, Outcome, ProviderState, provider_state
 from broker.protocols import TokenProtocol, build_protocol
+from broker.sanitize import one_line, shortened
 from broker.schedule import backoff_delay, refresh_delay
 from broker.sinks import FileSink, SinkError
 from broker.state import StateError, StateStore, login_fingerprint
 from broker.tokens import Token, matches_etag, place_token
 
 log = logging.getLogger("broker.manager")
+
+SHOWN_NAME_LENGTH = 64
+"""How much of an unknown provider name an error echoes: a real name has at most 63 characters."""
 
 SLOW_RETRY_KINDS = frozenset({FailureKind.REJECTED, FailureKind.MISCONFIGURED})
 """Failures that retrying soon cannot fix: they are retried only every ``backoff_max``."""
@@ -303,7 +307,9 @@ class TokenManager:
         try:
             return self.providers[name]
         except KeyError:
-            msg = f"no provider named {name!r} is configured"
+            # The name is the caller's text: echo only a short, printable prefix of it.
+            shown = shortened(one_line(name), SHOWN_NAME_LENGTH)
+            msg = f"no provider named {shown!r} is configured"
             raise UnknownProviderError(msg) from None
 
     def now(self) -> float:

@@ -1,6 +1,6 @@
 """Who may take a token: request checks against SSRF, DNS rebinding and browsers, and callers.
 
-Two layers, each cheap enough for the token hot path:
+Three parts, each cheap enough for the token hot path:
 
 * :class:`GuardMiddleware` (pure ASGI) checks every request but ``/healthz``
   before routing: the ``Host`` header must name this broker (DNS rebinding),
@@ -8,6 +8,9 @@ Two layers, each cheap enough for the token hot path:
   (``Origin``, cross-site ``Sec-Fetch-Site``), the optional required header
   (as cloud metadata servers do) and, when no clients are configured, a
   loopback peer.
+* :class:`SecurityHeadersMiddleware` puts :data:`SECURITY_HEADERS` on every answer: a
+  Content-Security-Policy that lets nothing from elsewhere run on the broker's origin
+  (a script there could read tokens), ``nosniff`` and no framing.
 * :meth:`Guard.authorize` checks the caller's key (``Authorization: Bearer``,
   constant-time comparison) against the configured clients and the providers
   each may read. It runs before the provider is looked up, so an
@@ -22,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.addresses import is_loopback_address
 from broker.config import BrokerSettings
@@ -30,11 +33,44 @@ from broker.config import BrokerSettings
 Need = Literal["token", "status"]
 
 PROXY_HEADERS = frozenset(
-    {b"x-forwarded-for", b"forwarded", b"x-forwarded-host", b"x-real-ip", b"x-forwarded-proto"}
+    {
+        # The standard and de facto forwarding headers.
+        b"forwarded",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-proto",
+        b"x-forwarded-server",
+        b"x-real-ip",
+        # The client address as CDNs and load balancers pass it on.
+        b"x-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        # The original path as rewriting front ends (IIS, some gateways) pass it on.
+        b"x-original-url",
+        b"x-rewrite-url",
+    }
 )
-"""A request that passed through a proxy was not made by a local process itself."""
+"""A request that passed through a proxy was not made by a local process itself.
+
+Lower case: the HTTP servers hand header names to ASGI apps in lower case, whatever the
+spelling on the wire."""
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+CONTENT_SECURITY_POLICY = "default-src 'self'; frame-ancestors 'none'"
+"""For every answer but the docs page (:mod:`broker.docs` widens it by what that page needs).
+
+A page of this origin that runs a script can read every token (same origin), so nothing
+from elsewhere may run here, and no other site may frame the broker's pages."""
+
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),  # a token sent as text/plain is never run as script
+    ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers that predate CSP 2
+)
+RAW_SECURITY_HEADERS = tuple((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS)
 
 MAX_HEADER_BYTES = 16 * 1024
 """Legitimate callers send a few hundred bytes of headers; refuse floods early."""
@@ -79,6 +115,8 @@ class AccessRules:
     loopback_only: bool
     allowed_hosts: frozenset[str]
     required_header: tuple[bytes, bytes] | None
+    docs: bool
+    """Whether ``/docs`` is served (to callers allowed status)."""
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> AccessRules:
@@ -104,6 +142,7 @@ class AccessRules:
                 if header is not None
                 else None
             ),
+            docs=settings.docs,
         )
 
 
@@ -184,7 +223,9 @@ class Guard:
 def _client_for(clients: tuple[Client, ...], authorization: str | None) -> Client | None:
     if not authorization or authorization[:7].lower() != "bearer ":
         return None
-    presented = authorization[7:].strip().encode()
+    # Exactly the configured key: RFC 6750 allows more spaces after the scheme, nothing
+    # else around the key (the HTTP parser has dropped trailing spaces and tabs already).
+    presented = authorization[7:].lstrip(" ").encode()
     found = None
     # Compare against every key, in constant time each, so neither the
     # comparison nor the loop reveals how much of a key was right.
@@ -209,6 +250,32 @@ class GuardMiddleware:
                 await send_denied(send, denied)
                 return
         await self.app(scope, receive, send)
+
+
+class SecurityHeadersMiddleware:
+    """Adds :data:`SECURITY_HEADERS` to every HTTP answer that does not set its own.
+
+    It wraps the whole app, Starlette's error middleware included, so that every answer
+    carries them: routes, error handlers, the guard's denials, 404s and 500s.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [h for h in RAW_SECURITY_HEADERS if h[0] not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def send_denied(send: Send, denied: Denied) -> None:

@@ -7,7 +7,10 @@ refresh token the broker receives is written here *before* the broker relies
 on it, and on restart the broker resumes from it instead of logging in again.
 
 Layout: one file per provider, ``<dir>/<provider>.json``, mode 0600, in a
-directory of mode 0700::
+directory of mode 0700 (created so whatever the umask). A directory its group or
+other users can write to is refused, at start and before every save: whoever can
+write there can plant a refresh token of theirs, swap ours or remove it. One they
+can only read is warned about::
 
     {"version": 1, "provider": "hiro", "fingerprint": "<sha256 hex>",
      "saved_at": 1764000000.0, "refresh_token": "<plaintext>"}
@@ -187,15 +190,12 @@ class StateStore:
                 )
                 raise StateError(msg) from None
         self._warned: set[Path] = set()
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            msg = f"state directory {self.directory} cannot be created: {reason(exc)}"
-            raise StateError(msg) from None
+        self._make_directory()
         if not self.directory.is_dir():
             msg = f"state directory {self.directory} is not a directory"
             raise StateError(msg)
-        self._check_mode(self.directory, self.directory.stat().st_mode, "0700")
+        mode = self._refuse_if_others_can_write()
+        self._check_mode(self.directory, mode, "0700")
         self._write_check()
         self._remove_stale_temps()
 
@@ -377,11 +377,45 @@ class StateStore:
     # -- writing ----------------------------------------------------------------
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
+        self._refuse_if_others_can_write()  # it may have been opened up since the start
         try:
             replace_file(path, data, mode=0o600)
         except OSError as exc:
             msg = f"state file {path} cannot be written: {reason(exc)}"
             raise StateError(msg) from None
+
+    def _make_directory(self) -> None:
+        """Create the directory 0700 if it is missing (its parents as the umask says)."""
+        if self.directory.is_dir():
+            return
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"state directory {self.directory} cannot be created: {reason(exc)}"
+            raise StateError(msg) from None
+        # The umask may have narrowed the mode at creation (0277 takes our own write bit).
+        os.chmod(self.directory, 0o700)
+
+    def _refuse_if_others_can_write(self) -> int:
+        """The directory's mode; StateError if group or others may write to it: they could
+        plant a refresh token of theirs, swap ours or remove it."""
+        try:
+            mode = self.directory.stat().st_mode
+        except OSError as exc:
+            msg = f"state directory {self.directory} cannot be read: {reason(exc)}"
+            raise StateError(msg) from None
+        loose = stat.S_IMODE(mode) & (stat.S_IWGRP | stat.S_IWOTH)
+        if loose:
+            who = {stat.S_IWGRP: "its group", stat.S_IWOTH: "other users"}.get(
+                loose, "its group and other users"
+            )
+            msg = (
+                f"state directory {self.directory} is writable by {who}"
+                f" (mode {oct(stat.S_IMODE(mode))}); refusing to keep refresh tokens there:"
+                " make it 0700 (chmod 700) and owned by the user the broker runs as"
+            )
+            raise StateError(msg)
+        return mode
 
     def _fsync_directory(self) -> None:
         fsync_directory(self.directory)

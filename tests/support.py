@@ -89,11 +89,20 @@ def settings_from(yaml_text: str) -> BrokerSettings:
 @contextmanager
 def running_broker(settings: BrokerSettings) -> Iterator[httpx.Client]:
     """Serve the broker on 127.0.0.1 (lifespan on, real clock); yield a client for it."""
+    with serving(settings) as (client, _):
+        yield client
+
+
+@contextmanager
+def serving(settings: BrokerSettings) -> Iterator[tuple[httpx.Client, TokenFastPath]]:
+    """As :func:`running_broker`, also yielding the fast path in front of the app, whose
+    ``served`` tells which path answered and whose ``app.state`` holds the manager."""
+    fast = TokenFastPath(create_app(settings))
     with (
-        serve_in_thread(TokenFastPath(create_app(settings)), lifespan="on") as base_url,
+        serve_in_thread(fast, lifespan="on") as base_url,
         httpx.Client(base_url=base_url, timeout=10) as client,
     ):
-        yield client
+        yield client, fast
 
 
 def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02) -> T:

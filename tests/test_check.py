@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from broker.fakes import hiro, hub
 from broker.fakes.hiro import FakeHiro
@@ -231,6 +234,57 @@ def test_check_login_exits_0_when_every_login_that_ran_succeeded(tmp_path: Path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "- hub: login OK (token valid 900 s)" in result.stdout
     assert "test login: 1 OK, 0 failed, 1 skipped" in result.stdout
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o777], ids=oct)
+def test_a_state_dir_others_can_write_to_stops_check_and_serve(tmp_path: Path, mode: int) -> None:
+    """A local user who can write the state directory could plant a refresh token of
+    theirs (or swap ours): check and serve both refuse it, naming the path and the mode,
+    and serve does not start."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(mode)
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        f"port: {port}\nstate_dir: {state}\nproviders:\n"
+        + hub_provider("hub", "https://hub.example.com"),
+    )
+    checked = run("check", "--config", str(config))
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert f"state_dir: state directory {state} is writable by" in checked.stderr
+    assert oct(mode) in checked.stderr
+    served = subprocess.run(
+        [*BROKER, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=20,  # a serve that started would run until then
+        cwd=ROOT,
+        check=False,
+    )
+    assert served.returncode == 2, served.stderr
+    assert "state directory error" in served.stderr
+    assert f"{state}" in served.stderr
+    assert oct(mode) in served.stderr
+    assert list(state.iterdir()) == []
+
+
+def test_check_creates_a_missing_state_dir_0700_whatever_the_umask(tmp_path: Path) -> None:
+    """Even under umask 0 the directory check (and so serve) creates is private."""
+    state = tmp_path / "new" / "state"
+    config = write_config(
+        tmp_path, f"state_dir: {state}\nproviders:\n" + hub_provider("hub", "https://h.example")
+    )
+    checked = subprocess.run(
+        ["/bin/sh", "-c", 'umask 0 && exec "$@"', "sh", *BROKER, "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
 
 
 def test_check_login_is_not_reached_with_a_config_error(tmp_path: Path) -> None:

@@ -148,6 +148,17 @@ async def test_security_settings_apply_at_once(tmp_path: Path) -> None:
         assert (await broker.token(OLD_KEY)).status_code == 412
 
 
+async def test_docs_are_turned_on_and_off_by_a_reload(tmp_path: Path) -> None:
+    """docs: true takes effect with the reload, and so does taking it away."""
+    async with running(tmp_path) as broker:
+        status = {"Authorization": f"Bearer {STATUS_KEY}"}
+        assert (await broker.client.get("/docs", headers=status)).status_code == 404
+        await broker.sighup(config_text(broker.url, extra="docs: true"))
+        assert (await broker.client.get("/docs", headers=status)).status_code == 200
+        await broker.sighup(config_text(broker.url))
+        assert (await broker.client.get("/docs", headers=status)).status_code == 404
+
+
 async def test_refresh_policy_applies_without_a_new_login(tmp_path: Path) -> None:
     """A new caller_burst takes effect; the provider keeps its token (no request)."""
     async with running(tmp_path) as broker:

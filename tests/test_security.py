@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,9 @@ from broker.config import inline_secret_warnings
 from broker.errors import ConfigError
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from tests.support import running_broker, settings_from
+from broker.fastpath import TokenFastPath
+from broker.manager import Provider
+from tests.support import running_broker, serving, settings_from
 
 READER_KEY = "reader-key-7f3a9c2e41d0"
 OTHER_KEY = "other-key-0b8e5d6f2a91c"
@@ -67,6 +70,17 @@ def broker(extra: str = CLIENTS) -> Iterator[tuple[httpx.Client, FakeOAuth2]]:
         yield client, fake
 
 
+@contextmanager
+def broker_and_fast_path(extra: str = CLIENTS) -> Iterator[tuple[httpx.Client, TokenFastPath]]:
+    """As :func:`broker`, yielding the fast path (``served`` says which path answered)."""
+    fake = FakeOAuth2(clients={"app": "app-secret"}, ttl=300)
+    with (
+        serve_in_thread(fake.app) as url,
+        serving(settings_from(extra + PROVIDERS.format(url=url))) as (client, fast),
+    ):
+        yield client, fast
+
+
 # -- callers ---------------------------------------------------------------------------
 
 
@@ -102,6 +116,60 @@ def test_unauthenticated_callers_learn_nothing_about_providers() -> None:
         assert client.get("/token/nope", headers=bearer(OTHER_KEY)).status_code == 404
 
 
+class LookupCountingTable(dict[str, Provider]):
+    """The manager's provider table, recording every name looked up in it."""
+
+    def __init__(self, table: dict[str, Provider]) -> None:
+        super().__init__(table)
+        self.lookups: list[str] = []
+
+    def get(self, key: str, default: Provider | None = None) -> Provider | None:  # type: ignore[override]
+        self.lookups.append(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Provider:
+        self.lookups.append(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.lookups.append(str(key))
+        return super().__contains__(key)
+
+
+def answer(response: httpx.Response) -> tuple[int, dict[str, str], bytes]:
+    """What a caller sees, but the headers that name the moment (Date) or the server."""
+    headers = {k: v for k, v in response.headers.items() if k not in ("date", "server")}
+    return response.status_code, headers, response.content
+
+
+def test_no_provider_lookup_before_the_caller_is_authorized() -> None:
+    """Callers without a valid key get the same bytes for an existing and a missing name,
+    and neither path (the fast path's plain GET, the routes) looks either name up: so
+    both names take the same code path and the same time."""
+    callers = [{}, bearer("not-a-key-at-all-x"), {"Authorization": READER_KEY}]
+    requests = [
+        ("GET", "/token/{}"),
+        ("GET", "/token/{}?format=json"),
+        ("POST", "/token/{}/refresh"),
+    ]
+    with broker_and_fast_path() as (client, fast):
+        manager = fast.app.state.manager
+        table = LookupCountingTable(manager.providers)
+        manager.providers = table
+        for headers in callers:
+            for method, path in requests:
+                exists = client.request(method, path.format("alpha"), headers=headers)
+                missing = client.request(method, path.format("nope"), headers=headers)
+                assert exists.status_code == 401
+                assert answer(exists) == answer(missing)
+        assert table.lookups == []
+        assert fast.served == 0
+        # The table does see lookups once a caller is known (so the count above means it).
+        assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
+        assert table.lookups == ["alpha"]
+        assert fast.served == 1
+
+
 def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every configured key is checked with hmac.compare_digest, whichever matches."""
     compared: list[tuple[bytes, bytes]] = []
@@ -117,6 +185,82 @@ def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> 
         assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
         keys = {b for _, b in compared}
         assert {READER_KEY.encode(), OTHER_KEY.encode(), OPS_KEY.encode()} <= keys
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        READER_KEY.encode() + b"\xa0",  # no-break space: str.strip() removes it
+        b"\xa0" + READER_KEY.encode(),
+        READER_KEY.encode() + b"\x85",  # next line: str.strip() removes it too
+        READER_KEY.encode()[:-1],
+        READER_KEY.encode() + b"x",
+    ],
+)
+def test_a_key_is_compared_exactly_as_configured(presented: bytes) -> None:
+    """Over real HTTP, on the fast path, the routes and status: a key with anything around
+    it is no key. (These bytes pass the HTTP parser; trailing spaces and tabs it drops, as
+    RFC 9110 says, and control characters it refuses.)"""
+    with broker_and_fast_path() as (client, fast):
+        authorization = {b"Authorization": b"Bearer " + presented}
+        for path in ("/token/alpha", "/token/alpha?format=json", "/providers"):
+            response = client.get(path, headers=authorization)
+            assert response.status_code == 401, (path, response.text)
+            assert response.json()["error"] == "unauthorized"
+        assert client.post("/token/alpha/refresh", headers=authorization).status_code == 401
+        assert fast.served == 0
+        # The key itself, after one or more spaces (RFC 6750: "Bearer" 1*SP token), is served.
+        for spaces in (" ", "   "):
+            exact = {"Authorization": f"Bearer{spaces}{READER_KEY}"}
+            assert client.get("/token/alpha", headers=exact).status_code == 200
+        assert fast.served == 2
+
+
+def raw_status(base_url: httpx.URL, request: bytes) -> bytes:
+    """Send *request* as it is (no client library's checks) and return the status line."""
+    with socket.create_connection((base_url.host, base_url.port or 80), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+def test_what_the_http_parser_does_with_bytes_after_a_key() -> None:
+    """The boundary of the test above, byte for byte over a socket: trailing spaces and
+    tabs are not part of a header value (RFC 9110 5.5), so the parser drops them and the
+    broker sees the key alone; control characters the parser refuses (400); anything
+    else reaches the broker, which refuses it (401)."""
+    expected = {b" ": b"200", b"\t": b"200", b" \t ": b"200", b"\x0b": b"400", b"\x00": b"400"}
+    expected |= {b"\xa0": b"401", b"\x85": b"401", b" x": b"401"}
+    with broker() as (client, _):
+        for tail, status in expected.items():
+            request = (
+                b"GET /providers HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + OPS_KEY.encode() + tail + b"\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            assert raw_status(client.base_url, request).split(b" ")[1] == status, tail
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("around", [" ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1f", "\x00"])
+async def test_whitespace_and_controls_around_a_key_are_refused(around: str) -> None:
+    """What the HTTP parser would drop or refuse, handed to the app directly: the key
+    comparison itself accepts nothing but the key."""
+    settings = settings_from(CLIENTS + PROVIDERS.format(url="http://127.0.0.1:9"))
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=TokenFastPath(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as caller:
+
+        async def status(authorization: str) -> int:
+            headers = {b"Authorization": authorization.encode("latin-1")}
+            return (await caller.get("/metrics", headers=headers)).status_code
+
+        assert await status(f"Bearer {OPS_KEY}") == 200
+        assert await status(f"Bearer {OPS_KEY}{around}") == 401
+        # More spaces after the scheme are allowed (RFC 6750: "Bearer" 1*SP token).
+        assert await status(f"Bearer {around}{OPS_KEY}") == (200 if around == " " else 401)
 
 
 def test_status_needs_its_own_permission() -> None:
@@ -182,6 +326,38 @@ def test_browsers_proxies_and_rebinding_are_refused(
         )
 
 
+PROXY_HEADERS = {
+    "Via": "1.1 proxy.example",
+    "X-Forwarded-Port": "443",
+    "X-Forwarded-Server": "proxy.example",
+    "X-Client-IP": "203.0.113.9",
+    "True-Client-IP": "203.0.113.9",
+    "CF-Connecting-IP": "203.0.113.9",
+    "X-Original-URL": "/token/beta",
+    "X-Rewrite-URL": "/token/beta",
+}
+"""Headers proxies, CDNs and rewriting front ends add, beyond X-Forwarded-* and Forwarded."""
+
+
+@pytest.mark.parametrize("name", list(PROXY_HEADERS))
+def test_every_proxy_header_is_refused_on_both_paths(name: str) -> None:
+    """In any spelling, with a valid key: 403 proxied_request from the fast path's request
+    (a plain GET) and from the routes; without the header both are served."""
+    spellings = {name, name.lower(), name.upper(), name.swapcase()}
+    with broker_and_fast_path() as (client, fast):
+        for spelling in spellings:
+            for path in ("/token/alpha", "/token/alpha?format=json", "/providers"):
+                key = OPS_KEY if path == "/providers" else READER_KEY
+                headers = {**bearer(key), spelling: PROXY_HEADERS[name]}
+                response = client.get(path, headers=headers)
+                assert response.status_code == 403, (spelling, path, response.text)
+                assert response.json()["error"] == "proxied_request"
+        assert fast.served == 0
+        assert client.get("/token/alpha", headers=bearer(READER_KEY)).status_code == 200
+        assert fast.served == 1
+        assert client.get("/token/alpha?format=json", headers=bearer(READER_KEY)).status_code == 200
+
+
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]:8181", "LOCALHOST:1"])
 def test_loopback_host_names_are_accepted(host: str) -> None:
     """The names a local process uses pass the Host check; so does Sec-Fetch-Site: none."""
@@ -244,6 +420,29 @@ def test_path_tricks_never_reach_another_provider(path: str) -> None:
             response = client.get(path, headers=headers)
             assert response.status_code in (401, 403, 404, 414), response.text
             assert "access_token" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("/token/" + "a" * 10_000, "a" * 64 + "..."),
+        ("/token/%1B%5B31mred%0D%0Ainjected", "red injected"),
+        ("/token/%E2%80%AEreversed", "reversed"),
+    ],
+)
+def test_unknown_provider_answers_echo_a_short_sanitized_name(path: str, shown: str) -> None:
+    """A 10 KB name, escape sequences, line breaks and bidi overrides: the 404 names at
+    most 64 printable characters of what was asked, on one line."""
+    with broker() as (client, _):
+        for suffix in ("", "?format=json"):
+            response = client.get(path + suffix, headers=bearer(OTHER_KEY))
+            assert response.status_code == 404
+            body = response.json()
+            assert body == {
+                "error": "unknown_provider",
+                "message": f"no provider named {shown!r} is configured",
+            }
+            assert len(response.content) < 200
 
 
 def test_oversized_headers_are_refused_and_the_broker_survives() -> None:

@@ -110,8 +110,50 @@ def test_creates_private_directory_and_files(tmp_path: Path) -> None:
     assert mode_of(directory / "idp.json") == 0o600
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o002, 0o022, 0o277], ids=oct)
+def test_a_new_directory_is_0700_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """Created 0700 exactly: a permissive umask cannot open it up, a strange one
+    (0277 takes the owner's write bit) cannot lock the broker out."""
+    directory = tmp_path / "state"
+    before = os.umask(umask)
+    try:
+        store = StateStore(directory)
+    finally:
+        os.umask(before)
+    assert mode_of(directory) == 0o700
+    store.save("idp", FP, TOKEN)
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o777, 0o1777, 0o720, 0o702, 0o730], ids=oct)
+def test_a_directory_others_can_write_to_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever can write there can plant, swap or remove refresh tokens: StateError naming
+    the path and mode, and nothing is written."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(StateError) as caught:
+        StateStore(directory)
+    assert str(directory) in str(caught.value)
+    assert oct(mode) in str(caught.value)
+    assert list(directory.iterdir()) == []
+
+
+def test_a_directory_opened_up_after_start_is_not_written(tmp_path: Path) -> None:
+    """Every save checks again: a directory made group-writable later gets no token."""
+    store = StateStore(tmp_path / "state")
+    store.save("idp", FP, TOKEN)
+    (tmp_path / "state").chmod(0o770)
+    with pytest.raises(StateError) as caught:
+        store.save("idp", FP, "a-newer-refresh-token")
+    assert "0o770" in str(caught.value)
+    (tmp_path / "state").chmod(0o700)
+    loaded = store.load("idp", FP)
+    assert loaded is not None
+    assert loaded.refresh_token == TOKEN
+
+
 def test_loose_permissions_warn_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A group/other-accessible directory or file is warned about once each, not refused."""
+    """A directory or file others can read (not write) is warned about once each."""
     caplog.set_level(logging.WARNING, logger="broker.state")
     tmp_path.chmod(0o755)
     store = StateStore(tmp_path)
