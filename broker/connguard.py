@@ -169,7 +169,9 @@ class ConnectionGate:
                 f" within {self.header_timeout:g} s"
             )
         if counts["evicted"]:
-            parts.append(f"reset {counts['evicted']} idle ones to make room")
+            parts.append(
+                f"reset {counts['evicted']} to make room (those longest without a request)"
+            )
         if counts["refused"]:
             parts.append(f"refused {counts['refused']} (every connection busy)")
         busy = counts["evicted"] or counts["refused"]
