@@ -342,7 +342,8 @@ class LimitsSettings(BaseModel):
     header_timeout: float = Field(5.0, gt=0, le=300)
     """Seconds a connection has to deliver a whole request head: from when it is opened,
     and from the first byte of each further request on a kept-alive connection. Bytes
-    trickling in do not extend it (slowloris)."""
+    trickling in do not extend it (slowloris). Also the time a caller that has stopped
+    reading its answers has to start again."""
     keepalive_timeout: int = Field(5, ge=1, le=3600)
     """Seconds an idle kept-alive connection is held open for the caller's next request."""
     max_connections: int = Field(1024, ge=1, le=1_000_000)

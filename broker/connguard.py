@@ -9,7 +9,9 @@ This module puts two things in front of uvicorn's own protocol, unchanged otherw
 * :class:`GuardedHTTP` wraps the protocol uvicorn would pick. A request head must be
   complete within ``limits.header_timeout`` of the connection being opened, or of the
   first byte of a further request on a kept-alive connection; else the connection is
-  reset. Idle kept-alive connections are uvicorn's ``timeout_keep_alive``.
+  reset. The same time is given to a caller that has stopped reading its answers (they
+  pile up past the transport's high-water mark, and a pipelined request's answer would
+  wait for them forever). Idle kept-alive connections are uvicorn's ``timeout_keep_alive``.
 * :class:`ConnectionGate` admits at most ``cap`` connections (:mod:`broker.fdbudget`).
   Its listening socket decides at ``accept()``, before asyncio builds anything: at the
   cap it resets the connection that has gone longest without a request (an idle or a
@@ -60,7 +62,7 @@ class ConnectionGate:
         self._making_room = 0
         """Connections reset to make room whose descriptor is not released yet."""
         self.closed: Counter[str] = Counter()
-        """``timed_out``, ``evicted``, ``refused`` so far (for tests and the log)."""
+        """``timed_out``, ``stalled``, ``evicted``, ``refused`` so far (tests, the log)."""
         self._unreported: Counter[str] = Counter()
         self._reported_at = -REPORT_INTERVAL
 
@@ -149,8 +151,8 @@ class ConnectionGate:
             if conn.evicted:
                 self._making_room -= 1
 
-    def timed_out(self) -> None:
-        self._note("timed_out")
+    def timed_out(self, what: str = "timed_out") -> None:
+        self._note(what)
 
     def _note(self, what: str) -> None:
         self.closed[what] += 1
@@ -167,6 +169,10 @@ class ConnectionGate:
             parts.append(
                 f"reset {counts['timed_out']} that sent no complete request head"
                 f" within {self.header_timeout:g} s"
+            )
+        if counts["stalled"]:
+            parts.append(
+                f"reset {counts['stalled']} that read no answer for {self.header_timeout:g} s"
             )
         if counts["evicted"]:
             parts.append(
@@ -245,6 +251,7 @@ class GuardedHTTP(asyncio.Protocol):
         self._made = False
         self._deadline: asyncio.TimerHandle | None = None
         self._cycle_at_deadline: object = None
+        self._stalled: asyncio.TimerHandle | None = None
         self.closing = False
         self.evicted = False
 
@@ -257,7 +264,7 @@ class GuardedHTTP(asyncio.Protocol):
         return cycle is None or bool(getattr(cycle, "response_complete", False))
 
     def reset(self, *, evicted: bool = False) -> None:
-        """Close at once with a TCP reset (nothing is waiting to be sent)."""
+        """Close at once with a TCP reset, dropping whatever was not sent yet."""
         self.closing = True
         self.evicted = evicted
         if self._transport is not None:
@@ -301,6 +308,7 @@ class GuardedHTTP(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
+        self._stop_stall_clock()
         self.gate.leave(self)
         if self._made:
             self._http.connection_lost(exc)
@@ -311,7 +319,21 @@ class GuardedHTTP(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._made:
             self._http.pause_writing()
+            loop = asyncio.get_running_loop()
+            self._stalled = loop.call_later(self.gate.header_timeout, self._not_reading)
 
     def resume_writing(self) -> None:
+        self._stop_stall_clock()
         if self._made:
             self._http.resume_writing()
+
+    def _stop_stall_clock(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _not_reading(self) -> None:
+        self._stalled = None
+        if not self.closing:
+            self.gate.timed_out("stalled")
+            self.reset()

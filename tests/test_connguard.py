@@ -32,7 +32,8 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 @dataclass
 class App:
-    """Answers ``ok``; ``GET /slow`` first waits until ``release`` is set."""
+    """Answers ``ok``; ``GET /slow`` first waits until ``release`` is set; ``GET /big``
+    answers 8 MiB, more than socket buffers hold."""
 
     release: asyncio.Event = field(default_factory=asyncio.Event)
     started: int = 0
@@ -42,8 +43,8 @@ class App:
         if scope["path"] == "/slow":
             self.started += 1
             await self.release.wait()
-        body = b"ok"
-        headers = [(b"content-length", b"2"), (b"content-type", b"text/plain")]
+        body = b"x" * (8 << 20) if scope["path"] == "/big" else b"ok"
+        headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"text/plain")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -53,9 +54,19 @@ class Served:
     port: int
     gate: ConnectionGate
     app: App
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    """Every connection the test opened, closed at the end whatever happened."""
 
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", self.port)
+    async def connect(
+        self, sock: socket.socket | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the server (over *sock*, connected already, if given)."""
+        if sock is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        else:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        self.writers.append(writer)
+        return reader, writer
 
 
 @contextlib.asynccontextmanager
@@ -77,14 +88,18 @@ async def guarded(
         lifespan="off",
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     task = asyncio.create_task(server.serve(sockets=sockets))
+    served = Served(port, gate, app)
     try:
         await eventually(lambda: server.started)
-        yield Served(port, gate, app)
+        yield served
     finally:
+        for writer in served.writers:
+            writer.close()  # also frees an answer stuck on a caller that does not read
         app.release.set()
         server.should_exit = True
         await asyncio.wait_for(task, 10)
@@ -206,6 +221,25 @@ async def test_pipelined_requests_are_all_answered() -> None:
         await asyncio.sleep(HEAD_TIMEOUT + SLACK)
         assert await is_open(reader)
         writer.close()
+        assert served.gate.closed["timed_out"] == 0
+
+
+async def test_a_caller_that_stops_reading_its_answers_is_reset_after_the_header_timeout() -> None:
+    """Two pipelined requests for big answers, never read: the second answer waits for the
+    first to drain, forever but for the guard."""
+    async with guarded() as served:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", served.port))
+        _, writer = await served.connect(sock)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n" * 2)
+        started = time.monotonic()
+        await eventually(lambda: served.gate.closed["stalled"] == 1)
+        waited = time.monotonic() - started
+        await eventually(lambda: served.gate.open == 0)
+        writer.close()
+        assert waited <= HEAD_TIMEOUT + SLACK + 0.2  # + the time to fill the buffers
         assert served.gate.closed["timed_out"] == 0
 
 
