@@ -3,7 +3,9 @@
     python -m bench._bare --port 9000 --body-file body.json --kind asgi
 
 The uvicorn configuration is the broker's own (:func:`broker.cli.uvicorn_config` with the
-app swapped), so loop, HTTP parser, logging, lifespan and worker count are identical. Kinds:
+app swapped), so loop, HTTP parser, connection guard (its protocol; uvicorn binds the socket
+here, so the cap is decided when a connection is made), logging, lifespan and worker count
+are identical. Kinds:
 
 * ``asgi``: a raw ASGI callable answering every request with the prepared bytes and the
   broker's headers: the practical limit of the server stack;

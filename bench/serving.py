@@ -7,9 +7,11 @@ Runs the broker as a real process (``python -m broker serve``) with one provider
 fake IdP (``bench._idp``, token TTL 1 h, so no refresh happens during the run) and one client
 with a key (caller authentication and every request check on; wrk sends the key to every
 server, so all get the same request) and, under the
-same uvicorn settings (the broker's own ``uvicorn_config``), a raw ASGI app that answers the
-same bytes: the practical limit of the stack. With ``--ladder`` also a one-route Starlette
-app and a one-route FastAPI app, which splits the gap into framework and broker code.
+same uvicorn settings (the broker's own ``uvicorn_config``, so both behind the connection
+guard of ``broker.connguard``; the broker's log line naming its cap is shown), a raw ASGI app
+that answers the same bytes: the practical limit of the stack. With ``--ladder`` also a
+one-route Starlette app and a one-route FastAPI app, which splits the gap into framework and
+broker code.
 
 ``wrk --latency`` drives each server in turn (short runs, same connection count, targets
 interleaved so drift on a noisy machine hits all of them alike). On 2+ CPUs the servers are
@@ -159,6 +161,7 @@ def measure_variant(
         for kind in kinds:
             wait_ready(urls[kind].rsplit("/token", 1)[0], 30, path=token_path)
         stacks = {"broker": stack_of(broker.pid)} | {k: stack_of(p.pid) for k, p in bare.items()}
+        stacks["broker"]["guard"] = guard_line(broker)
         wrk_cpus = "1" if args.pin else None
         threads = 1 if args.pin else 2
         for url in urls.values():  # warm-up: first requests, lazy imports, CPU frequency
@@ -199,6 +202,14 @@ def measure_variant(
     finally:
         for proc in bare.values():
             stop(proc)
+
+
+def guard_line(broker: Broker) -> str | None:
+    """The broker's start-up line about its connection guard (None: it has none)."""
+    for line in broker.log_lines("INFO"):
+        if "callers' connections: at most" in line:
+            return line.split(" INFO broker ", 1)[-1]
+    return None
 
 
 def _median(results: list[WrkResult]) -> WrkResult:
@@ -300,6 +311,7 @@ def main() -> int:
             f"{v}: uvloop={s['broker']['uvloop']} httptools={s['broker']['httptools']}"
             for v, s in stacks.items()
         ),
+        *(f"{v}: {s['broker'].get('guard') or 'no connection guard'}" for v, s in stacks.items()),
         f"overall: {verdict(result['all_met'])}",
     ]
     for variant, s in stacks.items():

@@ -22,6 +22,7 @@ import uvicorn
 from broker import __version__, heap
 from broker.app import create_app, open_store
 from broker.config import BrokerSettings, inline_secret_warnings, load_config
+from broker.connguard import ConnectionGate, connection_gate
 from broker.errors import ConfigError
 from broker.fastpath import TokenFastPath
 from broker.logs import configure_logging
@@ -192,11 +193,15 @@ def uvicorn_config(
     config_path: Path | None = None,
     store: StateStore | None = None,
     overrides: Mapping[str, Any] | None = None,
+    gate: ConnectionGate | None = None,
 ) -> uvicorn.Config:
     """The server for this process; also sets its garbage collector up (:mod:`broker.heap`).
 
     *overrides* (``--host``, ``--port``) are applied again at every reload of *config_path*.
+    *gate* times out and caps callers' connections (:mod:`broker.connguard`); by default
+    one is made for *settings*, which raises this process's open-file limit.
     """
+    gate = gate or connection_gate(settings)
     heap.tune()
     app = create_app(
         settings, config_path=config_path, overrides=overrides, store=store, freeze_heap=True
@@ -213,6 +218,9 @@ def uvicorn_config(
         # Proxied requests are refused (broker.security), so never rewrite the peer
         # address from X-Forwarded-For, which uvicorn trusts from 127.0.0.1 by default.
         proxy_headers=False,
+        http=gate.protocol(),  # uvicorn's own, behind a request-head deadline and the cap
+        timeout_keep_alive=settings.limits.keepalive_timeout,
+        ws="none",  # no websocket routes; an upgrade is answered as a plain request
     )
 
 
@@ -335,16 +343,18 @@ def _serve(args: argparse.Namespace) -> int:
         )
     for warning in cleartext_warnings(settings):
         log.warning("%s", warning)
-    sockets = listen(settings.host, settings.port)  # before announcing it
+    gate = connection_gate(settings)  # before any socket: raises the open-file limit
+    sockets = gate.listeners(listen(settings.host, settings.port))  # before announcing it
     log.info(
         "serving %d provider(s) on http://%s:%d",
         len(settings.providers),
         listen_address(settings.host),
         port_of(sockets),
     )
+    log.info("%s", gate.describe())
     try:
         with exit_zero_after_shutdown():
-            config = uvicorn_config(settings, Path(args.config), store, overrides)
+            config = uvicorn_config(settings, Path(args.config), store, overrides, gate)
             server = uvicorn.Server(config)
             server.run(sockets=sockets)
     finally:

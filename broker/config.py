@@ -369,6 +369,28 @@ class SecuritySettings(BaseModel):
 MIN_CLIENT_KEY_LENGTH = 16
 
 
+class LimitsSettings(BaseModel):
+    """How long callers' connections may stay quiet and how many may be open at once
+    (:mod:`broker.connguard`); taken at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    header_timeout: float = Field(5.0, gt=0, le=300)
+    """Seconds a connection has to deliver a whole request head: from when it is opened,
+    and from the first byte of each further request on a kept-alive connection. Bytes
+    trickling in do not extend it (slowloris). Also the time a caller that has stopped
+    reading its answers has to start again."""
+    keepalive_timeout: int = Field(5, ge=1, le=3600)
+    """Seconds an idle kept-alive connection is held open for the caller's next request."""
+    max_connections: int = Field(1024, ge=1, le=1_000_000)
+    """Callers' connections open at once, at most. Lower when the open-file limit leaves
+    less room (see fd_reserve)."""
+    fd_reserve: int = Field(64, ge=0, le=1_000_000)
+    """File descriptors kept back from callers' connections for the rest of the broker:
+    standard streams and logs, the event loop, listening sockets, state directory and
+    sink files. Token requests have their own share (two per max_concurrent_requests)."""
+
+
 class BrokerSettings(BaseModel):
     """The whole configuration (:func:`load_config` reads it with its overrides)."""
 
@@ -400,6 +422,7 @@ class BrokerSettings(BaseModel):
     """Serve the interactive API docs (Swagger UI, shipped with the broker) at ``/docs`` to
     callers allowed status. Off by default: a page on the broker's origin that runs a
     script could read tokens. ``/openapi.json`` is served either way (to the same callers)."""
+    limits: LimitsSettings = LimitsSettings()
     providers: dict[ProviderName, ProviderConfig]
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from broker.cli import (
     uvicorn_config,
 )
 from broker.config import BrokerSettings, parse_config
+from broker.connguard import ConnectionGate, connection_gate
 from broker.fakes import aerion, hiro, hub
 from broker.fakes.server import FakeServer
 from broker.logs import configure_logging
@@ -63,19 +64,20 @@ def run_demo(*, host: str, port: int, ttl: float) -> int:
     configure_logging("info")
     # --host and --port pass the config's checks before anything is bound.
     placeholders = {name: "http://127.0.0.1:9" for name in ("hiro", "aerion", "hub")}
-    parse_config(
+    checked = parse_config(
         demo_config(placeholders), source="demo config", overrides={"host": host, "port": port}
     )
-    sockets = listen(host, port)
+    gate = connection_gate(checked)  # the demo's limits are the defaults
+    sockets = gate.listeners(listen(host, port))
     try:
         with exit_zero_after_shutdown():
-            asyncio.run(_demo(sockets, host, ttl))
+            asyncio.run(_demo(sockets, host, ttl, gate))
     finally:
         close_all(sockets)
     return 0
 
 
-async def _demo(sockets: list[socket.socket], host: str, ttl: float) -> None:
+async def _demo(sockets: list[socket.socket], host: str, ttl: float, gate: ConnectionGate) -> None:
     fakes = {
         "hiro": hiro.FakeHiro(ttl=ttl),
         "aerion": aerion.FakeAerion(ttl=ttl),
@@ -89,7 +91,7 @@ async def _demo(sockets: list[socket.socket], host: str, ttl: float) -> None:
             config_text, source="demo config", overrides={"host": host, "port": port_of(sockets)}
         )
         _print_banner(settings, urls, config_text)
-        await uvicorn.Server(uvicorn_config(settings)).serve(sockets=sockets)
+        await uvicorn.Server(uvicorn_config(settings, gate=gate)).serve(sockets=sockets)
     finally:
         for fake_server in servers.values():
             await fake_server.stop()

@@ -29,9 +29,17 @@ from broker.security import Guard
 
 log = logging.getLogger("broker.reload")
 
-RESTART_KEYS = ("host", "port", "log_format", "max_concurrent_requests", "state_dir", "state_key")
-"""Keys that only take effect at start: the socket, the log handler, the request slots and
-the state store are set up once."""
+RESTART_KEYS = (
+    "host",
+    "port",
+    "log_format",
+    "max_concurrent_requests",
+    "state_dir",
+    "state_key",
+    "limits",
+)
+"""Keys that only take effect at start: the socket, the log handler, the request slots,
+the state store and the connection limits are set up once."""
 SECRET_RESTART_KEYS = frozenset({"state_key"})
 """Restart keys whose values are never logged."""
 

@@ -194,6 +194,19 @@ async def test_restart_keys_are_compared_with_the_values_in_use(
         assert broker.reloader.in_use.port == 8181
 
 
+async def test_connection_limits_wait_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server and its connection guard are built once: new limits are named, not used."""
+    async with running(tmp_path) as broker:
+        caplog.set_level(logging.INFO, logger="broker.reload")
+        await broker.sighup(config_text(broker.url, extra="limits: {header_timeout: 2}"))
+        assert "limits changed from header_timeout=5.0" in caplog.text
+        assert "to header_timeout=2.0" in caplog.text
+        assert "it takes effect at the next restart" in caplog.text
+        assert broker.reloader.in_use.limits.header_timeout == 5.0
+
+
 async def test_command_line_overrides_still_win_on_reload(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
