@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -167,6 +168,28 @@ class Attack:
                 await asyncio.sleep(0.25)
 
 
+CALLER = (
+    "import json, sys\n"
+    "from tests.test_connection_flood import call_broker\n"
+    "print(json.dumps(call_broker(sys.argv[1])))\n"
+)
+
+
+def call_broker_in_a_process(base: str) -> tuple[list[float], list[str]]:
+    """:func:`call_broker` run by a fresh Python process."""
+    done = subprocess.run(
+        [sys.executable, "-c", CALLER, base],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    latencies, failures = json.loads(done.stdout)
+    return latencies, failures
+
+
 def call_broker(base: str) -> tuple[list[float], list[str]]:
     """CALLS token requests, each on a new connection; their latencies and any failures."""
     latencies: list[float] = []
@@ -243,7 +266,7 @@ async def attack_while_calling(port: int, pid: int, base: str) -> Outcome:
             await attack.all_in.wait()
         before = await asyncio.to_thread(refreshes, base)
         started = time.monotonic()
-        latencies, failures = await asyncio.to_thread(call_broker, base)
+        latencies, failures = await asyncio.to_thread(call_broker_in_a_process, base)
         after = await asyncio.to_thread(refreshes, base)
         attacked_for = time.monotonic() - started
     finally:
