@@ -16,8 +16,10 @@ This module puts two things in front of uvicorn's own protocol, unchanged otherw
   Its listening socket decides at ``accept()``, before asyncio builds anything: at the
   cap it resets the connection that has gone longest without a request (an idle or a
   slow one) to make room, and only when every connection is in the middle of a request
-  is the new one refused (closed at once). Under another event loop (uvloop accepts in
-  C) the same decision is made when the connection is made.
+  is the new one refused (closed at once). While the room made is being released (the
+  event loop's next turn), new connections wait in the listening socket's backlog. Under
+  another event loop (uvloop accepts in C) the same decision is made when the connection
+  is made.
 """
 
 from __future__ import annotations
@@ -97,6 +99,23 @@ class ConnectionGate:
         return Guarded
 
     # -- decisions -------------------------------------------------------------------------
+
+    def releasing(self) -> bool:
+        """At the cap, with room about to appear: a new connection should wait (in the
+        listening socket's backlog) for the event loop's next turns rather than be refused.
+
+        Room appears when connections closed to make room release their descriptors, and
+        connections accepted but not set up yet become ones that room can be made from.
+        """
+        if self.open < self.cap:
+            return False
+        self._forget_failed_accepts()
+        if self.open < self.cap:
+            return False
+        if self._making_room >= CLOSING_HEADROOM:
+            return True
+        in_flux = bool(self._accepted) or self._making_room > 0
+        return in_flux and self._longest_without_request() is None
 
     def admit(self) -> bool:
         """Whether one more connection may be opened; at the cap, make room if possible."""
@@ -215,6 +234,10 @@ class GatedListener(socket.socket):
         self._gate = gate
 
     def accept(self) -> tuple[socket.socket, Any]:
+        if self._gate.releasing():
+            # Not refused: left in the backlog until the room made is released (asyncio's
+            # accept loop ends for this turn and comes back on the next one).
+            raise BlockingIOError
         conn, address = super().accept()  # BlockingIOError once the backlog is empty
         if not self._gate.admit():
             conn.close()

@@ -295,6 +295,26 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_is_refused(
         refused_w.close()
 
 
+async def test_a_burst_at_the_cap_waits_for_room_instead_of_being_refused() -> None:
+    """More newcomers in one event-loop turn than connections may be closed to make room
+    at once: the rest wait in the backlog for the next turn; none is refused."""
+    async with guarded(cap=20) as served:
+        for _ in range(20):
+            await served.connect()  # idle: room can be made from them
+        await eventually(lambda: served.gate.open == 20)
+        burst = []
+        for _ in range(30):  # connected by the kernel before the server runs again
+            sock = socket.create_connection(("127.0.0.1", served.port))
+            sock.setblocking(False)
+            burst.append(sock)
+        streams = [await served.connect(sock) for sock in burst]
+        reader, writer = streams[-1]
+        writer.write(REQUEST)
+        assert (await answer(reader)).startswith(b"HTTP/1.1 200 ")
+        assert served.gate.closed["refused"] == 0
+        assert served.gate.closed["evicted"] >= 30
+
+
 async def test_a_flood_never_holds_more_descriptors_than_the_cap_and_its_headroom() -> None:
     """300 connections at once against a cap of 50: the gate never counts more than
     cap + headroom open, the last ones are served, and nothing is left counted after."""
