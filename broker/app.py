@@ -181,7 +181,14 @@ def _add_metrics_route(app: FastAPI, guard: Guard, metrics: Metrics) -> None:
 def _announce_access_rules(settings: BrokerSettings, guard: Guard) -> None:
     log = logging.getLogger("broker.security")
     if guard.clients:
-        log.info("%d client(s) configured: token requests need a client key", len(guard.clients))
+        by_peer = sum(client.by_peer for client in guard.clients)
+        how = f" ({by_peer} by their uid on the Unix socket)" if by_peer else ""
+        log.info(
+            "%d client(s) configured%s: token requests need a client key%s",
+            len(guard.clients),
+            how,
+            " or a known uid" if by_peer else "",
+        )
     elif settings.security.allow_unauthenticated_network:
         log.warning(
             "SECURITY: security.allow_unauthenticated_network is set: anything that can reach"

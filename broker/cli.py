@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +23,7 @@ from broker.config import BrokerSettings, inline_secret_warnings, load_config
 from broker.connguard import ConnectionGate, connection_gate
 from broker.errors import ConfigError
 from broker.fastpath import TokenFastPath
+from broker.listeners import ListenError, close_all, listen_address, open_listeners
 from broker.logs import configure_logging
 from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logins
 from broker.protocols import build_protocol
@@ -152,7 +151,12 @@ class _PlainFormatter(logging.Formatter):
 
 def _describe(config_path: str, settings: BrokerSettings) -> None:
     print(f"{config_path}: OK, {len(settings.providers)} provider(s)")
-    print(f"listen: http://{listen_address(settings.host)}:{settings.port}")
+    if settings.listen_tcp:
+        print(f"listen: http://{listen_address(settings.host)}:{settings.port}")
+    if settings.listen_unix is not None:
+        unix = settings.listen_unix
+        group = "" if unix.group is None else f", group {unix.group}"
+        print(f"listen: unix:{unix.path} (mode {unix.mode:04o}{group})")
     for name, provider in settings.providers.items():
         protocol = build_protocol(provider)
         policy = settings.refresh_for(name)
@@ -245,85 +249,6 @@ def exit_zero_after_shutdown() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class ListenError(Exception):
-    """The listening address cannot be had; the message is one line for the operator."""
-
-
-BACKLOG = 2048
-"""uvicorn's default; it calls listen() again with its own."""
-
-
-def listen(host: str, port: int) -> list[socket.socket]:
-    """Bind and listen at *port* on every address *host* names (``localhost``: maybe two), now.
-
-    Bound before anything is announced or started, so a busy port is one clear
-    error rather than a "serving on" line followed by uvicorn's shutdown; handed
-    to uvicorn with ``serve(sockets=...)``. Connections wait in the backlog until
-    uvicorn accepts them. Raises ListenError.
-    """
-    try:
-        addresses = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sockets: list[socket.socket] = []
-    try:
-        for family, _, _, _, address in dict.fromkeys(addresses):
-            if sockets and port == 0:  # every address on the one port the system picked
-                address = (address[0], port_of(sockets), *address[2:])
-            sockets.append(_listening_socket(family, address))
-    except OSError as exc:
-        close_all(sockets)
-        raise ListenError(_listen_failure(host, port, exc)) from None
-    return sockets
-
-
-def _listening_socket(family: socket.AddressFamily, address: tuple[object, ...]) -> socket.socket:
-    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets
-    # whose proto says TCP; without it every answer stalls ~40 ms on delayed ACKs.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        # As asyncio's create_server, which uvicorn used: a restart need not wait out
-        # TIME_WAIT, and an IPv6 socket does not also take the IPv4 port.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _listen_failure(host: str, port: int, exc: OSError) -> str:
-    where = f"{listen_address(host)}:{port}"
-    if exc.errno == errno.EADDRINUSE:
-        other = port + 101 if port + 101 <= 65535 else port - 101
-        return (
-            f"cannot listen on {where}: address already in use"
-            f" (another broker or program is using it; try --port {other})"
-        )
-    return f"cannot listen on {where}: {exc.strerror or type(exc).__name__}"
-
-
-def listen_address(host: str) -> str:
-    """*host* as it goes before ``:port`` in a URL: IPv6 addresses in brackets."""
-    return f"[{host}]" if ":" in host else host
-
-
-def port_of(sockets: Sequence[socket.socket]) -> int:
-    """The port the sockets listen on (the system's pick when 0 was asked for)."""
-    port: int = sockets[0].getsockname()[1]
-    return port
-
-
-def close_all(sockets: Sequence[socket.socket]) -> None:
-    for sock in sockets:
-        sock.close()
-
-
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_config(Path(args.config), overrides=overrides)
@@ -344,19 +269,20 @@ def _serve(args: argparse.Namespace) -> int:
     for warning in cleartext_warnings(settings):
         log.warning("%s", warning)
     gate = connection_gate(settings)  # before any socket: raises the open-file limit
-    sockets = gate.listeners(listen(settings.host, settings.port))  # before announcing it
+    listeners = open_listeners(settings)  # before announcing them
     log.info(
-        "serving %d provider(s) on http://%s:%d",
+        "serving %d provider(s) on %s",
         len(settings.providers),
-        listen_address(settings.host),
-        port_of(sockets),
+        listeners.addresses(settings.host),
     )
     log.info("%s", gate.describe())
+    gated = gate.listeners(listeners.sockets)
     try:
         with exit_zero_after_shutdown():
             config = uvicorn_config(settings, Path(args.config), store, overrides, gate)
             server = uvicorn.Server(config)
-            server.run(sockets=sockets)
+            server.run(sockets=gated)
     finally:
-        close_all(sockets)
+        close_all(gated)
+        listeners.close()  # and the Unix socket's file
     return 0

@@ -14,7 +14,10 @@ With requests::
     session.auth = BrokerRequestsAuth("hiro")
 
 The broker's URL comes from ``broker_url=``, else the ``BROKER_URL`` environment variable,
-else ``http://127.0.0.1:8181``. A token is fetched with ``GET /token/<provider>`` and reused
+else ``http://127.0.0.1:8181``; ``unix:/run/broker/broker.sock`` (or ``unix:///run/...``)
+reaches a broker's Unix socket (``listen_unix``), where it can know the app by its uid.
+
+A token is fetched with ``GET /token/<provider>`` and reused
 until ``refresh_before`` seconds before it expires (the broker refreshes well ahead of that, so
 a fetch is a memory read on the broker's side). When the API answers 401 the helper asks the
 broker for a new token once (``POST /token/<provider>/refresh`` with ``If-Match:`` the refused
@@ -132,7 +135,9 @@ class _TokenSource:
         base = broker_url or os.environ.get(BROKER_URL_ENV) or DEFAULT_BROKER_URL
         self.provider = provider
         self.broker_url = base.rstrip("/")
-        self._token_url = f"{self.broker_url}/token/{urllib.parse.quote(provider, safe='')}"
+        self._socket = unix_socket_path(self.broker_url)
+        http_base = UNIX_SOCKET_BASE if self._socket is not None else self.broker_url
+        self._token_url = f"{http_base}/token/{urllib.parse.quote(provider, safe='')}"
         self._refresh_before = refresh_before
         self._timeout = timeout
         self._headers = {"Accept": "application/json", **(headers or {})}
@@ -190,7 +195,7 @@ class _TokenSource:
             if self._client is not None:
                 response = self._client.request(method, url, headers=headers, timeout=self._timeout)
             else:
-                with _own_client(self._timeout) as client:
+                with _own_client(self._timeout, self._socket) as client:
                     response = client.request(method, url, headers=headers)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
@@ -229,7 +234,7 @@ class _TokenSource:
             else:
                 # A client per fetch: fetches are rare (once per token lifetime) and a
                 # short-lived client is bound to no event loop and leaks no connections.
-                async with _own_async_client(self._timeout) as client:
+                async with _own_async_client(self._timeout, self._socket) as client:
                     response = await client.request(method, url, headers=headers)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
@@ -300,13 +305,36 @@ class _TokenSource:
         )
 
 
-def _own_client(timeout: float) -> httpx.Client:
+UNIX_SOCKET_BASE = "http://localhost"
+"""The URL requests to a Unix socket are made to: ``localhost`` is a Host the broker takes."""
+
+
+def unix_socket_path(broker_url: str) -> str | None:
+    """The socket path of a ``unix:`` broker URL; None for an ``http(s)://`` one."""
+    if not broker_url.startswith("unix:"):
+        return None
+    path = broker_url.removeprefix("unix:")
+    if path.startswith("//"):  # unix:///run/broker/broker.sock
+        path = path[2:]
+    if not path.startswith("/"):
+        msg = f"a unix: broker URL needs an absolute socket path: {broker_url!r}"
+        raise ValueError(msg)
+    return path
+
+
+def _own_client(timeout: float, socket_path: str | None) -> httpx.Client:
     # trust_env=False: no proxy between an app and its (local or compose-network) broker.
-    return httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False)
+    transport = httpx.HTTPTransport(uds=socket_path) if socket_path is not None else None
+    return httpx.Client(
+        timeout=timeout, trust_env=False, follow_redirects=False, transport=transport
+    )
 
 
-def _own_async_client(timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False)
+def _own_async_client(timeout: float, socket_path: str | None) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=socket_path) if socket_path is not None else None
+    return httpx.AsyncClient(
+        timeout=timeout, trust_env=False, follow_redirects=False, transport=transport
+    )
 
 
 def _bearer(token: str) -> str:
@@ -322,14 +350,16 @@ class BrokerAuth(httpx.Auth):
 
     Args:
         provider: the broker's provider name (``/token/<provider>``).
-        broker_url: the broker's base URL; default ``$BROKER_URL`` or ``http://127.0.0.1:8181``.
+        broker_url: the broker's base URL, or ``unix:<socket path>``; default ``$BROKER_URL``
+            or ``http://127.0.0.1:8181``.
         refresh_before: fetch a new token when the cached one has less than this many
             seconds left.
         timeout: seconds for each call to the broker.
         headers: extra headers for the broker only (never sent to the API).
         clock: monotonic clock, for tests.
         client, async_client: httpx clients to call the broker with (for tests or custom
-            transports; the caller owns them). By default each broker call uses a new
+            transports; the caller owns them; with a ``unix:`` URL, their transport must
+            reach the socket). By default each broker call uses a new
             short-lived client, never the app's client.
     """
 

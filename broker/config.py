@@ -52,6 +52,7 @@ from broker.overrides import (
 )
 from broker.secrets import Indirect, OptionalIndirect, OptionalSecret, Secret, not_text
 from broker.sinks import SinkConfig
+from broker.unixsocket import GroupId, ProgramPath, UnixListen, UserId
 from broker.yamlfile import KeyPath, YamlDoc, read_yaml
 
 log = logging.getLogger("broker.config")
@@ -326,20 +327,43 @@ def _check_grant(p: _UserCredentials, grant: GrantType | None) -> None:
 
 
 class ClientConfig(BaseModel):
-    """A caller of the broker, identified by its key."""
+    """A caller of the broker, identified by its key, by who it is on the Unix socket
+    (``unix_uid``, ``unix_gid``, ``unix_exe``), or by both (then both must match)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    key: Secret
+    key: OptionalSecret = None
     """Sent as ``Authorization: Bearer <key>``; at least 16 characters."""
+    unix_uid: UserId | None = None
+    """On the Unix socket (``listen_unix``): the caller's uid, as the kernel reports it."""
+    unix_gid: GroupId | None = None
+    """On the Unix socket: the caller's (primary, effective) gid."""
+    unix_exe: ProgramPath | None = None
+    """On the Unix socket: the program the caller runs (``/proc/<pid>/exe``). It names the
+    interpreter, not the script, and needs the caller in the broker's PID namespace; a
+    narrowing of unix_uid or unix_gid, never enough alone."""
     providers: list[str] = Field(default_factory=list)
     """Providers whose tokens this client may read (and refresh); ``"*"`` for all."""
     status: bool = False
     """May read /providers and the details of /readyz."""
 
+    @property
+    def by_peer(self) -> bool:
+        """Whether this client is identified (also) by its Unix socket credentials."""
+        return self.unix_uid is not None or self.unix_gid is not None
+
     @model_validator(mode="after")
-    def _long_enough(self) -> ClientConfig:
-        if len(self.key.get_secret_value()) < MIN_CLIENT_KEY_LENGTH:
+    def _identified(self) -> ClientConfig:
+        if self.key is None and not self.by_peer:
+            if self.unix_exe is not None:
+                msg = "unix_exe alone does not identify a caller: add unix_uid or unix_gid"
+                raise FieldProblem(("unix_exe",), msg)
+            msg = "a client needs a key, a unix_uid or a unix_gid"
+            raise FieldProblem(("key",), msg)
+        if self.unix_exe is not None and not self.by_peer:
+            msg = "unix_exe narrows unix_uid or unix_gid: add one of them"
+            raise FieldProblem(("unix_exe",), msg)
+        if self.key is not None and len(self.key.get_secret_value()) < MIN_CLIENT_KEY_LENGTH:
             msg = f"a client key must be at least {MIN_CLIENT_KEY_LENGTH} characters"
             raise FieldProblem(("key",), msg)
         return self
@@ -399,6 +423,11 @@ class BrokerSettings(BaseModel):
     host: str = "127.0.0.1"
     """Listen address. Loopback by default: tokens are for this host only."""
     port: int = Field(8181, ge=0, le=65535)
+    listen_tcp: bool = True
+    """Listen on host:port. ``false`` with listen_unix: the Unix socket only."""
+    listen_unix: UnixListen | None = None
+    """A Unix domain socket to listen on as well (``/run/broker/broker.sock``, or
+    ``{path, mode, group}``); callers there can be identified by their uid."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     """``text``: one human-readable line per event; ``json``: one JSON object per line."""
@@ -434,21 +463,41 @@ class BrokerSettings(BaseModel):
     @model_validator(mode="after")
     def _clients_name_real_providers(self) -> BrokerSettings:
         keys: dict[str, str] = {}
+        peers: dict[tuple[int | None, int | None, str | None], str] = {}
         for name, client in self.clients.items():
             unknown = [p for p in client.providers if p != "*" and p not in self.providers]
             if unknown:
                 msg = f"no provider named {unknown[0]!r}"
                 raise FieldProblem(("clients", name, "providers"), msg)
-            other = keys.setdefault(client.key.get_secret_value(), name)
-            if other != name:
-                msg = f"the same key as client {other!r}; give each its own"
-                raise FieldProblem(("clients", name, "key"), msg)
+            if client.key is not None:
+                other = keys.setdefault(client.key.get_secret_value(), name)
+                if other != name:
+                    msg = f"the same key as client {other!r}; give each its own"
+                    raise FieldProblem(("clients", name, "key"), msg)
+            if client.by_peer and self.listen_unix is None:
+                field = "unix_uid" if client.unix_uid is not None else "unix_gid"
+                msg = "identifies callers on the Unix socket, but listen_unix is not set"
+                raise FieldProblem(("clients", name, field), msg)
+            if client.by_peer and client.key is None:
+                identity = (client.unix_uid, client.unix_gid, client.unix_exe)
+                other = peers.setdefault(identity, name)
+                if other != name:
+                    msg = f"the same unix_uid, unix_gid and unix_exe as client {other!r}"
+                    raise FieldProblem(("clients", name, "unix_uid"), msg)
+        return self
+
+    @model_validator(mode="after")
+    def _somewhere_to_listen(self) -> BrokerSettings:
+        if not self.listen_tcp and self.listen_unix is None:
+            msg = "listen_tcp: false needs listen_unix (the broker would listen nowhere)"
+            raise FieldProblem(("listen_tcp",), msg)
         return self
 
     @model_validator(mode="after")
     def _network_needs_clients(self) -> BrokerSettings:
         if (
-            not is_loopback_address(self.host)
+            self.listen_tcp
+            and not is_loopback_address(self.host)
             and not self.clients
             and not self.security.allow_unauthenticated_network
         ):

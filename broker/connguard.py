@@ -20,6 +20,9 @@ This module puts two things in front of uvicorn's own protocol, unchanged otherw
   event loop's next turn), new connections wait in the listening socket's backlog. Under
   another event loop (uvloop accepts in C) the same decision is made when the connection
   is made.
+
+On a Unix socket, :class:`GuardedHTTP` also reads who connected (:mod:`broker.peers`) and
+makes it known to that connection's requests.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from uvicorn.server import ServerState
 
 from broker.config import BrokerSettings
 from broker.fdbudget import CLOSING_HEADROOM, connection_cap, raise_open_file_limit
+from broker.peers import PeerCredentials, current_peer, peer_credentials
 
 log = logging.getLogger("broker.connections")
 
@@ -277,6 +281,7 @@ class GuardedHTTP(asyncio.Protocol):
         self._stalled: asyncio.TimerHandle | None = None
         self.closing = False
         self.evicted = False
+        self._peer: PeerCredentials | None = None
 
     def _cycle(self) -> object:
         return getattr(self._http, "cycle", None)
@@ -300,12 +305,21 @@ class GuardedHTTP(asyncio.Protocol):
             self.reset()
             return
         self._made = True
+        if sock is not None:
+            self._peer = peer_credentials(sock)
         self._http.connection_made(transport)
         self._start_deadline()
 
     def data_received(self, data: bytes) -> None:
         before = self._cycle()
-        self._http.data_received(data)
+        # The wrapped protocol makes a request's task here; the task copies the context,
+        # so it (and the tasks of further requests on this connection, made from it)
+        # knows its caller on a Unix socket.
+        reset = current_peer.set(self._peer)
+        try:
+            self._http.data_received(data)
+        finally:
+            current_peer.reset(reset)
         if self._cycle() is not before:  # a request head is complete
             self.gate.progressed(self)
             self._stop_deadline()

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from broker import heap
 from broker.config import BrokerSettings, load_config
 from broker.errors import ConfigError
@@ -32,14 +34,19 @@ log = logging.getLogger("broker.reload")
 RESTART_KEYS = (
     "host",
     "port",
+    "listen_tcp",
+    "listen_unix",
     "log_format",
     "max_concurrent_requests",
     "state_dir",
     "state_key",
     "limits",
 )
-"""Keys that only take effect at start: the socket, the log handler, the request slots,
+"""Keys that only take effect at start: the sockets, the log handler, the request slots,
 the state store and the connection limits are set up once."""
+LISTENING_KEYS = ("host", "listen_tcp", "listen_unix")
+"""The restart keys other keys are checked against: clients are needed on a network
+address, and clients identified by uid need the Unix socket."""
 SECRET_RESTART_KEYS = frozenset({"state_key"})
 """Restart keys whose values are never logged."""
 
@@ -130,12 +137,18 @@ class Reloader:
         if not waiting:
             return wanted, []
         changed = {key: held[key] for key in RESTART_KEYS if getattr(wanted, key) != held[key]}
-        if "host" in changed:
-            # The one restart key other keys are checked against (no clients on a
-            # network address): validate the new file with the address in use.
-            wanted = load_config(self._path, overrides={**self._overrides, "host": held["host"]})
+        if any(key in changed for key in LISTENING_KEYS):
+            # Validate the new file with the listeners in use: a reload must not leave a
+            # network-facing broker without clients.
+            listening = {key: _as_data(held[key]) for key in LISTENING_KEYS}
+            wanted = load_config(self._path, overrides={**self._overrides, **listening})
         # The others were validated at start and no other key depends on them.
         return wanted.model_copy(update=changed), waiting
+
+
+def _as_data(value: object) -> object:
+    """A settings value as the config loader takes it (plain data, not a model)."""
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def _describe(key: str, in_use: object, wanted: object) -> str:

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.addresses import is_loopback_address
 from broker.config import BrokerSettings
+from broker.peers import PeerCredentials, current_peer
 
 Need = Literal["token", "status"]
 
@@ -96,15 +97,37 @@ class Denied(Exception):
 @dataclass(frozen=True)
 class Client:
     name: str
-    key: bytes
+    key: bytes | None
     providers: frozenset[str]
     status: bool
+    uid: int | None = None
+    gid: int | None = None
+    exe: str | None = None
 
     def __repr__(self) -> str:
         return f"Client(name={self.name!r}, providers={sorted(self.providers)!r})"
 
     def may_read(self, provider: str) -> bool:
         return "*" in self.providers or provider in self.providers
+
+    @property
+    def by_peer(self) -> bool:
+        return self.uid is not None or self.gid is not None
+
+    @property
+    def specificity(self) -> int:
+        """How many of the caller's credentials this client names (the most specific wins)."""
+        return sum(attr is not None for attr in (self.uid, self.gid, self.exe))
+
+    def matches_peer(self, peer: PeerCredentials | None) -> bool:
+        """Whether *peer* is this client's caller: every unix_* it names must match."""
+        return (
+            peer is not None
+            and self.by_peer
+            and (self.uid is None or self.uid == peer.uid)
+            and (self.gid is None or self.gid == peer.gid)
+            and (self.exe is None or self.exe == peer.exe)
+        )
 
 
 @dataclass(frozen=True)
@@ -124,9 +147,12 @@ class AccessRules:
         clients = tuple(
             Client(
                 name=name,
-                key=client.key.get_secret_value().encode(),
+                key=None if client.key is None else client.key.get_secret_value().encode(),
                 providers=frozenset(client.providers),
                 status=client.status,
+                uid=client.unix_uid,
+                gid=client.unix_gid,
+                exe=client.unix_exe,
             )
             for name, client in settings.clients.items()
         )
@@ -201,15 +227,17 @@ class Guard:
     def authorize(self, authorization: str | None, provider: str | None, need: Need) -> str:
         """The caller's client name; raise Denied when it may not do *need* (on *provider*).
 
-        Without configured clients every (loopback) caller is ``anonymous``.
+        A caller on the Unix socket is also known by its credentials (:data:`current_peer`,
+        set for each of that connection's requests). Without configured clients every
+        (loopback or Unix socket) caller is ``anonymous``.
         """
         clients = self.rules.clients
         if not clients:
             return "anonymous"
-        client = _client_for(clients, authorization)
+        peer = current_peer.get()
+        client = _client_for(clients, authorization, peer)
         if client is None:
-            msg = "a client key is required: Authorization: Bearer <key>"
-            raise Denied(401, "unauthorized", msg, challenge=True)
+            raise Denied(401, "unauthorized", _who_is_unknown(peer), challenge=True)
         if need == "status":
             if not client.status:
                 msg = f"client {client.name!r} may not read the broker's status"
@@ -220,9 +248,24 @@ class Guard:
         return client.name
 
 
-def _client_for(clients: tuple[Client, ...], authorization: str | None) -> Client | None:
-    if not authorization or authorization[:7].lower() != "bearer ":
-        return None
+def _client_for(
+    clients: tuple[Client, ...], authorization: str | None, peer: PeerCredentials | None
+) -> Client | None:
+    """The client a key names (whose unix_* must also match, if it has any); without a
+    key, the most specific key-less client the Unix socket caller matches."""
+    if authorization:
+        if authorization[:7].lower() != "bearer ":
+            return None
+        client = _client_by_key(clients, authorization)
+        if client is None or (client.by_peer and not client.matches_peer(peer)):
+            return None
+        return client
+    matches = [client for client in clients if client.key is None and client.matches_peer(peer)]
+    # Equally specific matches: the first in the file (max keeps the first of equals).
+    return max(matches, key=lambda client: client.specificity, default=None)
+
+
+def _client_by_key(clients: tuple[Client, ...], authorization: str) -> Client | None:
     # Exactly the configured key: RFC 6750 allows more spaces after the scheme, nothing
     # else around the key (the HTTP parser has dropped trailing spaces and tabs already).
     presented = authorization[7:].lstrip(" ").encode()
@@ -230,9 +273,18 @@ def _client_for(clients: tuple[Client, ...], authorization: str | None) -> Clien
     # Compare against every key, in constant time each, so neither the
     # comparison nor the loop reveals how much of a key was right.
     for client in clients:
-        if hmac.compare_digest(presented, client.key):
+        if client.key is not None and hmac.compare_digest(presented, client.key):
             found = client
     return found
+
+
+def _who_is_unknown(peer: PeerCredentials | None) -> str:
+    if peer is None:
+        return "a client key is required: Authorization: Bearer <key>"
+    return (
+        f"no client is configured for uid {peer.uid}, gid {peer.gid} on the Unix socket;"
+        " configure one (unix_uid) or send Authorization: Bearer <key>"
+    )
 
 
 class GuardMiddleware:

@@ -49,8 +49,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from broker.atomic import TEMP_SUFFIX, reason, replace_file, write_probe
 from broker.errors import BrokerError
+from broker.filemode import FileMode
 from broker.tokens import rfc3339
-from broker.yamlfile import ZeroPaddedInt
 
 log = logging.getLogger("broker.sinks")
 
@@ -58,7 +58,6 @@ STALE_TEMP_SECONDS: Final = 60.0
 """check() removes this sink's temporary files older than this (left by a killed broker)."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_OCTAL = re.compile(r"(?:0o?)?([0-7]{1,4})")
 
 
 class SinkError(BrokerError):
@@ -74,41 +73,11 @@ class SinkConfig(BaseModel):
     """The file to (re)write. Its directory must exist and be writable by the broker."""
     format: Literal["token", "json", "env"] = "token"
     """``token``: the bare token; ``json``: like GET /token; ``env``: KEY='value' lines."""
-    mode: int = 0o600
+    mode: FileMode = 0o600
     """Permissions of the file: ``0640`` or ``0o640`` (octal, as for chmod), a string
     (``"0640"``) or a decimal int (``416``)."""
     env_prefix: str = "TOKEN"
     """Variable name prefix for ``format: env``: ``TOKEN``, ``TOKEN_TYPE``, ``TOKEN_EXPIRES_AT``."""
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _parse_mode(cls, value: object) -> object:
-        if isinstance(value, bool):
-            msg = "must be a file mode such as 0600 or '0640'"
-            raise ValueError(msg)
-        if isinstance(value, ZeroPaddedInt):
-            # YAML 1.2 reads `mode: 0640` as decimal 640; chmod, and whoever wrote it, mean octal.
-            value = str(int(value))
-        if isinstance(value, str):
-            match = _OCTAL.fullmatch(value.strip())
-            if match is None:
-                msg = "must be an octal file mode such as '0600' or '0o640'"
-                raise ValueError(msg)
-            return int(match.group(1), 8)
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _check_mode(cls, value: int) -> int:
-        if 0 <= value <= 0o777:
-            return value
-        hint = ""
-        digits = str(value)
-        if len(digits) <= 4 and set(digits) <= set("01234567") and int(digits, 8) <= 0o777:
-            # YAML read 640 as decimal: the octal mode needs a leading 0.
-            hint = f" ({value} is decimal; write 0{value} or '0{value}' for octal)"
-        msg = f"must be a file mode between 0 and 0777{hint}"
-        raise ValueError(msg)
 
     @field_validator("path")
     @classmethod

@@ -246,3 +246,37 @@ async def test_a_bad_file_changes_nothing(tmp_path: Path, caplog: pytest.LogCapt
         await broker.sighup("providers: [this is not a mapping")
         assert "config reload rejected" in caplog.text
         assert (await broker.token(OLD_KEY)).status_code == 200
+
+
+async def test_a_reload_cannot_turn_tcp_off_to_drop_the_clients_of_a_network_broker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """listen_tcp: false (a restart key) with no clients would be valid alone; with TCP on
+    a network address still in use, it is refused."""
+    network = {"host": "0.0.0.0", "security": {"allowed_hosts": ["127.0.0.1"]}}
+    async with running(tmp_path, network) as broker:
+        socket_only = (
+            f"host: 0.0.0.0\nlisten_tcp: false\nlisten_unix: {tmp_path / 'b.sock'}\n"
+            f"providers:\n  idp:\n    type: oauth2\n"
+            f'    token_url: "{broker.url}/oauth/token"\n    grant: client_credentials\n'
+            f"    client_id: app\n    client_secret: app-secret\n"
+        )
+        caplog.set_level(logging.INFO, logger="broker.reload")
+        await broker.sighup(socket_only)
+        assert "config reload rejected" in caplog.text
+        assert (await broker.client.get("/token/idp")).status_code == 401
+        assert (await broker.token(OLD_KEY)).status_code == 200
+
+
+async def test_a_new_unix_socket_waits_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """listen_unix is named as a restart key and no socket appears."""
+    sock = tmp_path / "b.sock"
+    async with running(tmp_path) as broker:
+        caplog.set_level(logging.INFO, logger="broker.reload")
+        await broker.sighup(config_text(broker.url, extra=f"listen_unix: {sock}"))
+        assert "listen_unix changed from None to path=" in caplog.text
+        assert "it takes effect at the next restart" in caplog.text
+        assert broker.reloader.in_use.listen_unix is None
+        assert not sock.exists()

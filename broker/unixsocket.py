@@ -1,0 +1,193 @@
+"""The broker's Unix domain socket listener (``listen_unix``) and the caller ids it uses.
+
+A Unix socket is reached through the file system, so who may connect is the socket
+file's mode and group, and who connected is known from the kernel (:mod:`broker.peers`):
+callers can be configured by uid, gid and program (``clients.<name>.unix_uid``) instead
+of, or besides, a key that could leak. This is how oidc-agent and the SPIFFE workload
+API tell callers apart.
+
+The socket is made so that it is never reachable with looser permissions than
+configured: it is bound under a umask that leaves it owner-only, then given its mode
+and group. A socket file left by a broker that died is replaced; one a running broker
+listens on, or any other kind of file, stops the start with a clear error. The file is
+removed at shutdown if it is still the one this broker made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+
+from broker.filemode import FileMode
+
+SUN_PATH_MAX = 107
+"""Bytes of a socket path the kernel takes (``sun_path`` is 108 with the final NUL)."""
+
+
+def _user_id(value: object) -> object:
+    """A uid as a number, or a user name looked up on this host."""
+    if isinstance(value, str) and not value.isdigit():
+        try:
+            return pwd.getpwnam(value).pw_uid
+        except KeyError:
+            msg = f"no user named {value!r} on this host (give the uid as a number)"
+            raise ValueError(msg) from None
+    return value
+
+
+def _group_id(value: object) -> object:
+    """A gid as a number, or a group name looked up on this host."""
+    if isinstance(value, str) and not value.isdigit():
+        try:
+            return grp.getgrnam(value).gr_gid
+        except KeyError:
+            msg = f"no group named {value!r} on this host (give the gid as a number)"
+            raise ValueError(msg) from None
+    return value
+
+
+def _is_id(value: int) -> int:
+    if isinstance(value, bool) or not 0 <= value < 2**32 - 1:
+        msg = "must be a number from 0 to 4294967294, or a name"
+        raise ValueError(msg)
+    return value
+
+
+UserId = Annotated[int, BeforeValidator(_user_id), AfterValidator(_is_id)]
+"""``unix_uid: 1001`` or ``unix_uid: billing`` (looked up when the config is read)."""
+GroupId = Annotated[int, BeforeValidator(_group_id), AfterValidator(_is_id)]
+
+
+def _absolute_program(value: str) -> str:
+    if not os.path.isabs(value):
+        msg = "must be an absolute path, as /proc/<pid>/exe names it (e.g. /usr/bin/python3.11)"
+        raise ValueError(msg)
+    return value
+
+
+ProgramPath = Annotated[str, AfterValidator(_absolute_program)]
+
+
+def _socket_path(value: Path) -> Path:
+    if not value.is_absolute():
+        msg = "must be an absolute path"
+        raise ValueError(msg)
+    if len(os.fsencode(value)) > SUN_PATH_MAX:
+        msg = f"is longer than the {SUN_PATH_MAX} bytes a socket path may have"
+        raise ValueError(msg)
+    return value
+
+
+SocketPath = Annotated[Path, AfterValidator(_socket_path)]
+
+
+def _path_only(value: object) -> object:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class UnixSocketSettings(BaseModel):
+    """``listen_unix``: a path, or ``{path, mode, group}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: SocketPath
+    """Where the socket is made; its directory is created (0755) if missing."""
+    mode: FileMode = 0o660
+    """Who may connect: the socket file's permission bits (connecting needs write)."""
+    group: GroupId | None = None
+    """The socket file's group (name or gid); default the broker's own."""
+
+
+UnixListen = Annotated[UnixSocketSettings, BeforeValidator(_path_only)]
+
+
+class UnixSocketError(Exception):
+    """The socket cannot be made; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class UnixListener:
+    """A listening Unix socket and the file it made."""
+
+    sock: socket.socket
+    path: Path
+    file_id: tuple[int, int]
+    """The socket file's (device, inode) when it was made."""
+
+    def remove_file(self) -> None:
+        """Remove the socket file if it is still the one this listener made (a newer
+        broker may have replaced it)."""
+        with contextlib.suppress(OSError):
+            info = self.path.lstat()
+            if (info.st_dev, info.st_ino) == self.file_id:
+                self.path.unlink()
+
+
+def listen_unix(settings: UnixSocketSettings, backlog: int) -> UnixListener:
+    """A listening Unix socket at *settings.path*, with its mode and group. Raises
+    UnixSocketError."""
+    path = settings.path
+    where = f"cannot listen on unix socket {path}"
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _remove_stale(path)
+    except OSError as exc:
+        raise UnixSocketError(f"{where}: {exc.strerror or type(exc).__name__}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Owner-only from the moment it exists; the configured mode is set after. The umask
+    # is the process's: nothing else runs yet when the broker sets up its listeners.
+    previous = os.umask(0o177)
+    try:
+        sock.bind(os.fspath(path))
+    except OSError as exc:
+        sock.close()
+        raise UnixSocketError(f"{where}: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.umask(previous)
+    try:
+        if settings.group is not None:
+            os.chown(path, -1, settings.group)
+        os.chmod(path, settings.mode)
+        sock.listen(backlog)
+        info = path.lstat()
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        what = "set its group" if exc.errno == errno.EPERM else "set it up"
+        raise UnixSocketError(f"{where}: cannot {what}: {exc.strerror}") from None
+    return UnixListener(sock, path, (info.st_dev, info.st_ino))
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove a socket file no broker listens on; refuse a live one or any other file."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        msg = "the path exists and is not a socket (remove it, or choose another path)"
+        raise UnixSocketError(f"cannot listen on unix socket {path}: {msg}")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(os.fspath(path))
+    except ConnectionRefusedError:
+        path.unlink()  # left by a broker that died: nobody is listening
+        return
+    except OSError:
+        pass  # not ours to judge (permissions, say): let bind() report it
+    else:
+        msg = "another broker or program is listening on it"
+        raise UnixSocketError(f"cannot listen on unix socket {path}: {msg}")
+    finally:
+        probe.close()
