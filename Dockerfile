@@ -44,11 +44,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # A fixed UID/GID, so volume and secret-file permissions can be set from outside.
 # /var/lib/broker is the only place the broker's user may write; /etc/broker holds the
-# (mounted, read-only) config.
+# (mounted, read-only) config. /run/broker is for a Unix socket (listen_unix) shared with
+# other containers through a named volume, which starts out with this owner and mode.
 RUN groupadd --system --gid 10001 broker \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /var/lib/broker --shell /usr/sbin/nologin broker \
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/broker \
+    && install -d -o 10001 -g 10001 -m 0755 /run/broker \
     && install -d -m 0755 /etc/broker
 
 COPY --from=build /opt/broker /opt/broker
