@@ -13,6 +13,7 @@ are identical. Kinds:
 * ``fastapi``: one FastAPI ``@app.get("/token/{provider}")`` with a plain ``provider: str``.
 
 The last two split the broker/bare gap into framework cost and the broker's own code.
+``--unguarded`` serves the same without the connection guard, to measure what it costs.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def main() -> int:
     parser.add_argument("--kind", choices=KINDS, default="asgi")
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
+        "--unguarded",
+        action="store_true",
+        help="uvicorn's own HTTP protocol, without broker.connguard (what the guard costs)",
+    )
+    parser.add_argument(
         "--plain",
         action="store_true",
         help="raw ASGI app under uvicorn without importing the broker (startup floor)",
@@ -103,6 +109,8 @@ def main() -> int:
     config = uvicorn_config(settings)
     builders = {"asgi": raw_app, "starlette": starlette_app, "fastapi": fastapi_app}
     config.app = builders[args.kind](body)
+    if args.unguarded:
+        config.http = "auto"  # uvicorn's default protocol class, not the guard's wrapper
     uvicorn.Server(config).run()
     return 0
 

@@ -1,7 +1,7 @@
 """Serving: throughput and p50/p99 of ``GET /token/<provider>`` (warm token) vs a bare ASGI app.
 
     .venv/bin/python -m bench.serving [--seconds 5] [--conns 1,16,256] [--variants default,standard]
-                                      [--ladder] [--profile-seconds 10] [--json]
+                                      [--ladder] [--guard-cost] [--profile-seconds 10] [--json]
 
 Runs the broker as a real process (``python -m broker serve``) with one provider against the
 fake IdP (``bench._idp``, token TTL 1 h, so no refresh happens during the run) and one client
@@ -11,7 +11,8 @@ same uvicorn settings (the broker's own ``uvicorn_config``, so both behind the c
 guard of ``broker.connguard``; the broker's log line naming its cap is shown), a raw ASGI app
 that answers the same bytes: the practical limit of the stack. With ``--ladder`` also a
 one-route Starlette app and a one-route FastAPI app, which splits the gap into framework and
-broker code.
+broker code. With ``--guard-cost`` also the raw app without the guard: ``guarded_rps_ratio``
+and ``guarded_p99_ratio`` are what the guard itself costs (the broker ratio leaves it out).
 
 ``wrk --latency`` drives each server in turn (short runs, same connection count, targets
 interleaved so drift on a noisy machine hits all of them alike). On 2+ CPUs the servers are
@@ -114,8 +115,9 @@ def run_wrk(url: str, conns: int, seconds: float, cpus: str | None, threads: int
 def start_bare(
     kind: str, port: int, body_file: Path, cpus: str | None, extra: Path | None
 ) -> subprocess.Popen[bytes]:
+    """A baseline server; kind ``unguarded`` is ``asgi`` without the connection guard."""
     cmd = [PYTHON, "-m", "bench._bare", "--port", str(port), "--body-file", str(body_file)]
-    cmd += ["--kind", kind]
+    cmd += ["--kind", "asgi", "--unguarded"] if kind == "unguarded" else ["--kind", kind]
     return subprocess.Popen(
         pinned(cmd, cpus),
         cwd=REPO,
@@ -154,6 +156,8 @@ def measure_variant(
         body_file.write_bytes(body)
         urls = {"broker": broker.url + token_path}
         kinds = ["asgi", "starlette", "fastapi"] if args.ladder else ["asgi"]
+        if args.guard_cost:
+            kinds.append("unguarded")
         for kind in kinds:
             bport = free_port()
             bare[kind] = start_bare(kind, bport, body_file, server_cpus, extra)
@@ -196,6 +200,10 @@ def measure_variant(
                 row["fastapi_rps"] = med["fastapi"].rps
                 row["starlette_ratio"] = ratio(med["starlette"].rps, a.rps)
                 row["fastapi_ratio"] = ratio(med["fastapi"].rps, a.rps)
+            if args.guard_cost:
+                # The bare app behind the guard vs without it: what the guard itself costs.
+                row["guarded_rps_ratio"] = ratio(a.rps, med["unguarded"].rps)
+                row["guarded_p99_ratio"] = ratio(a.p99_ms, med["unguarded"].p99_ms)
             row["met"] = row["rps_ratio"] >= TARGET_THROUGHPUT and row["p99_ratio"] <= TARGET_P99
             rows.append(row)
         return rows, stacks, broker
@@ -241,6 +249,11 @@ def main() -> int:
     parser.add_argument("--profile-seconds", type=float, default=0.0, help="py-spy the broker")
     parser.add_argument(
         "--out-dir", type=Path, default=Path(tempfile.gettempdir()) / "broker-bench"
+    )
+    parser.add_argument(
+        "--guard-cost",
+        action="store_true",
+        help="also run the bare app without the connection guard (guarded/unguarded ratios)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
