@@ -42,6 +42,7 @@ from pydantic_core import ErrorDetails
 
 from broker.addresses import is_loopback_address
 from broker.errors import ConfigError
+from broker.names import PROVIDER_NAME
 from broker.overrides import (
     UNKNOWN_KEY,
     Deprecated,
@@ -51,14 +52,12 @@ from broker.overrides import (
     strip_deprecated,
 )
 from broker.secrets import Indirect, OptionalIndirect, OptionalSecret, Secret, not_text
-from broker.sinks import SinkConfig
+from broker.sink_settings import SinkConfig
 from broker.unixsocket import GroupId, ProgramPath, UnixListen, UserId
 from broker.yamlfile import KeyPath, YamlDoc, read_yaml
 
 log = logging.getLogger("broker.config")
 
-PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-"""Provider names appear in URLs and env var names: keep them boring."""
 
 GrantType = Literal["password", "client_credentials", "refresh_token"]
 ClientAuth = Literal["client_secret_basic", "client_secret_post"]
@@ -117,7 +116,7 @@ def _name_is_text(value: object) -> object:
 
 
 def _provider_name(value: str) -> str:
-    if not PROVIDER_NAME.match(value):
+    if not PROVIDER_NAME.fullmatch(value):
         msg = (
             "a provider name must be 1-63 characters of a-z, 0-9, '_' and '-',"
             " starting with a letter or digit (it appears in URLs)"

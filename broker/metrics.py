@@ -16,13 +16,13 @@ Two kinds of metric:
   to be kept up to date by hand, and a scrape always sees the truth.
 
 Label values are bounded: error codes must match ``[a-z0-9_]{1,40}`` and
-provider names ``[a-z0-9][a-z0-9_-]{0,62}`` and client names
+provider names (:data:`broker.names.PROVIDER_NAME`) and client names
 ``[A-Za-z0-9][A-Za-z0-9_-]{0,62}``; anything else is exported as ``other``
 (no dots: a JWT is three dotted parts). The broker never passes a
 secret here on purpose; the bound makes sure a mistake cannot put one (or an
 unbounded number of series) into a metrics database.
 
-Scrapes run on the event loop (``make_asgi_app`` renders synchronously), the
+Scrapes run on the event loop (:meth:`Metrics.render` is synchronous), the
 same thread that mutates provider state, so a callback reads consistent values.
 """
 
@@ -33,13 +33,13 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
-from starlette.types import ASGIApp
 
+from broker.names import PROVIDER_NAME
 from broker.policy import PROVIDER_STATES
 
 log = logging.getLogger("broker.metrics")
@@ -52,7 +52,6 @@ REQUEST_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 """Token request latency buckets (seconds): a few ms locally up to the 10 s default timeout."""
 
 _CODE = re.compile(r"[a-z0-9_]{1,40}")
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # broker.config.PROVIDER_NAME
 _CLIENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 
@@ -63,7 +62,7 @@ def code_label(value: str) -> str:
 
 def name_label(value: str) -> str:
     """*value* if it looks like a provider name, else ``other``."""
-    return value if _NAME.fullmatch(value) else OTHER
+    return value if PROVIDER_NAME.fullmatch(value) else OTHER
 
 
 def client_label(value: str | None) -> str:
@@ -194,8 +193,7 @@ class Metrics:
 
     Call the event methods from the manager and the app, ``watch_provider`` once
     per provider (again to replace its callback), ``forget_provider`` when a
-    provider is removed, and mount :meth:`asgi_app` (or serve :meth:`render`)
-    at ``/metrics``.
+    provider is removed, and serve :meth:`render` at ``/metrics``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -312,10 +310,6 @@ class Metrics:
             metric.remove(*labels)
 
     # -- exposition -----------------------------------------------------------------
-
-    def asgi_app(self) -> ASGIApp:
-        """An ASGI app serving this registry (``prometheus_client.make_asgi_app``)."""
-        return cast(ASGIApp, make_asgi_app(self.registry))
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition for an ``Accept`` header: ``(body, content_type)``.

@@ -36,20 +36,16 @@ import contextlib
 import json
 import logging
 import math
-import re
 import secrets
 import stat
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Final, Literal, NoReturn
-
-from pydantic import BaseModel, ConfigDict, field_validator
+from typing import Final, NoReturn
 
 from broker.atomic import TEMP_SUFFIX, reason, replace_file, write_probe
 from broker.errors import BrokerError
-from broker.filemode import FileMode
+from broker.sink_settings import SinkConfig
 from broker.tokens import rfc3339
 
 log = logging.getLogger("broker.sinks")
@@ -57,45 +53,9 @@ log = logging.getLogger("broker.sinks")
 STALE_TEMP_SECONDS: Final = 60.0
 """check() removes this sink's temporary files older than this (left by a killed broker)."""
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
 
 class SinkError(BrokerError):
     """A sink file cannot be written; the message names the path, never the token."""
-
-
-class SinkConfig(BaseModel):
-    """``providers.<name>.sink``: write the provider's token to a file on every refresh."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: Path
-    """The file to (re)write. Its directory must exist and be writable by the broker."""
-    format: Literal["token", "json", "env"] = "token"
-    """``token``: the bare token; ``json``: like GET /token; ``env``: KEY='value' lines."""
-    mode: FileMode = 0o600
-    """Permissions of the file: ``0640`` or ``0o640`` (octal, as for chmod), a string
-    (``"0640"``) or a decimal int (``416``)."""
-    env_prefix: str = "TOKEN"
-    """Variable name prefix for ``format: env``: ``TOKEN``, ``TOKEN_TYPE``, ``TOKEN_EXPIRES_AT``."""
-
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, value: Path) -> Path:
-        if not value.name or value.name in (".", ".."):
-            msg = "must name a file, not a directory"
-            raise ValueError(msg)
-        return value
-
-    @field_validator("env_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not _ENV_NAME.fullmatch(value):
-            msg = (
-                "must be a shell variable name: letters, digits and '_', not starting with a digit"
-            )
-            raise ValueError(msg)
-        return value
 
 
 def sh_quote(value: str) -> str:

@@ -26,7 +26,7 @@ directory). Generate a key with::
 
     python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
 
-and hand it to :func:`load_key` as ``env:NAME`` or ``file:/run/secrets/name``.
+and give it to the config's ``state_key`` (``{env: NAME}`` or ``{file: /run/secrets/name}``).
 
 The *fingerprint* (see :func:`fingerprint`) identifies the login a token
 belongs to. When the provider's configuration changes (another token URL,
@@ -50,7 +50,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import stat
 import time
@@ -62,20 +61,17 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from broker.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file, write_probe
 from broker.config import ProviderConfig
+from broker.names import PROVIDER_NAME
 
 log = logging.getLogger("broker.state")
 
 VERSION = 1
 """The ``version`` written to every state file; other versions are refused."""
 
-PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 """A provider name as the config allows it; anything else is refused (no path traversal)."""
 
 MAX_STATE_FILE_BYTES = 64 * 1024
 """A state file larger than this is corrupt: a real one is well under 4 KiB."""
-
-MAX_KEY_FILE_BYTES = 4 * 1024
-"""A key file larger than this is certainly the wrong file."""
 
 STALE_TEMP_SECONDS = 60.0
 """Temporary files older than this (left by a killed broker) are removed at start."""
@@ -114,60 +110,6 @@ def fingerprint(*parts: str) -> str:
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
     return digest.hexdigest()
-
-
-def load_key(source: str) -> bytes:
-    """Read a Fernet key from ``env:NAME`` or ``file:/path``.
-
-    Raises StateError naming the variable or file (never the value) when it is
-    missing, empty or not a valid Fernet key (32 bytes, url-safe base64).
-    """
-    if source.startswith("env:"):
-        name = source[len("env:") :]
-        where = f"environment variable {name}"
-        if not name:
-            msg = "key source 'env:' names no environment variable"
-            raise StateError(msg)
-        value = os.environ.get(name)
-        if value is None:
-            msg = f"{where} is not set"
-            raise StateError(msg)
-        raw = value.encode("utf-8", "replace")
-    elif source.startswith("file:"):
-        path = source[len("file:") :]
-        where = f"key file {path}"
-        if not path:
-            msg = "key source 'file:' names no file"
-            raise StateError(msg)
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(MAX_KEY_FILE_BYTES + 1)
-        except OSError as exc:
-            msg = f"{where} cannot be read: {exc.strerror or type(exc).__name__}"
-            raise StateError(msg) from None
-        if len(raw) > MAX_KEY_FILE_BYTES:
-            msg = f"{where} is larger than {MAX_KEY_FILE_BYTES} bytes; it is not a key"
-            raise StateError(msg)
-    else:
-        # Never echo *source*: it might be the key itself, pasted in the wrong place.
-        msg = "key source must be 'env:NAME' or 'file:/path'"
-        raise StateError(msg)
-    key = raw.strip()
-    if not key:
-        msg = f"{where} is empty"
-        raise StateError(msg)
-    if not _valid_key(key):
-        msg = f"{where} does not hold a valid Fernet key (32 bytes, url-safe base64)"
-        raise StateError(msg)
-    return key
-
-
-def _valid_key(key: bytes) -> bool:
-    try:
-        Fernet(key)
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 class StateStore:
@@ -266,14 +208,6 @@ class StateStore:
         except OSError as exc:
             msg = f"state file {path} cannot be deleted: {reason(exc)}"
             raise StateError(msg) from None
-
-    def providers(self) -> list[str]:
-        """The provider names that have a state file, sorted."""
-        names = []
-        for entry in self.directory.glob("*.json"):
-            if PROVIDER_NAME.fullmatch(entry.stem) and entry.is_file():
-                names.append(entry.stem)
-        return sorted(names)
 
     # -- reading ----------------------------------------------------------------
 

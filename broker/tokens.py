@@ -22,7 +22,6 @@ class Grant:
     access_token: str = field(repr=False)
     lifetime: float | None = None
     refresh_token: str | None = field(default=None, repr=False)
-    scope: str | None = None
 
 
 ETAG_BYTES = 12

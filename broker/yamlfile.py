@@ -35,7 +35,7 @@ class ZeroPaddedInt(int):
     """An integer written with a leading zero (``0640``).
 
     YAML 1.2 reads it as decimal, which is right for a port and wrong for a file
-    mode: :class:`broker.sinks.SinkConfig` reads these digits as octal, as chmod does.
+    mode: :class:`broker.sink_settings.SinkConfig` reads these digits as octal, as chmod does.
     """
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -239,15 +238,12 @@ def test_client_label() -> None:
     assert client_label("c" * 64) == "other"
 
 
-@pytest.mark.anyio
-async def test_asgi_app_serves_the_registry(metrics: Metrics) -> None:
-    """asgi_app() answers with the text exposition of this registry."""
+def test_render_serves_the_registry_as_text(metrics: Metrics) -> None:
+    """render() without an Accept header gives this registry's text exposition."""
     metrics.config_reloaded(ok=False)
-    transport = httpx.ASGITransport(app=metrics.asgi_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
-        response = await client.get("/")
-    assert response.status_code == 200
-    assert 'broker_config_reloads_total{outcome="failure"} 1.0' in response.text
+    body, content_type = metrics.render(None)
+    assert content_type.startswith("text/plain")
+    assert b'broker_config_reloads_total{outcome="failure"} 1.0' in body
 
 
 def test_render_negotiates_openmetrics(metrics: Metrics) -> None:

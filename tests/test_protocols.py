@@ -1118,7 +1118,7 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
 
 
 @pytest.mark.parametrize(
-    ("text", "body", "refreshing", "wall_now", "token", "lifetime", "refresh_token", "scope"),
+    ("text", "body", "refreshing", "wall_now", "token", "lifetime", "refresh_token"),
     [
         pytest.param(
             HIRO_APP,
@@ -1136,7 +1136,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             HIRO_DOC_TOKEN,
             3600.0,
             "rt-opaque",
-            None,
             id="hiro-app-doc-example",
         ),
         pytest.param(
@@ -1147,7 +1146,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             "t",
             600.0,
             "rt-2",
-            None,
             id="hiro-expires-at-string-ms",
         ),
         pytest.param(
@@ -1157,7 +1155,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             WALL,
             make_jwt({"exp": WALL + 100}),
             3600.0,
-            None,
             None,
             id="hiro-expires-at-beats-jwt",
         ),
@@ -1169,7 +1166,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             "t",
             -5.0,
             None,
-            None,
             id="hiro-already-expired",
         ),
         pytest.param(
@@ -1179,7 +1175,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             WALL,
             make_jwt({"exp": WALL + 600}),
             600.0,
-            None,
             None,
             id="hiro-jwt-exp-empty-refresh-token",
         ),
@@ -1191,7 +1186,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             "t",
             900.0,
             None,
-            None,
             id="hiro-expires-in",
         ),
         pytest.param(
@@ -1200,7 +1194,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             False,
             WALL,
             "t",
-            None,
             None,
             None,
             id="hiro-access-token-alias-no-lifetime",
@@ -1218,7 +1211,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             make_jwt({"exp": WALL + 7200}),
             3600.0,
             "rt-new",
-            None,
             id="hiro-token-expires-in-string",
         ),
         pytest.param(
@@ -1234,7 +1226,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             AERION_ACCESS,
             3600.0,
             AERION_REFRESH,
-            None,
             id="aerion-login-lowercase-bearer",
         ),
         pytest.param(
@@ -1250,7 +1241,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             "a" * 40,
             3600.0,
             "b" * 40,
-            None,
             id="aerion-refresh-rotates",
         ),
         pytest.param(
@@ -1267,7 +1257,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             "1700000000000.0-0-0-0-0.abcDEF123",
             3600.0,
             "1700000000000.xyz",
-            "0-0-0-0-0 yt-id",
             id="hub-password",
         ),
         pytest.param(
@@ -1278,7 +1267,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             "hub-2",
             3600.0,
             None,
-            "s",
             id="hub-refresh-keeps-no-refresh-token",
         ),
         pytest.param(
@@ -1287,7 +1275,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             False,
             WALL,
             "opaque",
-            None,
             None,
             None,
             id="no-expires-in-opaque",
@@ -1300,7 +1287,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             make_jwt({"exp": WALL + 300}),
             300.0,
             None,
-            None,
             id="no-expires-in-jwt-exp",
         ),
         pytest.param(
@@ -1310,7 +1296,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             WALL,
             make_jwt({"exp": WALL + 300}),
             300.0,
-            None,
             None,
             id="null-expires-in-jwt-exp",
         ),
@@ -1322,7 +1307,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             make_jwt({"exp": WALL + 300}),
             60.0,
             None,
-            None,
             id="expires-in-beats-jwt",
         ),
         pytest.param(
@@ -1333,7 +1317,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             "t",
             59.5,
             None,
-            None,
             id="float-expires-in-list-scope-ignored",
         ),
         pytest.param(
@@ -1343,7 +1326,6 @@ AERION_REFRESH = "83ef27458d5e71337afe40b4854264cf72889cac"
             WALL,
             "t",
             60.0,
-            None,
             None,
             id="access-token-wins-over-stray-error",
         ),
@@ -1357,16 +1339,14 @@ def test_parse_success(
     token: str,
     lifetime: float | None,
     refresh_token: str | None,
-    scope: str | None,
 ) -> None:
-    """A token response becomes a Grant: token, lifetime from now, refresh token, scope."""
+    """A token response becomes a Grant: token, lifetime from now, refresh token."""
     response, content = respond(200, body)
     grant = protocol(text).parse_response(
         response, content, wall_now=wall_now, refreshing=refreshing
     )
     assert grant.access_token == token
     assert grant.refresh_token == refresh_token
-    assert grant.scope == scope
     if lifetime is None:
         assert grant.lifetime is None
     else:

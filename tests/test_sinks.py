@@ -17,7 +17,8 @@ import pytest
 from pydantic import ValidationError
 
 from broker.atomic import TEMP_SUFFIX
-from broker.sinks import FileSink, SinkConfig, SinkError, render, sh_quote
+from broker.sink_settings import SinkConfig
+from broker.sinks import FileSink, SinkError, render, sh_quote
 from broker.yamlfile import ZeroPaddedInt, read_yaml
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl-_x"

@@ -129,14 +129,12 @@ class OAuth2Protocol(TokenProtocol):
             exp = jwt_expiry(access_token)
             lifetime = exp - wall_now if exp is not None else None
         refresh_token = data.get("refresh_token")
-        scope = data.get("scope")
         return Grant(
             access_token=access_token,
             lifetime=lifetime,
             refresh_token=refresh_token
             if isinstance(refresh_token, str) and refresh_token
             else None,
-            scope=scope if isinstance(scope, str) else None,
         )
 
     def describe(self) -> str:
