@@ -43,6 +43,7 @@ from broker.policy import SERVING_STATES
 from broker.reload import Reloader
 from broker.security import Denied, Guard, GuardMiddleware, SecurityHeadersMiddleware
 from broker.state import StateStore
+from broker.store import LocalStore, TokenStore
 from broker.tokens import Token, rfc3339
 
 MAX_MIN_VALID = 86400
@@ -84,7 +85,7 @@ def create_app(
     overrides: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    store: StateStore | None = None,
+    store: TokenStore | None = None,
     freeze_heap: bool = False,
 ) -> FastAPI:
     """Build the broker's ASGI app. Nothing starts until the app's lifespan runs.
@@ -92,8 +93,9 @@ def create_app(
     With *config_path*, SIGHUP re-reads that file (see :mod:`broker.reload`),
     applying *overrides* (the command line's ``--host`` and ``--port``) again;
     ``app.state.reloader`` is the :class:`~broker.reload.Reloader` then.
-    *store* keeps refresh tokens across restarts; by default it is opened from
-    ``settings.state_dir`` (the CLI opens it first to report problems early).
+    *store* is where tokens live beyond memory (:mod:`broker.store`); by default the
+    state directory of ``settings.state_dir`` (the CLI opens it first to report problems
+    early), or none.
     *clock* and *transport* exist for tests (a fake clock, ``httpx.MockTransport``).
     *freeze_heap* is for the server process: see :mod:`broker.heap`.
     """
@@ -117,7 +119,7 @@ def create_app(
                 settings,
                 client=client,
                 clock=clock,
-                store=store or open_store(settings),
+                store=store if store is not None else LocalStore(open_store(settings)),
                 metrics=metrics,
             )
             app.state.manager = manager

@@ -25,6 +25,7 @@ from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logi
 from broker.protocols import build_protocol
 from broker.server import exit_zero_after_shutdown, uvicorn_config
 from broker.state import StateError
+from broker.store import LocalStore
 
 DEFAULT_CONFIG = "config.yaml"
 EXIT_LOGIN_FAILED = 1
@@ -219,7 +220,8 @@ def _serve(args: argparse.Namespace) -> int:
     gated = gate.listeners(listeners.sockets)
     try:
         with exit_zero_after_shutdown():
-            config = uvicorn_config(settings, Path(args.config), store, overrides, gate)
+            local = LocalStore(store)
+            config = uvicorn_config(settings, Path(args.config), local, overrides, gate)
             server = uvicorn.Server(config)
             server.run(sockets=gated)
     finally:

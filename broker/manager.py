@@ -39,7 +39,8 @@ from broker.protocols import TokenProtocol, build_protocol
 from broker.sanitize import one_line, shortened
 from broker.schedule import backoff_delay, refresh_delay
 from broker.sinks import FileSink, SinkError
-from broker.state import StateError, StateStore, login_fingerprint
+from broker.state import login_fingerprint
+from broker.store import LocalStore, StoreError, TokenStore
 from broker.tokens import Token, matches_etag, place_token
 
 log = logging.getLogger("broker.manager")
@@ -84,6 +85,8 @@ class Provider:
     """Fingerprint of the login (type, endpoint, client, user, seed); keys the state file."""
     persist_error: str | None = None
     """Why the newest refresh token could not be saved, if it could not."""
+    resumed: bool = False
+    """Whether what the store kept for this login has been taken (before the first request)."""
     sink: FileSink | None = field(default=None, repr=False)
     sink_error: str | None = None
     """Why the newest token could not be written to the sink file, if it could not."""
@@ -114,13 +117,13 @@ class TokenManager:
         client: httpx.AsyncClient,
         clock: Clock,
         rng: random.Random | None = None,
-        store: StateStore | None = None,
+        store: TokenStore | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self._client = client
         self._clock = clock
-        self._store = store
+        self._store: TokenStore = store if store is not None else LocalStore()
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         # Names tokens in ETags; random per process, so a tag says nothing about the token.
         self._etag_key = secrets.token_bytes(32)
@@ -140,7 +143,7 @@ class TokenManager:
         config = settings.providers[name]
         seed = config.refresh_token.get_secret_value() if config.refresh_token else None
         policy = settings.refresh_for(name)
-        provider = Provider(
+        return Provider(
             name=name,
             config=config,
             protocol=build_protocol(config),
@@ -150,14 +153,6 @@ class TokenManager:
             login_id=login_fingerprint(config),
             sink=FileSink(config.sink, name) if config.sink is not None else None,
         )
-        if self._store is not None:
-            # A persisted refresh token is newer than any seed: it is what the
-            # seed (or an earlier login) rotated into.
-            persisted = self._store.load(name, provider.login_id)
-            if persisted is not None:
-                provider.refresh_token = persisted.refresh_token
-                log.info("%s: resuming from the refresh token saved in the state directory", name)
-        return provider
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -561,6 +556,28 @@ class TokenManager:
             )
 
     async def _obtain(self, provider: Provider) -> Token:
+        # One actor at a time talks to the identity provider for this login (in one
+        # broker, single flight already makes it so; a shared store makes it so across).
+        async with self._store.lease(provider.name):
+            if not provider.resumed:
+                await self._resume(provider)
+            token = await self._request_token(provider)
+            await self._store.publish(provider.name, provider.login_id, token)
+            return token
+
+    async def _resume(self, provider: Provider) -> None:
+        """Before the first token request: take what the store kept for this login."""
+        stored = await self._store.load(provider.name, provider.login_id)
+        provider.resumed = True
+        if stored.refresh_token is not None:
+            # A saved refresh token is newer than any seed: it is what the seed (or an
+            # earlier login) rotated into.
+            provider.refresh_token = stored.refresh_token
+            log.info(
+                "%s: resuming from the refresh token saved in the state directory", provider.name
+            )
+
+    async def _request_token(self, provider: Provider) -> Token:
         protocol = provider.protocol
         refresh_token = provider.refresh_token
         if refresh_token is not None:
@@ -647,15 +664,11 @@ class TokenManager:
     # -- the state directory ------------------------------------------------
 
     async def _persist(self, provider: Provider, refresh_token: str) -> None:
-        if self._store is None:
+        if not self._store.durable:
             return
         try:
-            # In a thread: fsync can take milliseconds. If this task is
-            # cancelled meanwhile, the thread still finishes the write.
-            await asyncio.to_thread(
-                self._store.save, provider.name, provider.login_id, refresh_token
-            )
-        except StateError as exc:
+            await self._store.save_refresh_token(provider.name, provider.login_id, refresh_token)
+        except StoreError as exc:
             # Serving goes on from memory; a restart would need a new login.
             provider.persist_error = str(exc)
             self.metrics.refresh_token_saved(provider.name, ok=False)
@@ -665,11 +678,9 @@ class TokenManager:
             self.metrics.refresh_token_saved(provider.name, ok=True)
 
     async def _forget(self, provider: Provider) -> None:
-        if self._store is None:
-            return
         try:
-            await asyncio.to_thread(self._store.delete, provider.name)
-        except StateError as exc:
+            await self._store.forget(provider.name)
+        except StoreError as exc:
             log.error("%s: cannot remove the dead refresh token's state: %s", provider.name, exc)
 
     # -- bookkeeping --------------------------------------------------------

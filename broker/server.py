@@ -20,13 +20,13 @@ from broker.app import create_app
 from broker.config import BrokerSettings
 from broker.connguard import ConnectionGate, connection_gate
 from broker.fastpath import TokenFastPath
-from broker.state import StateStore
+from broker.store import TokenStore
 
 
 def uvicorn_config(
     settings: BrokerSettings,
     config_path: Path | None = None,
-    store: StateStore | None = None,
+    store: TokenStore | None = None,
     overrides: Mapping[str, Any] | None = None,
     gate: ConnectionGate | None = None,
 ) -> uvicorn.Config:

@@ -1,0 +1,169 @@
+"""The contract of :class:`broker.store.TokenStore`: every implementation passes these.
+
+A new store (Redis for replicas, say) joins by adding a factory to ``STORES``: a function
+that opens the store over a place (a directory here) and can open it again there, as a
+restarted broker would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from broker.state import StateStore
+from broker.store import LocalStore, Stored, StoreError, TokenStore
+from broker.tokens import Token, place_token
+
+pytestmark = pytest.mark.anyio
+
+Opener = Callable[[Path], TokenStore]
+"""Opens a store over the place at the path (the same path again: after a restart)."""
+
+KEY = Fernet.generate_key()
+
+STORES: dict[str, Opener] = {
+    "state-directory": lambda place: LocalStore(StateStore(place)),
+    "encrypted-state-directory": lambda place: LocalStore(StateStore(place, key=KEY)),
+    "memory-only": lambda place: LocalStore(),
+}
+
+LOGIN = "login-fingerprint-1"
+OTHER_LOGIN = "login-fingerprint-2"
+REFRESH = "rt-contract-0123456789"
+NEWER = "rt-contract-newer-98765"
+
+
+@pytest.fixture(params=sorted(STORES))
+def opener(request: pytest.FixtureRequest) -> Opener:
+    opener: Opener = STORES[request.param]
+    return opener
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def token(value: str = "access-token-contract") -> Token:
+    return place_token(
+        value,
+        sent_at=100.0,
+        sent_at_wall=1_800_000_000.0,
+        lifetime=300.0,
+        etag_key=b"k" * 32,
+        serve_min_remaining=1.0,
+    )
+
+
+async def test_nothing_is_known_about_a_provider_never_saved(opener: Opener, place: Path) -> None:
+    assert await opener(place).load("idp", LOGIN) == Stored()
+
+
+async def test_a_saved_refresh_token_is_loaded_for_its_login_only(
+    opener: Opener, place: Path
+) -> None:
+    store = opener(place)
+    await store.save_refresh_token("idp", LOGIN, REFRESH)
+
+    if store.durable:
+        assert (await store.load("idp", LOGIN)).refresh_token == REFRESH
+    else:
+        assert (await store.load("idp", LOGIN)).refresh_token is None
+    assert (await store.load("idp", OTHER_LOGIN)).refresh_token is None
+    assert (await store.load("other", LOGIN)).refresh_token is None
+
+
+async def test_the_newest_save_wins_and_survives_a_restart(opener: Opener, place: Path) -> None:
+    store = opener(place)
+    await store.save_refresh_token("idp", LOGIN, REFRESH)
+    await store.save_refresh_token("idp", LOGIN, NEWER)
+
+    restarted = opener(place)
+    expected = NEWER if store.durable else None
+    assert (await store.load("idp", LOGIN)).refresh_token == expected
+    assert (await restarted.load("idp", LOGIN)).refresh_token == expected
+
+
+async def test_a_forgotten_refresh_token_is_gone_and_forgetting_twice_is_fine(
+    opener: Opener, place: Path
+) -> None:
+    store = opener(place)
+    await store.save_refresh_token("idp", LOGIN, REFRESH)
+    await store.forget("idp")
+    await store.forget("idp")
+    await store.forget("never-saved")
+
+    assert (await store.load("idp", LOGIN)).refresh_token is None
+    assert (await opener(place).load("idp", LOGIN)).refresh_token is None
+
+
+async def test_a_published_token_reaches_others_only_through_a_shared_store(
+    opener: Opener, place: Path
+) -> None:
+    store = opener(place)
+    published = token()
+    await store.publish("idp", LOGIN, published)
+
+    seen = (await opener(place).load("idp", LOGIN)).token
+    assert seen == (published if store.shared else None)
+
+
+async def test_a_save_that_fails_raises_store_error_without_the_token(
+    opener: Opener, place: Path
+) -> None:
+    store = opener(place)
+    if not store.durable:
+        pytest.skip("a store that keeps nothing cannot fail to keep something")
+    shutil.rmtree(place)  # the place is gone from under the store
+
+    with pytest.raises(StoreError) as failure:
+        await store.save_refresh_token("idp", LOGIN, REFRESH)
+    assert REFRESH not in str(failure.value)
+
+
+async def test_a_lease_has_one_holder_at_a_time_per_provider(opener: Opener, place: Path) -> None:
+    store = opener(place)
+    holding, release, other_in = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> None:
+        async with store.lease("idp"):
+            order.append("first in")
+            holding.set()
+            await release.wait()
+            order.append("first out")
+
+    async def second() -> None:
+        await holding.wait()
+        async with store.lease("idp"):
+            order.append("second in")
+
+    async def elsewhere() -> None:
+        await holding.wait()
+        async with store.lease("other"):  # another provider's lease is free
+            order.append("other in")
+            other_in.set()
+
+    tasks = [asyncio.create_task(f()) for f in (first, second, elsewhere)]
+    async with asyncio.timeout(5):
+        await other_in.wait()  # the second has been waiting as long as this one ran
+    assert "second in" not in order  # the first still holds it
+    release.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks)
+    assert order.index("first out") < order.index("second in")
+
+
+async def test_a_lease_is_released_when_its_holder_fails(opener: Opener, place: Path) -> None:
+    store = opener(place)
+    with pytest.raises(RuntimeError):
+        async with store.lease("idp"):
+            raise RuntimeError("the token request failed")
+
+    async with asyncio.timeout(5), store.lease("idp"):
+        pass
