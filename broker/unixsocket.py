@@ -22,6 +22,7 @@ import os
 import pwd
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -34,26 +35,23 @@ SUN_PATH_MAX = 107
 """Bytes of a socket path the kernel takes (``sun_path`` is 108 with the final NUL)."""
 
 
-def _user_id(value: object) -> object:
-    """A uid as a number, or a user name looked up on this host."""
-    if isinstance(value, str) and not value.isdigit():
-        try:
-            return pwd.getpwnam(value).pw_uid
-        except KeyError:
-            msg = f"no user named {value!r} on this host (give the uid as a number)"
-            raise ValueError(msg) from None
-    return value
+def _id_or_name(kind: str, look_up: Callable[[str], int]) -> Callable[[object], object]:
+    """A validator taking a number as it is and a name as *look_up* finds it on this host."""
+
+    def parse(value: object) -> object:
+        if isinstance(value, str) and not value.isdigit():
+            try:
+                return look_up(value)
+            except KeyError:
+                msg = f"no {kind} named {value!r} on this host (give the {kind[0]}id as a number)"
+                raise ValueError(msg) from None
+        return value
+
+    return parse
 
 
-def _group_id(value: object) -> object:
-    """A gid as a number, or a group name looked up on this host."""
-    if isinstance(value, str) and not value.isdigit():
-        try:
-            return grp.getgrnam(value).gr_gid
-        except KeyError:
-            msg = f"no group named {value!r} on this host (give the gid as a number)"
-            raise ValueError(msg) from None
-    return value
+_user_id = _id_or_name("user", lambda name: pwd.getpwnam(name).pw_uid)
+_group_id = _id_or_name("group", lambda name: grp.getgrnam(name).gr_gid)
 
 
 def _is_id(value: int) -> int:
