@@ -160,7 +160,7 @@ def measure(rounds: int, http_rounds: int, seed: int) -> dict[str, Any]:
     fake = FakeOAuth2(clients={"app": "app-secret"}, ttl=3600)
     rows = []
     with serve_in_thread(fake.app) as idp_url:
-        fast = TokenFastPath(create_app(parse_config(settings_yaml(idp_url))))
+        fast = create_app(parse_config(settings_yaml(idp_url)))
         with serve_in_thread(fast, lifespan="on") as base_url:
             httpx.get(f"{base_url}/token/known", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
             # The served app's lifespan made the manager; the direct calls share it (a keyless

@@ -1,20 +1,15 @@
 """What a token answer is made of, for the FastAPI routes and the fast path alike.
 
 Both build every token answer here, so the two paths cannot drift apart: the
-body, the media type, the headers (``ETag`` naming the token,
-``X-Broker-Refresh-Failed`` while the last refresh failed) and the audit line
-with its metric.
+body, the media type and the headers (``ETag`` naming the token,
+``X-Broker-Refresh-Failed`` while the last refresh failed). The audit line and the
+metric of a token handed out are :meth:`broker.runtime.Runtime.served`.
 """
 
 from __future__ import annotations
 
-from broker.audit import AuditTrail
 from broker.manager import Provider
-from broker.metrics import Metrics
 from broker.tokens import Token
-
-audit = AuditTrail()
-"""One ``broker.audit`` line per token handed out: which client, which provider; never the token."""
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 REFRESH_FAILED_HEADER = "X-Broker-Refresh-Failed"
@@ -53,9 +48,3 @@ def token_payload(
     if raw:
         return token.access_token.encode(), RAW_MEDIA_TYPE, headers
     return token.json_body(now), JSON_MEDIA_TYPE, headers
-
-
-def record_served(metrics: Metrics, client: str, provider: str) -> None:
-    """The audit line and the metric for one token handed out (never the token)."""
-    audit.token_served(client, provider)
-    metrics.token_served(provider, client)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -21,26 +22,30 @@ import httpx
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from broker import __version__, heap
-from broker.answers import NO_STORE, accepts_raw, record_served, token_payload
+from broker.answers import NO_STORE, accepts_raw, token_payload
 from broker.api_models import (
     ERROR_RESPONSES,
     ProvidersBody,
     ReadyBody,
     TokenBody,
 )
+from broker.audit import AuditTrail
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
 from broker.docs import add_docs_routes
 from broker.errors import TokenUnavailableError, UnknownProviderError
+from broker.fastpath import TokenFastPath
 from broker.logs import add_secret_filter
 from broker.manager import Provider, TokenManager
 from broker.metrics import Metrics
 from broker.policy import SERVING_STATES
 from broker.reload import Reloader
+from broker.runtime import Runtime
 from broker.security import Denied, Guard, GuardMiddleware, SecurityHeadersMiddleware
 from broker.state import StateStore
 from broker.store import LocalStore, TokenStore
@@ -84,23 +89,62 @@ def create_app(
     config_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
+    rng: random.Random | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    registry: CollectorRegistry | None = None,
+    audit: AuditTrail | None = None,
+    store: TokenStore | None = None,
+    freeze_heap: bool = False,
+) -> TokenFastPath:
+    """The broker's whole ASGI app: the fast path in front of the FastAPI routes. Nothing
+    starts until the app's lifespan runs (uvicorn's ``lifespan="on"``).
+
+    With *config_path*, SIGHUP re-reads that file (see :mod:`broker.reload`),
+    applying *overrides* (the command line's ``--host`` and ``--port``) again;
+    ``app.runtime.reloader`` is the :class:`~broker.reload.Reloader` then.
+    *store* is where tokens live beyond memory (:mod:`broker.store`); by default the
+    state directory of ``settings.state_dir`` (the CLI opens it first to report problems
+    early), or none. *clock*, *rng* (refresh jitter) and *transport* (to the identity
+    providers) exist for tests: a fake clock, a seeded generator, ``httpx.MockTransport``.
+    *registry* takes the metrics (default a registry of their own), *audit* the per-token
+    audit lines (default the ``broker.audit`` logger, on *clock*'s wall time).
+    *freeze_heap* is for the server process: see :mod:`broker.heap`.
+    """
+    clock = clock or SystemClock()
+    runtime = Runtime(
+        guard=Guard(settings),
+        metrics=Metrics(registry),
+        audit=audit if audit is not None else AuditTrail(clock=clock.wall),
+    )
+    api = create_api(
+        settings,
+        runtime,
+        config_path=config_path,
+        overrides=overrides,
+        clock=clock,
+        rng=rng,
+        transport=transport,
+        store=store,
+        freeze_heap=freeze_heap,
+    )
+    return TokenFastPath(api, runtime)
+
+
+def create_api(
+    settings: BrokerSettings,
+    runtime: Runtime,
+    *,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    clock: Clock,
+    rng: random.Random | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     store: TokenStore | None = None,
     freeze_heap: bool = False,
 ) -> FastAPI:
-    """Build the broker's ASGI app. Nothing starts until the app's lifespan runs.
-
-    With *config_path*, SIGHUP re-reads that file (see :mod:`broker.reload`),
-    applying *overrides* (the command line's ``--host`` and ``--port``) again;
-    ``app.state.reloader`` is the :class:`~broker.reload.Reloader` then.
-    *store* is where tokens live beyond memory (:mod:`broker.store`); by default the
-    state directory of ``settings.state_dir`` (the CLI opens it first to report problems
-    early), or none.
-    *clock* and *transport* exist for tests (a fake clock, ``httpx.MockTransport``).
-    *freeze_heap* is for the server process: see :mod:`broker.heap`.
-    """
-    clock = clock or SystemClock()
-    metrics = Metrics()
+    """The FastAPI app alone (every route, every error answer), on *runtime*; its lifespan
+    runs the refresh engine. :func:`create_app` puts the fast path in front."""
+    guard, metrics = runtime.guard, runtime.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,16 +163,17 @@ def create_app(
                 settings,
                 client=client,
                 clock=clock,
+                rng=rng,
                 store=store if store is not None else LocalStore(open_store(settings)),
                 metrics=metrics,
             )
-            app.state.manager = manager
+            runtime.manager = manager
             _announce_access_rules(settings, guard)
             await manager.start()
             if freeze_heap:
                 heap.freeze()
             stop_reloading = _reload_on_sighup(
-                app, manager, guard, config_path, overrides, freeze_heap
+                runtime, manager, config_path, overrides, freeze_heap
             )
             stop_redacting = add_secret_filter(manager.secret_values)
             try:
@@ -137,6 +182,7 @@ def create_app(
                 stop_redacting()
                 stop_reloading()
                 await manager.stop()
+                runtime.manager = None
 
     app = BrokerApp(
         title="credential broker",
@@ -149,13 +195,10 @@ def create_app(
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
-    guard = Guard(settings)
-    app.state.guard = guard
     app.add_middleware(GuardMiddleware, guard=guard)
     _add_error_handlers(app)
-    _add_routes(app, guard)
+    _add_routes(app, runtime)
     add_docs_routes(app, guard)
-    app.state.metrics = metrics
     _add_metrics_route(app, guard, metrics)
     return app
 
@@ -211,9 +254,8 @@ def open_store(settings: BrokerSettings) -> StateStore | None:
 
 
 def _reload_on_sighup(
-    app: FastAPI,
+    runtime: Runtime,
     manager: TokenManager,
-    guard: Guard,
     config_path: Path | None,
     overrides: Mapping[str, Any] | None,
     frozen_heap: bool,
@@ -223,13 +265,13 @@ def _reload_on_sighup(
         return lambda: None
     reloader = Reloader(
         manager=manager,
-        guard=guard,
+        guard=runtime.guard,
         path=config_path,
         in_use=manager.settings,
         overrides=overrides,
         frozen_heap=frozen_heap,
     )
-    app.state.reloader = reloader
+    runtime.reloader = reloader
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # signals reach only the main thread (tests run us elsewhere)
     loop = asyncio.get_running_loop()
@@ -241,17 +283,9 @@ def _reload_on_sighup(
     return remove
 
 
-def _manager(request: Request) -> TokenManager:
-    manager: TokenManager = request.app.state.manager
-    return manager
+def _add_routes(app: FastAPI, runtime: Runtime) -> None:
+    guard = runtime.guard
 
-
-def _metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
-
-
-def _add_routes(app: FastAPI, guard: Guard) -> None:
     @app.get(
         "/token/{provider}",
         summary="The provider's current bearer token",
@@ -264,7 +298,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         """Reads memory in steady state; waits only when no fitting token exists
         (cold start, or `min_valid` longer than the current token has left)."""
         client = guard.authorize(request.headers.get("authorization"), provider, "token")
-        manager = _manager(request)
+        manager = runtime.engine()
         wanted = float(min_valid or 0)
         state = manager.get(provider)
         now = manager.now()
@@ -272,7 +306,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         if token is None or not token.servable(now, wanted):
             token = await manager.token(provider, wanted)
             now = manager.now()
-        record_served(_metrics(request), client, provider)
+        runtime.served(client, provider)
         return _token_response(token, now, _wants_raw(request, format), state)
 
     @app.post(
@@ -294,9 +328,9 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
         identity provider). Caller-triggered requests are rate limited per provider
         (429 `refresh_rate_limited`)."""
         client = guard.authorize(request.headers.get("authorization"), provider, "token")
-        manager = _manager(request)
+        manager = runtime.engine()
         token = await manager.force_refresh(provider, rejected=if_match or rejected or None)
-        record_served(_metrics(request), client, provider)
+        runtime.served(client, provider)
         return _token_response(
             token, manager.now(), _wants_raw(request, format), manager.get(provider)
         )
@@ -314,7 +348,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
     )
     async def readyz(request: Request) -> JSONResponse:
         """Details per provider only for callers allowed to read status."""
-        manager = _manager(request)
+        manager = runtime.engine()
         now = manager.now()
         providers = {name: _brief(p, now) for name, p in manager.providers.items()}
         ready = all(entry["state"] in SERVING_STATES for entry in providers.values())
@@ -333,7 +367,7 @@ def _add_routes(app: FastAPI, guard: Guard) -> None:
     )
     async def providers(request: Request) -> JSONResponse:
         guard.authorize(request.headers.get("authorization"), None, "status")
-        manager = _manager(request)
+        manager = runtime.engine()
         now = manager.now()
         wall = manager.wall()
         body = {"providers": {name: _status(p, now, wall) for name, p in manager.providers.items()}}

@@ -15,9 +15,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from broker.answers import REFRESH_FAILED_HEADER, accepts_raw, record_served, token_payload
-from broker.manager import TokenManager
-from broker.security import RAW_SECURITY_HEADERS, Denied, Guard
+from broker.answers import REFRESH_FAILED_HEADER, accepts_raw, token_payload
+from broker.runtime import Runtime
+from broker.security import RAW_SECURITY_HEADERS, Denied
 from broker.tokens import Token
 
 PREFIX = "/token/"
@@ -29,12 +29,14 @@ HeaderKey = tuple[str, str, str | None]
 class TokenFastPath:
     """ASGI app: serves warm tokens itself, passes everything else to *app*.
 
+    *runtime* is the one the app was built with (:func:`broker.app.create_app` makes both).
     ``served`` counts the answers it gave itself, so tests can tell which
     path answered a request.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, runtime: Runtime) -> None:
         self.app = app
+        self.runtime = runtime
         self.served = 0
         self._headers: dict[HeaderKey, tuple[Token, list[tuple[bytes, bytes]]]] = {}
 
@@ -50,11 +52,11 @@ class TokenFastPath:
 
     async def _serve(self, scope: Scope, send: Send) -> bool:
         """Answer from memory and return True, or return False having sent nothing."""
-        state = self.app.state
-        manager: TokenManager | None = getattr(state, "manager", None)  # set by the lifespan
-        if manager is None:
+        runtime = self.runtime
+        manager = runtime.manager
+        if manager is None:  # the lifespan has not run: the app answers
             return False
-        guard: Guard = state.guard
+        guard = runtime.guard
         name = scope["path"][len(PREFIX) :]
         authorization = accept = None
         for key, value in scope["headers"]:
@@ -78,7 +80,7 @@ class TokenFastPath:
         if token is None or not token.servable(now):
             return False
         body, media_type, headers = token_payload(token, now, accepts_raw(accept), provider)
-        record_served(state.metrics, client, name)
+        runtime.served(client, name)
         raw_headers = [
             (b"content-type", media_type.encode()),
             (b"content-length", b"%d" % len(body)),

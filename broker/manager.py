@@ -151,7 +151,11 @@ class TokenManager:
             bucket=CallerBucket(policy.caller_burst, policy.caller_interval),
             refresh_token=seed,
             login_id=login_fingerprint(config),
-            sink=FileSink(config.sink, name) if config.sink is not None else None,
+            sink=(
+                FileSink(config.sink, name, wall=self._clock.wall)
+                if config.sink is not None
+                else None
+            ),
         )
 
     # -- lifecycle ---------------------------------------------------------

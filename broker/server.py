@@ -19,7 +19,6 @@ from broker import heap
 from broker.app import create_app
 from broker.config import BrokerSettings
 from broker.connguard import ConnectionGate, connection_gate
-from broker.fastpath import TokenFastPath
 from broker.store import TokenStore
 
 
@@ -42,7 +41,7 @@ def uvicorn_config(
         settings, config_path=config_path, overrides=overrides, store=store, freeze_heap=True
     )
     return uvicorn.Config(
-        TokenFastPath(app),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -53,6 +53,7 @@ import os
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,11 @@ class StateStore:
     process per directory: replicas must not share one.
     """
 
-    def __init__(self, directory: Path, *, key: bytes | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, key: bytes | None = None, wall: Callable[[], float] = time.time
+    ) -> None:
+        self._wall = wall
+        """Wall-clock time: ``saved_at``, names of files moved aside, old temporary files."""
         self.directory = Path(directory)
         self._fernet: Fernet | None = None
         if key is not None:
@@ -178,7 +183,7 @@ class StateStore:
         if not refresh_token:
             msg = f"refusing to save an empty refresh token for provider {provider!r}"
             raise StateError(msg)
-        saved_at = time.time()
+        saved_at = self._wall()
         document: dict[str, Any] = {
             "version": VERSION,
             "provider": provider,
@@ -293,7 +298,7 @@ class StateStore:
 
     def _move_aside(self, path: Path) -> Path | None:
         """Rename a bad file to ``<name>.corrupt-<unix-ts>``; None if that fails."""
-        stamp = int(time.time())
+        stamp = int(self._wall())
         for attempt in range(100):
             suffix = f".corrupt-{stamp}" if attempt == 0 else f".corrupt-{stamp}-{attempt}"
             target = path.with_name(path.name + suffix)
@@ -365,7 +370,7 @@ class StateStore:
 
     def _remove_stale_temps(self) -> None:
         """Delete temporary files a killed broker left behind (they may hold a token)."""
-        cutoff = time.time() - STALE_TEMP_SECONDS
+        cutoff = self._wall() - STALE_TEMP_SECONDS
         for entry in self.directory.glob(f".*{TEMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:

@@ -97,7 +97,7 @@ def running_broker(settings: BrokerSettings) -> Iterator[httpx.Client]:
 def serving(settings: BrokerSettings) -> Iterator[tuple[httpx.Client, TokenFastPath]]:
     """As :func:`running_broker`, also yielding the fast path in front of the app, whose
     ``served`` tells which path answered and whose ``app.state`` holds the manager."""
-    fast = TokenFastPath(create_app(settings))
+    fast = create_app(settings)
     with (
         serve_in_thread(fast, lifespan="on") as base_url,
         httpx.Client(base_url=base_url, timeout=10) as client,

@@ -34,7 +34,7 @@ providers:
 
 # The schema comes from the app itself, without running it.
 schema = schemathesis.openapi.from_dict(
-    create_app(settings_from(CONFIG.format(url="http://127.0.0.1:9"))).openapi()
+    create_app(settings_from(CONFIG.format(url="http://127.0.0.1:9"))).app.openapi()
 )
 
 

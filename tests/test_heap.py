@@ -69,5 +69,5 @@ async def test_create_app_freezes_the_heap_after_start_only_when_asked() -> None
             transport=httpx.MockTransport(answer),
             freeze_heap=freeze_heap,
         )
-        async with app.router.lifespan_context(app):
+        async with app.app.router.lifespan_context(app.app):
             assert (gc.get_freeze_count() > 0) is expected_frozen

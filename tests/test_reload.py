@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from broker.app import create_app
 from broker.config import load_config
@@ -69,13 +68,14 @@ providers:
 class Running:
     client: httpx.AsyncClient
     fake: FakeOAuth2
-    app: FastAPI
+    app: TokenFastPath
     path: Path
     url: str
 
     @property
     def reloader(self) -> Reloader:
-        reloader: Reloader = self.app.state.reloader
+        reloader = self.app.runtime.reloader
+        assert reloader is not None
         return reloader
 
     async def sighup(self, text: str) -> None:
@@ -104,7 +104,7 @@ async def running(
     path = tmp_path / "config.yaml"
     path.write_text(config_text(url, **options))
     app = create_app(load_config(path, overrides=overrides), config_path=path, overrides=overrides)
-    broker = FakeServer(TokenFastPath(app), lifespan="on")
+    broker = FakeServer(app, lifespan="on")
     base = await broker.start()
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:

@@ -153,7 +153,7 @@ def test_no_provider_lookup_before_the_caller_is_authorized() -> None:
         ("POST", "/token/{}/refresh"),
     ]
     with broker_and_fast_path() as (client, fast):
-        manager = fast.app.state.manager
+        manager = fast.runtime.engine()
         table = LookupCountingTable(manager.providers)
         manager.providers = table
         for headers in callers:
@@ -249,8 +249,7 @@ async def test_whitespace_and_controls_around_a_key_are_refused(around: str) -> 
     """What the HTTP parser would drop or refuse, handed to the app directly: the key
     comparison itself accepts nothing but the key."""
     settings = settings_from(CLIENTS + PROVIDERS.format(url="http://127.0.0.1:9"))
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=TokenFastPath(app))
+    transport = httpx.ASGITransport(app=create_app(settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as caller:
 
         async def status(authorization: str) -> int:

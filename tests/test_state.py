@@ -558,3 +558,15 @@ def test_sigkill_during_saves_never_loses_or_corrupts(tmp_path: Path) -> None:
         # a later start once stale); nothing else: no partial or corrupt final file.
         assert all(re.fullmatch(r"\.idp\.json\.[0-9a-f]{16}\.tmp", n) for n in leftovers)
     assert progressed >= ROUNDS // 2
+
+
+def test_the_store_takes_its_time_from_the_clock_it_is_given(tmp_path: Path) -> None:
+    """saved_at, and the name of a file moved aside, come from *wall*, not time.time."""
+    store = StateStore(tmp_path / "state", wall=lambda: 1_800_000_000.25)
+    store.save("idp", "fp", "rt-0123456789")
+    saved = json.loads((tmp_path / "state" / "idp.json").read_text())
+    (tmp_path / "state" / "idp.json").write_text("{not json")
+    assert store.load("idp", "fp") is None  # corrupt: moved aside
+
+    assert saved["saved_at"] == 1_800_000_000.25
+    assert [p.name for p in (tmp_path / "state").iterdir() if "1800000000" in p.name]

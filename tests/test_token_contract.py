@@ -237,8 +237,7 @@ def test_a_token_url_that_is_not_a_token_endpoint_is_misconfigured() -> None:
 def frozen_broker(fake: FakeOAuth2) -> Iterator[tuple[httpx.Client, TokenFastPath]]:
     """The broker on a clock that does not move, so two answers of one token are identical."""
     with serve_in_thread(fake.app) as url:
-        app = create_app(settings_from(config(url, burst=1)), clock=FakeClock())
-        fast = TokenFastPath(app)
+        fast = create_app(settings_from(config(url, burst=1)), clock=FakeClock())
         with (
             serve_in_thread(fast, lifespan="on") as base,
             httpx.Client(base_url=base, timeout=10) as client,
