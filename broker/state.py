@@ -394,6 +394,15 @@ def _timestamp(value: object) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+LOGIN_ENDPOINT_FIELDS = ("url", "token_url", "auth_api", "flow", "company_url")
+"""The provider config fields that say where and how a login happens. Besides these the
+type, ``client_id``, ``username`` and the seeded refresh token identify a login.
+``tests/test_provider_types.py`` fails when a provider model gains a field that is neither
+here nor listed there as not identifying the login. Fields added after the first five go
+into a fingerprint only when set, so the state files saved before keep matching."""
+_FIRST_ENDPOINT_FIELDS = 5
+
+
 def login_fingerprint(config: ProviderConfig) -> str:
     """What identifies a login: a persisted refresh token is reused only for the same one.
 
@@ -401,14 +410,15 @@ def login_fingerprint(config: ProviderConfig) -> str:
     a new seed in the config wins over an older persisted rotation of the old one.
     """
     seed = config.refresh_token.get_secret_value() if config.refresh_token else ""
-    endpoint = [
-        str(getattr(config, key, "") or "")
-        for key in ("url", "token_url", "auth_api", "flow", "company_url")
-    ]
+    values = {key: str(getattr(config, key, "") or "") for key in LOGIN_ENDPOINT_FIELDS}
+    first = [values[key] for key in LOGIN_ENDPOINT_FIELDS[:_FIRST_ENDPOINT_FIELDS]]
+    later = LOGIN_ENDPOINT_FIELDS[_FIRST_ENDPOINT_FIELDS:]
+    added = [f"{key}={values[key]}" for key in later if values[key]]
     return fingerprint(
         config.type,
-        *endpoint,
+        *first,
         config.client_id or "",
         config.username or "",
         hashlib.sha256(seed.encode()).hexdigest() if seed else "",
+        *added,
     )

@@ -36,7 +36,11 @@ def build_protocol(config: ProviderConfig) -> TokenProtocol:
         return _aerion(config)
     if isinstance(config, HubProvider):
         return _hub(config)
-    return _oauth2(config)
+    if isinstance(config, OAuth2Provider):
+        return _oauth2(config)
+    # A provider type added to the config but not here: fail loudly, never guess.
+    msg = f"no protocol for provider type {config.type!r}"  # type: ignore[unreachable]
+    raise TypeError(msg)
 
 
 def _user_grant(config: HiroProvider | AerionProvider) -> str:
