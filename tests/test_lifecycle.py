@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -246,25 +247,44 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tmp_path: Path) -> None
         with process("serve", "--config", str(config), env=ENV) as broker:
             wait_for(lambda: _answers(f"{base}/healthz"), timeout=30)
             assert held.arrived.wait(timeout=10)  # the broker is waiting on the IdP
-            sent = threading.Event()
-            result: list[httpx.Response] = []
-
-            def call() -> None:
-                hooks = {"request": [lambda _: sent.set()]}
-                with httpx.Client(event_hooks=hooks, timeout=20) as client:
-                    result.append(client.get(f"{base}/token/hiro"))
-
-            caller = threading.Thread(target=call)
-            caller.start()
-            assert sent.wait(timeout=10)
-            wait_for(lambda: _answers(f"{base}/healthz"))  # the caller's request is in
-            assert not result, "the caller must still be waiting"
+            # The caller's request, on a socket of its own: sent whole, then read by the
+            # broker (its bytes have left the broker's receive queue, so uvicorn has parsed
+            # it and started its request) before the signal.
+            caller = socket.create_connection(("127.0.0.1", port), timeout=20)
+            caller.sendall(
+                b"GET /token/hiro HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )
+            wait_for(lambda: _received(port, caller.getsockname()[1]))
             broker.proc.send_signal(signal.SIGTERM)
             held.release.set()
-            caller.join(timeout=15)
+            answer = _read_all(caller)
             assert broker.proc.wait(timeout=10) == 0
-        assert [r.status_code for r in result] == [200]
-        assert result[0].json()["access_token"] == fake.issued_access_tokens[0]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert json.loads(body)["access_token"] == fake.issued_access_tokens[0]
+
+
+def _received(server_port: int, client_port: int) -> bool:
+    """Whether all the caller sent on the connection from *client_port* has reached the
+    broker (nothing unacknowledged on the caller's side) and the broker has read it (its
+    receive queue is empty), as /proc/net/tcp shows the two ends."""
+    ends = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.split(":")[1], 16) for address in fields[1:3])
+        tx_queue, rx_queue = (int(n, 16) for n in fields[4].split(":"))
+        ends[(local, remote)] = (tx_queue, rx_queue)
+    caller = ends.get((client_port, server_port))
+    broker = ends.get((server_port, client_port))
+    return caller is not None and broker is not None and caller[0] == 0 and broker[1] == 0
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    with sock:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _answers(url: str) -> bool:
