@@ -6,7 +6,16 @@
      ├─ ConfigError            bad YAML, env or secret file at start → exit non-zero
      ├─ UnknownProviderError   no such provider → HTTP 404
      ├─ TokenUnavailableError  no fitting token now → HTTP 503 (422, 429) + Retry-After
-     └─ TokenEndpointError     the identity provider said no, or answered garbage
+     ├─ TokenEndpointError     the identity provider said no, or answered garbage
+     ├─ Denied                 (broker.security) a request refused → HTTP 401, 403, 412, 431
+     ├─ StateError             (broker.state) the state directory cannot be used
+     ├─ StoreError             (broker.store) a token store could not do what was asked
+     ├─ SinkError              (broker.sinks) a sink file cannot be written
+     ├─ UnixSocketError        (broker.unixsocket) the Unix socket cannot be made
+     └─ ListenError            (broker.listeners) an address cannot be listened on
+
+The subclasses defined elsewhere import :class:`BrokerError` from here, never the
+other way round: this module imports nothing of the broker's.
 
 Messages never contain a secret or a token: they name the provider, the HTTP
 status and the identity provider's error code, and quote at most a short,

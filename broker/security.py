@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.addresses import is_loopback_address
 from broker.config import BrokerSettings
+from broker.errors import BrokerError
 from broker.peers import PeerCredentials, current_peer
 
 Need = Literal["token", "status"]
@@ -77,7 +78,7 @@ MAX_HEADER_BYTES = 16 * 1024
 """Legitimate callers send a few hundred bytes of headers; refuse floods early."""
 
 
-class Denied(Exception):
+class Denied(BrokerError):
     """A request the broker refuses; carries the HTTP answer."""
 
     def __init__(self, status: int, code: str, message: str, *, challenge: bool = False) -> None:
