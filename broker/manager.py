@@ -26,6 +26,7 @@ import httpx
 from broker.clock import Clock
 from broker.config import BrokerSettings, ProviderConfig, RefreshSettings
 from broker.errors import (
+    ErrorCode,
     FailureKind,
     TokenEndpointError,
     TokenUnavailableError,
@@ -379,7 +380,7 @@ class TokenManager:
             current = provider.token
             if (
                 exc.status == 503
-                and exc.code != "needs_login"
+                and exc.code != ErrorCode.NEEDS_LOGIN
                 and current is not None
                 and current.servable(self._clock.monotonic())
                 and (rejected is None or not matches_etag(current.etag, rejected))
@@ -432,7 +433,7 @@ class TokenManager:
                 task.add_done_callback(lambda _: finished.set())
                 if not await self._clock.wait(finished, self._settings.request_timeout):
                     msg = f"provider {provider.name!r}: the identity provider has not answered yet"
-                    raise TokenUnavailableError(msg, retry_after=1, code="token_pending")
+                    raise TokenUnavailableError(msg, retry_after=1, code=ErrorCode.TOKEN_PENDING)
             return task.result()
         except TokenEndpointError:
             raise _unavailable(provider, retry_after=self._retry_after(provider)) from None
@@ -788,7 +789,7 @@ def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableE
         return TokenUnavailableError(
             f"provider {provider.name!r} needs a new login: {reason}",
             retry_after=retry_after,
-            code="needs_login",
+            code=ErrorCode.NEEDS_LOGIN,
         )
     detail = f": {error.message} [{error.code}]" if error is not None else ""
     return TokenUnavailableError(
@@ -804,8 +805,8 @@ def _rate_limited(provider: Provider, wait: float) -> TokenUnavailableError:
         f" tokens in a row (one more every {policy.caller_interval:g} s); the current token"
         " is still valid"
     )
-    return TokenUnavailableError(msg, retry_after=wait, code="refresh_rate_limited", status=429)
+    return TokenUnavailableError(msg, retry_after=wait, code=ErrorCode.REFRESH_RATE_LIMITED)
 
 
 def _unsatisfiable(message: str) -> TokenUnavailableError:
-    return TokenUnavailableError(message, retry_after=0, code="min_valid_unsatisfiable", status=422)
+    return TokenUnavailableError(message, retry_after=0, code=ErrorCode.MIN_VALID_UNSATISFIABLE)
