@@ -152,11 +152,31 @@ class FailureKind(enum.Enum):
     MISCONFIGURED = "misconfigured"  # no token endpoint at that URL (404, 405, a redirect)
 
 
+class FailureCode(enum.StrEnum):
+    """The broker's own codes for a failed token request (:attr:`TokenEndpointError.code`).
+
+    Beside them stand the identity provider's, data kept as strings: its OAuth2
+    ``error`` (``invalid_grant`` ...) or ``http_<status>``. Both show in ``/providers``
+    (``last_error``), ``X-Broker-Refresh-Failed``, the log and the metrics.
+    """
+
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    NETWORK_ERROR = "network_error"
+    RESPONSE_TOO_LARGE = "response_too_large"
+    INVALID_RESPONSE = "invalid_response"
+    EXPIRED_ON_ARRIVAL = "expired_on_arrival"
+    UNEXPECTED_REDIRECT = "unexpected_redirect"
+    ENDPOINT_NOT_FOUND = "endpoint_not_found"
+    NEEDS_LOGIN = "needs_login"
+    INTERNAL_ERROR = "internal_error"
+
+
 class TokenEndpointError(BrokerError):
     """A token request failed.
 
-    *code* is a stable, short identifier (``invalid_grant``, ``http_503``,
-    ``connect_error``, ``invalid_response`` ...) fit for logs, metrics and the
+    *code* is a stable, short identifier (a :class:`FailureCode`, or the identity
+    provider's ``invalid_grant``, ``http_503`` ...) fit for logs, metrics and the
     status API. *refresh_token_rejected* is set when the failure says the refresh
     token itself is dead, so the caller can fall back to the primary grant.
     """

@@ -27,6 +27,7 @@ from broker.clock import Clock
 from broker.config import BrokerSettings, ProviderConfig, RefreshSettings
 from broker.errors import (
     ErrorCode,
+    FailureCode,
     FailureKind,
     TokenEndpointError,
     TokenUnavailableError,
@@ -502,7 +503,7 @@ class TokenManager:
             log.exception("%s: unexpected error while getting a token", provider.name)
             error = TokenEndpointError(
                 f"internal error: {type(exc).__name__}",
-                code="internal_error",
+                code=FailureCode.INTERNAL_ERROR,
                 kind=FailureKind.TRANSIENT,
             )
             self._record_failure(provider, error)
@@ -603,12 +604,15 @@ class TokenManager:
                         " client credentials are configured: a new login is needed"
                     )
                     raise TokenEndpointError(
-                        msg, code="needs_login", kind=FailureKind.REJECTED, status=exc.status
+                        msg,
+                        code=FailureCode.NEEDS_LOGIN,
+                        kind=FailureKind.REJECTED,
+                        status=exc.status,
                     ) from None
         if not protocol.can_login:
             provider.needs_login = True
             msg = "no refresh token left and no password or client credentials configured"
-            raise TokenEndpointError(msg, code="needs_login", kind=FailureKind.REJECTED)
+            raise TokenEndpointError(msg, code=FailureCode.NEEDS_LOGIN, kind=FailureKind.REJECTED)
         return await self._send(provider, protocol.login_request(), False)
 
     async def _send(self, provider: Provider, request: httpx.Request, refreshing: bool) -> Token:
@@ -647,7 +651,9 @@ class TokenManager:
         if answer.lifetime <= floor:
             # It could never be served (see serve_min_remaining).
             msg = f"the identity provider issued a token that lives {answer.lifetime:.1f} s"
-            raise TokenEndpointError(msg, code="expired_on_arrival", kind=FailureKind.TRANSIENT)
+            raise TokenEndpointError(
+                msg, code=FailureCode.EXPIRED_ON_ARRIVAL, kind=FailureKind.TRANSIENT
+            )
         if grant.refresh_token is not None and grant.refresh_token != provider.refresh_token:
             # Rotation: the old refresh token may already be dead at the provider,
             # so the new one goes to disk before anything relies on it.
