@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from broker.errors import ErrorCode
+
 
 class TokenBody(BaseModel):
     access_token: str = Field(
@@ -30,13 +32,7 @@ class TokenBody(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str = Field(
-        description="Stable code: unknown_provider, token_unavailable, token_pending,"
-        " needs_login, refresh_rate_limited, min_valid_unsatisfiable, invalid_parameter,"
-        " not_found, method_not_allowed, unauthorized, forbidden, host_not_allowed,"
-        " proxied_request, browser_request, not_loopback, required_header_missing,"
-        " headers_too_large, http_<status>."
-    )
+    error: str = Field(description=f"Stable code: {', '.join(ErrorCode)}, http_<status>.")
     message: str = Field(description="What went wrong, for humans. Never contains a secret.")
 
 

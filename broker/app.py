@@ -38,7 +38,12 @@ from broker.audit import AuditTrail
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerSettings
 from broker.docs import add_docs_routes
-from broker.errors import TokenUnavailableError, UnknownProviderError
+from broker.errors import (
+    ErrorCode,
+    TokenUnavailableError,
+    UnknownProviderError,
+    http_layer_code,
+)
 from broker.fastpath import TokenFastPath
 from broker.logs import add_secret_filter
 from broker.manager import Provider, TokenManager
@@ -445,7 +450,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownProviderError)
     async def unknown_provider(request: Request, exc: UnknownProviderError) -> Response:
-        return _error(404, "unknown_provider", str(exc))
+        return _error(exc.status, exc.code, str(exc))
 
     @app.exception_handler(TokenUnavailableError)
     async def unavailable(request: Request, exc: TokenUnavailableError) -> Response:
@@ -456,8 +461,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        code = http_layer_code(exc.status_code)
         return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
@@ -466,4 +470,5 @@ def _add_error_handlers(app: FastAPI) -> None:
         for err in exc.errors():
             where = ".".join(str(part) for part in err.get("loc", ()) if part != "query")
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _error(422, "invalid_parameter", "; ".join(problems))
+        code = ErrorCode.INVALID_PARAMETER
+        return _error(code.status, code, "; ".join(problems))

@@ -15,7 +15,7 @@ import httpx
 
 from broker import __version__
 from broker.clock import Clock, measure_skew
-from broker.errors import FailureKind, TokenEndpointError
+from broker.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.protocols import TokenProtocol
 from broker.tokens import Grant
 
@@ -71,9 +71,12 @@ async def exchange(
         await asyncio.sleep(0)
     except httpx.TimeoutException:
         msg = f"no answer from the identity provider within {timeout:g} s"
-        raise TokenEndpointError(msg, code="timeout", kind=FailureKind.TRANSIENT) from None
+        raise TokenEndpointError(
+            msg, code=FailureCode.TIMEOUT, kind=FailureKind.TRANSIENT
+        ) from None
     except httpx.HTTPError as exc:
-        code = "connect_error" if isinstance(exc, httpx.ConnectError) else "network_error"
+        connect = isinstance(exc, httpx.ConnectError)
+        code = FailureCode.CONNECT_ERROR if connect else FailureCode.NETWORK_ERROR
         msg = f"cannot reach the identity provider: {type(exc).__name__}"
         raise TokenEndpointError(msg, code=code, kind=FailureKind.TRANSIENT) from None
     wall = clock.wall()
@@ -87,7 +90,9 @@ async def exchange(
     lifetime = grant.lifetime if grant.lifetime is not None else default_expires_in
     if lifetime <= 0:
         msg = "the identity provider issued a token that had already expired"
-        raise TokenEndpointError(msg, code="expired_on_arrival", kind=FailureKind.TRANSIENT)
+        raise TokenEndpointError(
+            msg, code=FailureCode.EXPIRED_ON_ARRIVAL, kind=FailureKind.TRANSIENT
+        )
     return Exchanged(
         grant=grant,
         lifetime=lifetime,
@@ -102,13 +107,17 @@ async def read_capped(response: httpx.Response, limit: int) -> bytes:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         msg = f"token response of {declared} bytes refused (limit {limit})"
-        raise TokenEndpointError(msg, code="response_too_large", kind=FailureKind.TRANSIENT)
+        raise TokenEndpointError(
+            msg, code=FailureCode.RESPONSE_TOO_LARGE, kind=FailureKind.TRANSIENT
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
             msg = f"token response larger than {limit} bytes refused"
-            raise TokenEndpointError(msg, code="response_too_large", kind=FailureKind.TRANSIENT)
+            raise TokenEndpointError(
+                msg, code=FailureCode.RESPONSE_TOO_LARGE, kind=FailureKind.TRANSIENT
+            )
         chunks.append(chunk)
     return b"".join(chunks)

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from broker.config import BrokerSettings
+from broker.errors import BrokerError
 from broker.unixsocket import UnixListener, UnixSocketError, listen_unix
 
 
-class ListenError(Exception):
+class ListenError(BrokerError):
     """The listening address cannot be had; the message is one line for the operator."""
 
 

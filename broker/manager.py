@@ -26,6 +26,8 @@ import httpx
 from broker.clock import Clock
 from broker.config import BrokerSettings, ProviderConfig, RefreshSettings
 from broker.errors import (
+    ErrorCode,
+    FailureCode,
     FailureKind,
     TokenEndpointError,
     TokenUnavailableError,
@@ -383,7 +385,7 @@ class TokenManager:
             current = provider.token
             if (
                 exc.status == 503
-                and exc.code != "needs_login"
+                and exc.code != ErrorCode.NEEDS_LOGIN
                 and current is not None
                 and current.servable(self._clock.monotonic())
                 and (rejected is None or not matches_etag(current.etag, rejected))
@@ -436,7 +438,7 @@ class TokenManager:
                 task.add_done_callback(lambda _: finished.set())
                 if not await self._clock.wait(finished, self._settings.request_timeout):
                     msg = f"provider {provider.name!r}: the identity provider has not answered yet"
-                    raise TokenUnavailableError(msg, retry_after=1, code="token_pending")
+                    raise TokenUnavailableError(msg, retry_after=1, code=ErrorCode.TOKEN_PENDING)
             return task.result()
         except TokenEndpointError:
             raise _unavailable(provider, retry_after=self._retry_after(provider)) from None
@@ -505,7 +507,7 @@ class TokenManager:
             log.exception("%s: unexpected error while getting a token", provider.name)
             error = TokenEndpointError(
                 f"internal error: {type(exc).__name__}",
-                code="internal_error",
+                code=FailureCode.INTERNAL_ERROR,
                 kind=FailureKind.TRANSIENT,
             )
             self._record_failure(provider, error)
@@ -606,12 +608,15 @@ class TokenManager:
                         " client credentials are configured: a new login is needed"
                     )
                     raise TokenEndpointError(
-                        msg, code="needs_login", kind=FailureKind.REJECTED, status=exc.status
+                        msg,
+                        code=FailureCode.NEEDS_LOGIN,
+                        kind=FailureKind.REJECTED,
+                        status=exc.status,
                     ) from None
         if not protocol.can_login:
             provider.needs_login = True
             msg = "no refresh token left and no password or client credentials configured"
-            raise TokenEndpointError(msg, code="needs_login", kind=FailureKind.REJECTED)
+            raise TokenEndpointError(msg, code=FailureCode.NEEDS_LOGIN, kind=FailureKind.REJECTED)
         return await self._send(provider, protocol.login_request(), False)
 
     async def _send(self, provider: Provider, request: httpx.Request, refreshing: bool) -> Token:
@@ -650,7 +655,9 @@ class TokenManager:
         if answer.lifetime <= floor:
             # It could never be served (see serve_min_remaining).
             msg = f"the identity provider issued a token that lives {answer.lifetime:.1f} s"
-            raise TokenEndpointError(msg, code="expired_on_arrival", kind=FailureKind.TRANSIENT)
+            raise TokenEndpointError(
+                msg, code=FailureCode.EXPIRED_ON_ARRIVAL, kind=FailureKind.TRANSIENT
+            )
         if grant.refresh_token is not None and grant.refresh_token != provider.refresh_token:
             # Rotation: the old refresh token may already be dead at the provider,
             # so the new one goes to disk before anything relies on it.
@@ -792,7 +799,7 @@ def _unavailable(provider: Provider, *, retry_after: float) -> TokenUnavailableE
         return TokenUnavailableError(
             f"provider {provider.name!r} needs a new login: {reason}",
             retry_after=retry_after,
-            code="needs_login",
+            code=ErrorCode.NEEDS_LOGIN,
         )
     detail = f": {error.message} [{error.code}]" if error is not None else ""
     return TokenUnavailableError(
@@ -808,8 +815,8 @@ def _rate_limited(provider: Provider, wait: float) -> TokenUnavailableError:
         f" tokens in a row (one more every {policy.caller_interval:g} s); the current token"
         " is still valid"
     )
-    return TokenUnavailableError(msg, retry_after=wait, code="refresh_rate_limited", status=429)
+    return TokenUnavailableError(msg, retry_after=wait, code=ErrorCode.REFRESH_RATE_LIMITED)
 
 
 def _unsatisfiable(message: str) -> TokenUnavailableError:
-    return TokenUnavailableError(message, retry_after=0, code="min_valid_unsatisfiable", status=422)
+    return TokenUnavailableError(message, retry_after=0, code=ErrorCode.MIN_VALID_UNSATISFIABLE)

@@ -26,7 +26,7 @@ from broker.addresses import is_loopback_address
 from broker.app import open_store
 from broker.clock import SystemClock
 from broker.config import BrokerSettings
-from broker.errors import FailureKind, TokenEndpointError
+from broker.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.exchange import exchange
 from broker.protocols import TokenProtocol, build_protocol
 from broker.protocols.presets import ProviderConfig
@@ -180,7 +180,9 @@ async def _login_once(client: httpx.AsyncClient, name: str, config: ProviderConf
     return LoginResult(name, Outcome.OK, f"login OK (token valid {got.lifetime:.0f} s{assumed})")
 
 
-UNREACHABLE_CODES = frozenset({"connect_error", "network_error", "timeout"})
+UNREACHABLE_CODES = frozenset(
+    {FailureCode.CONNECT_ERROR, FailureCode.NETWORK_ERROR, FailureCode.TIMEOUT}
+)
 
 
 def failure_kind(exc: TokenEndpointError) -> str:
@@ -188,7 +190,7 @@ def failure_kind(exc: TokenEndpointError) -> str:
     if exc.kind is FailureKind.REJECTED:
         return "credentials refused"
     if exc.kind is FailureKind.MISCONFIGURED:
-        return "redirected" if exc.code == "unexpected_redirect" else "endpoint not found"
+        return "redirected" if exc.code == FailureCode.UNEXPECTED_REDIRECT else "endpoint not found"
     if exc.code in UNREACHABLE_CODES:
         return "identity provider unreachable"
     return "identity provider error (may be temporary)"

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.addresses import is_loopback_address
 from broker.config import BrokerSettings
+from broker.errors import ApiError, ErrorCode
 from broker.peers import PeerCredentials, current_peer
 
 Need = Literal["token", "status"]
@@ -77,12 +78,11 @@ MAX_HEADER_BYTES = 16 * 1024
 """Legitimate callers send a few hundred bytes of headers; refuse floods early."""
 
 
-class Denied(Exception):
-    """A request the broker refuses; carries the HTTP answer."""
+class Denied(ApiError):
+    """A request the broker refuses; carries the HTTP answer (its status: the code's)."""
 
-    def __init__(self, status: int, code: str, message: str, *, challenge: bool = False) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, challenge: bool = False) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
         self.challenge = challenge
@@ -200,27 +200,27 @@ class Guard:
                 host = value
             elif name in PROXY_HEADERS:
                 msg = "requests that came through a proxy are refused"
-                raise Denied(403, "proxied_request", msg)
+                raise Denied(ErrorCode.PROXIED_REQUEST, msg)
             elif name == b"origin":
                 msg = "requests from web pages are refused (Origin header present)"
-                raise Denied(403, "browser_request", msg)
+                raise Denied(ErrorCode.BROWSER_REQUEST, msg)
             elif name == b"sec-fetch-site" and value not in (b"none", b"same-origin"):
                 msg = "cross-site requests from browsers are refused"
-                raise Denied(403, "browser_request", msg)
+                raise Denied(ErrorCode.BROWSER_REQUEST, msg)
         if size > MAX_HEADER_BYTES:
             msg = f"request headers larger than {MAX_HEADER_BYTES} bytes are refused"
-            raise Denied(431, "headers_too_large", msg)
+            raise Denied(ErrorCode.HEADERS_TOO_LARGE, msg)
         if host is None or _strip_port(host.decode("latin-1")).lower() not in rules.allowed_hosts:
             msg = "the Host header does not name this broker (see security.allowed_hosts)"
-            raise Denied(403, "host_not_allowed", msg)
+            raise Denied(ErrorCode.HOST_NOT_ALLOWED, msg)
         if rules.required_header is not None:
             name, wanted = rules.required_header
             if not any(n == name and hmac.compare_digest(v, wanted) for n, v in scope["headers"]):
                 msg = f"the {name.decode()} header is required"
-                raise Denied(412, "required_header_missing", msg)
+                raise Denied(ErrorCode.REQUIRED_HEADER_MISSING, msg)
         if rules.loopback_only and not _is_loopback(scope.get("client")):
             msg = "no clients are configured, so only this host's processes may call"
-            raise Denied(403, "not_loopback", msg)
+            raise Denied(ErrorCode.NOT_LOOPBACK, msg)
 
     # -- routes that need a caller ------------------------------------------
 
@@ -237,14 +237,14 @@ class Guard:
         peer = current_peer.get()
         client = _client_for(clients, authorization, peer)
         if client is None:
-            raise Denied(401, "unauthorized", _who_is_unknown(peer), challenge=True)
+            raise Denied(ErrorCode.UNAUTHORIZED, _who_is_unknown(peer), challenge=True)
         if need == "status":
             if not client.status:
                 msg = f"client {client.name!r} may not read the broker's status"
-                raise Denied(403, "forbidden", msg)
+                raise Denied(ErrorCode.FORBIDDEN, msg)
         elif provider is None or not client.may_read(provider):
             msg = f"client {client.name!r} may not read this provider's token"
-            raise Denied(403, "forbidden", msg)
+            raise Denied(ErrorCode.FORBIDDEN, msg)
         return client.name
 
 

@@ -62,6 +62,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from broker.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file, write_probe
 from broker.config import ProviderConfig
+from broker.errors import BrokerError
 from broker.names import PROVIDER_NAME
 
 log = logging.getLogger("broker.state")
@@ -80,7 +81,7 @@ STALE_TEMP_SECONDS = 60.0
 _CHECK_PREFIX = ".write-check-"
 
 
-class StateError(Exception):
+class StateError(BrokerError):
     """The state directory or a state file cannot be used.
 
     The message names the directory, file, environment variable or key source,

@@ -28,11 +28,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from broker.errors import BrokerError
 from broker.state import StateError, StateStore
 from broker.tokens import Token
 
 
-class StoreError(Exception):
+class StoreError(BrokerError):
     """A store could not do what was asked; the message names the place, never a secret."""
 
 

@@ -29,6 +29,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
+from broker.errors import BrokerError
 from broker.filemode import FileMode
 
 SUN_PATH_MAX = 107
@@ -109,7 +110,7 @@ class UnixSocketSettings(BaseModel):
 UnixListen = Annotated[UnixSocketSettings, BeforeValidator(_path_only)]
 
 
-class UnixSocketError(Exception):
+class UnixSocketError(BrokerError):
     """The socket cannot be made; the message is one line for the operator."""
 
 

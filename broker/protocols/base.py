@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote_plus
 
 import httpx
 
-from broker.errors import FailureKind, TokenEndpointError
+from broker.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.redact import Redactor
 from broker.sanitize import one_line, shortened
 from broker.tokens import Grant
@@ -169,7 +169,7 @@ def parse_json_object(body: bytes, status: int) -> dict[str, Any]:
         what = "an empty body" if not body.strip() else "a body that is not a JSON object"
         msg = f"token endpoint answered HTTP {status} with {what}"
         raise TokenEndpointError(
-            msg, code="invalid_response", kind=FailureKind.TRANSIENT, status=status
+            msg, code=FailureCode.INVALID_RESPONSE, kind=FailureKind.TRANSIENT, status=status
         )
     return data
 
@@ -183,7 +183,9 @@ def parse_lifetime(value: Any) -> float | None:
     if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
         return float(value)
     msg = f"expires_in is not a non-negative number: {type(value).__name__}"
-    raise TokenEndpointError(msg, code="invalid_response", kind=FailureKind.TRANSIENT, status=200)
+    raise TokenEndpointError(
+        msg, code=FailureCode.INVALID_RESPONSE, kind=FailureKind.TRANSIENT, status=200
+    )
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -337,11 +339,11 @@ def _misconfigured(redactor: Redactor, status: int, headers: httpx.Headers) -> t
         target = location.split("?", 1)[0].split("#", 1)[0]
         where = f" to {shown(target, redactor)}" if target else ""
         return (
-            "unexpected_redirect",
+            FailureCode.UNEXPECTED_REDIRECT,
             f": redirected{where}; token requests are never redirected: configure the final URL",
         )
     return (
-        "endpoint_not_found",
+        FailureCode.ENDPOINT_NOT_FOUND,
         ": no token endpoint at this URL (check the url, token_url or auth_api, including"
         " any trailing slash)",
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 from pydantic import SecretStr
 
-from broker.errors import FailureKind, TokenEndpointError
+from broker.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.protocols.base import (
     TokenProtocol,
     jwt_expiry,
@@ -100,7 +100,7 @@ class HiroAppProtocol(TokenProtocol):
         if not isinstance(token, str) or not token.strip():
             msg = f"HIRO answered HTTP {status} without a _TOKEN"
             raise TokenEndpointError(
-                msg, code="invalid_response", kind=FailureKind.TRANSIENT, status=status
+                msg, code=FailureCode.INVALID_RESPONSE, kind=FailureKind.TRANSIENT, status=status
             )
         lifetime = _lifetime(data, token, wall_now)
         refresh_token = data.get("refresh_token")

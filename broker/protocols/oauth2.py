@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import SecretStr
 
-from broker.errors import FailureKind, TokenEndpointError
+from broker.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.protocols.base import (
     TokenProtocol,
     basic_auth,
@@ -122,7 +122,7 @@ class OAuth2Protocol(TokenProtocol):
         if not isinstance(access_token, str) or not access_token.strip():
             msg = f"token endpoint answered HTTP {status} without an access_token"
             raise TokenEndpointError(
-                msg, code="invalid_response", kind=FailureKind.TRANSIENT, status=200
+                msg, code=FailureCode.INVALID_RESPONSE, kind=FailureKind.TRANSIENT, status=200
             )
         lifetime = parse_lifetime(data.get("expires_in"))
         if lifetime is None:
