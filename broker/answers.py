@@ -8,7 +8,7 @@ metric of a token handed out are :meth:`broker.runtime.Runtime.served`.
 
 from __future__ import annotations
 
-from broker.manager import Provider
+from broker.provider import Provider
 from broker.tokens import Token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -46,9 +46,10 @@ from broker.errors import (
 )
 from broker.fastpath import TokenFastPath
 from broker.logs import add_secret_filter
-from broker.manager import Provider, TokenManager
+from broker.manager import TokenManager
 from broker.metrics import Metrics
 from broker.policy import SERVING_STATES
+from broker.provider import Provider
 from broker.reload import Reloader
 from broker.runtime import Runtime
 from broker.security import Denied, Guard, GuardMiddleware, SecurityHeadersMiddleware

@@ -19,7 +19,7 @@ from broker.errors import ConfigError
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
 from broker.fastpath import TokenFastPath
-from broker.manager import Provider
+from broker.provider import Provider
 from broker.security import Guard
 from tests.support import running_broker, serving, settings_from
 
