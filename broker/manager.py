@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from broker.clock import Clock
-from broker.config import BrokerSettings, RefreshSettings
+from broker.config import BrokerSettings
 from broker.errors import (
     ErrorCode,
     FailureCode,
@@ -41,6 +41,7 @@ from broker.outcomes import OutcomeRecorder
 from broker.pacer import StartCalendar
 from broker.policy import CallerBucket
 from broker.provider import Provider, max_shift, new_provider, next_delay
+from broker.provider_config import RefreshSettings
 from broker.refusals import rate_limited, unavailable, unsatisfiable
 from broker.sanitize import one_line, shortened
 from broker.sink_keeper import SinkKeeper

@@ -8,11 +8,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker.config import BrokerSettings, ProviderConfig, RefreshSettings
+from broker.config import BrokerSettings
 from broker.errors import TokenEndpointError
 from broker.metrics import ProviderSnapshot
 from broker.policy import CallerBucket, Outcome, ProviderState, provider_state
 from broker.protocols import TokenProtocol, build_protocol
+from broker.provider_config import ProviderConfig, RefreshSettings
 from broker.schedule import refresh_delay
 from broker.sinks import FileSink
 from broker.state import login_fingerprint

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.config import RefreshSettings
+from broker.provider_config import RefreshSettings
 
 
 def refresh_delay(

@@ -61,9 +61,9 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from broker.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file, write_probe
-from broker.config import ProviderConfig
 from broker.errors import BrokerError
 from broker.names import PROVIDER_NAME
+from broker.provider_config import ProviderConfig
 
 log = logging.getLogger("broker.state")
 

@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import (
+from broker.config import BrokerSettings, load_config, parse_config
+from broker.errors import ConfigError
+from broker.provider_config import (
     AerionProvider,
-    BrokerSettings,
     HiroProvider,
     HubProvider,
     OAuth2Provider,
     RefreshSettings,
-    load_config,
-    parse_config,
 )
-from broker.errors import ConfigError
 from tests.support import settings_from
 
 SECRET = "hunter2-SECRET"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from broker.config import DEPRECATED_KEYS, BrokerSettings, ClientConfig, RefreshSettings
+from broker.config import DEPRECATED_KEYS, BrokerSettings, ClientConfig
 from broker.overrides import (
     Layered,
     Shape,
@@ -15,6 +15,7 @@ from broker.overrides import (
     merge_environment,
     strip_deprecated,
 )
+from broker.provider_config import RefreshSettings
 
 FILE: dict[str, Any] = {
     "port": 8181,

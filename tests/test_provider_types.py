@@ -13,9 +13,9 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from broker.config import PROVIDER_TYPES, ProviderConfig
 from broker.fakes import FAKE_KINDS, FakeKind, demo_credentials, make_demo_fake
 from broker.protocols import build_protocol
+from broker.provider_config import PROVIDER_TYPES, ProviderConfig
 from broker.state import LOGIN_ENDPOINT_FIELDS, login_fingerprint
 from tests.support import ROOT, settings_from
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.config import RefreshSettings
+from broker.provider_config import RefreshSettings
 from broker.schedule import backoff_delay, refresh_delay
 
 DEFAULT = RefreshSettings()
