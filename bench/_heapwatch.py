@@ -8,8 +8,9 @@ same garbage-collector settings); every *every* seconds a daemon thread
 appends one JSON line to *out*:
 
 * ``rss_mb``, the collector's per-generation counts and collections so far,
-  ``frozen`` (``gc.get_freeze_count()``) and the number of objects each
-  generation holds;
+  ``frozen`` (``gc.get_freeze_count()``), the number of objects each
+  generation holds, and ``pause_ms``: the longest collection of each
+  generation since the last sample (timed with ``gc.callbacks``);
 * ``types``: the gc-tracked object types whose count changed most since the
   first sample (the baseline);
 * with ``--trace N``: ``tracemalloc`` started before the broker is imported,
@@ -73,6 +74,18 @@ class Watcher:
         self.base_sites: dict[str, tuple[int, int]] | None = None
         """Allocation site -> (bytes, blocks) at the first sample."""
         self.samples = 0
+        self._pause_started = 0.0
+        self.longest = [0.0, 0.0, 0.0]
+        """The longest collection of each generation since the last sample (seconds)."""
+        gc.callbacks.append(self._time_collection)
+
+    def _time_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._pause_started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._pause_started
+        generation = info["generation"]
+        self.longest[generation] = max(self.longest[generation], took)
 
     def run(self) -> None:
         while True:
@@ -96,7 +109,9 @@ class Watcher:
             "collected": [s["collected"] for s in gc.get_stats()],
             "frozen": gc.get_freeze_count(),
             "generations": [len(gc.get_objects(g)) for g in range(3)],
+            "pause_ms": [round(took * 1000, 2) for took in self.longest],
         }
+        self.longest = [0.0, 0.0, 0.0]
         types = tracked_types()
         if self.base_types is None:
             self.base_types = types

@@ -197,6 +197,7 @@ def main() -> int:
     parser.add_argument(
         "--report-every", type=float, default=600, help="print resident memory every N s"
     )
+    parser.add_argument("--ready-timeout", type=float, default=30, help="seconds to wait")
     parser.add_argument("--heapwatch", type=Path, help="run the broker under bench._heapwatch")
     parser.add_argument("--heapwatch-every", type=float, default=60)
     parser.add_argument("--trace", type=int, default=0, help="tracemalloc frames for heapwatch")
@@ -262,7 +263,7 @@ def _run(
     rng: random.Random,
 ) -> dict[str, object]:
     client = httpx.Client(base_url=base, timeout=10)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + args.ready_timeout
     while True:
         try:
             if client.get("/readyz").status_code == 200:
@@ -270,7 +271,7 @@ def _run(
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise SystemExit("broker did not become ready within 30 s")
+            raise SystemExit(f"broker did not become ready within {args.ready_timeout:g} s")
         time.sleep(0.1)
     started = time.monotonic()
     memory: list[tuple[float, float]] = [(0.0, rss_mb(pid))]
