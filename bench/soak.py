@@ -1,6 +1,6 @@
 """Soak test: many short-lived tokens, random identity-provider faults, a steady caller load.
 
-    .venv/bin/python bench/soak.py --seconds 600 --providers 50 --ttl 2
+    .venv/bin/python -m bench.soak --seconds 600 --providers 50 --ttl 2
 
 Starts fake HIRO (JSON /app + /refresh) and generic OAuth2 servers on
 127.0.0.1 that rotate refresh tokens and revoke the old ones, wraps them in a
@@ -16,7 +16,14 @@ tokens from it at a steady rate. At the end it prints:
 * refused refresh tokens: refresh requests the fake refused because the
   broker used a dead refresh token (a lost rotation); must be 0;
 * token requests per provider against the ideal (one per 2/3 lifetime);
-* the broker's resident memory over time (flat means no leak).
+* the broker's resident memory over time (flat means no leak): after warm-up
+  (30 s) and every ``--report-every`` seconds (600 by default), printed as
+  the run goes and again at the end, with the slope of a least-squares line
+  through the samples after warm-up (MB per minute).
+
+``--heapwatch FILE`` runs the broker under ``bench._heapwatch`` (tracemalloc
+with ``--trace``, gc-tracked type counts, collector statistics) and appends
+its samples to FILE: for finding what grows when the memory does.
 
 Everything is bounded in time, targets only 127.0.0.1 and stops by itself.
 """
@@ -46,6 +53,11 @@ from broker.fakes.base import FakeProvider
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
+
+REPO = Path(__file__).resolve().parent.parent
+"""The broker process runs from here, so it imports this checkout's ``broker``."""
+WARM_UP = 30.0
+"""Seconds after readiness before memory counts as warmed up."""
 
 FAULTS = ("500", "503", "429", "html", "garbage", "cut", "stall")
 
@@ -182,10 +194,16 @@ def main() -> int:
     parser.add_argument("--fault-rate", type=float, default=0.05)
     parser.add_argument("--rate", type=float, default=200, help="token GETs per second")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--report-every", type=float, default=600, help="print resident memory every N s"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=30, help="seconds to wait")
+    parser.add_argument("--heapwatch", type=Path, help="run the broker under bench._heapwatch")
+    parser.add_argument("--heapwatch-every", type=float, default=60)
+    parser.add_argument("--trace", type=int, default=0, help="tracemalloc frames for heapwatch")
+    parser.add_argument("--garbage-every", type=int, default=0, help="see bench._heapwatch")
     args = parser.parse_args()
 
-    # The cut-body fault makes uvicorn log a protocol error per occurrence: expected here.
-    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     rng = random.Random(args.seed)
     fake_hiro = FakeHiro(ttl=args.ttl, rotate_refresh_tokens=True)
     fake_oauth = FakeOAuth2(
@@ -207,15 +225,25 @@ def main() -> int:
         serve_in_thread(chaos[0]) as hiro_url,
         serve_in_thread(chaos[1]) as oauth_url,
     ):
+        # The cut-body fault makes uvicorn log a protocol error per occurrence: expected
+        # here. (Set after the fakes start: uvicorn.Config sets this logger's level.)
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         config = Path(tmp) / "soak.yaml"
         state = Path(tmp) / "state"
         config.write_text(config_yaml(port, state, args.providers, hiro_url, oauth_url))
         for i in range(args.providers):
             fakes[f"p{i}"] = fake_hiro if i % 2 == 0 else fake_oauth
+        command = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
+        if args.heapwatch is not None:
+            watch = [
+                *("--out", str(args.heapwatch.resolve())),
+                *("--every", str(args.heapwatch_every)),
+                *("--trace", str(args.trace)),
+                *("--garbage-every", str(args.garbage_every)),
+            ]
+            command[1:3] = ["-m", "bench._heapwatch", *watch, "--"]
         broker = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
             result = _run(args, base, broker.pid, fakes, rng)
@@ -235,7 +263,7 @@ def _run(
     rng: random.Random,
 ) -> dict[str, object]:
     client = httpx.Client(base_url=base, timeout=10)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + args.ready_timeout
     while True:
         try:
             if client.get("/readyz").status_code == 200:
@@ -243,7 +271,7 @@ def _run(
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise SystemExit("broker did not become ready within 30 s")
+            raise SystemExit(f"broker did not become ready within {args.ready_timeout:g} s")
         time.sleep(0.1)
     started = time.monotonic()
     memory: list[tuple[float, float]] = [(0.0, rss_mb(pid))]
@@ -252,6 +280,7 @@ def _run(
     names = list(fakes)
     interval = 1.0 / args.rate
     next_sample = 10.0
+    next_report = WARM_UP
     while (elapsed := time.monotonic() - started) < args.seconds:
         name = rng.choice(names)
         sent = time.time()
@@ -268,6 +297,9 @@ def _run(
         if elapsed >= next_sample:
             memory.append((elapsed, rss_mb(pid)))
             next_sample += 10.0
+        if elapsed >= next_report:
+            print(_memory_line(memory), file=sys.stderr, flush=True)
+            next_report = args.report_every * (elapsed // args.report_every + 1)
         time.sleep(interval)
     memory.append((time.monotonic() - started, rss_mb(pid)))
     providers = client.get("/providers").json()["providers"]
@@ -280,6 +312,49 @@ def _run(
         "memory": memory,
         "providers": providers,
     }
+
+
+def _memory_line(memory: list[tuple[float, float]]) -> str:
+    t, mb = memory[-1]
+    warm = _warm(memory)
+    line = f"[{t / 60:5.1f} min] broker RSS {mb:.1f} MB"
+    if warm is not None:
+        slope = _slope(memory)
+        line += f", {mb - warm:+.1f} MB since warm-up ({warm:.1f} MB)"
+        if slope is not None:
+            line += f", slope {slope:+.3f} MB/min"
+    return line
+
+
+def _warm(memory: list[tuple[float, float]]) -> float | None:
+    """Resident memory at the first sample after warm-up."""
+    return next((mb for t, mb in memory if t >= WARM_UP), None)
+
+
+def _slope(memory: list[tuple[float, float]]) -> float | None:
+    """MB per minute: least squares through the samples after warm-up."""
+    points = [(t / 60, mb) for t, mb in memory if t >= WARM_UP]
+    if len(points) < 2:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_mb = sum(mb for _, mb in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    if spread == 0:
+        return None
+    return sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / spread
+
+
+def _every(memory: list[tuple[float, float]], step: float) -> list[list[float]]:
+    """``[minute, MB]`` at warm-up, at each *step* seconds after the start, and at the end."""
+    marks = [WARM_UP, *(step * k for k in range(1, int(memory[-1][0] // step) + 1))]
+    picked: list[list[float]] = []
+    for mark in marks:
+        t, mb = next(((t, mb) for t, mb in memory if t >= mark), memory[-1])
+        if not picked or picked[-1][0] != round(t / 60, 1):
+            picked.append([round(t / 60, 1), round(mb, 1)])
+    if picked[-1][0] != round(memory[-1][0] / 60, 1):
+        picked.append([round(memory[-1][0] / 60, 1), round(memory[-1][1], 1)])
+    return picked
 
 
 def _report(
@@ -299,7 +374,10 @@ def _report(
     logins = len(fake_hiro.token_requests("password")) + len(fake_oauth.token_requests("password"))
     ideal = args.providers * elapsed / (args.ttl * 2 / 3)
     successes = sum(int(p["refreshes"]) for p in providers.values())  # type: ignore[call-overload]
-    warm = [m for t, m in memory if t >= 30] or [memory[-1][1]]
+    warm = _warm(memory)
+    if warm is None:
+        warm = memory[-1][1]
+    slope = _slope(memory)
     print(
         json.dumps(
             {
@@ -320,10 +398,12 @@ def _report(
                 "requests_vs_ideal": round(token_requests / ideal, 3),
                 "rss_mb_start_warm_end_max": [
                     round(memory[0][1], 1),
-                    round(warm[0], 1),
+                    round(warm, 1),
                     round(memory[-1][1], 1),
                     round(max(m for _, m in memory), 1),
                 ],
+                "rss_mb_at_minute": _every(memory, args.report_every),
+                "rss_slope_mb_per_min": None if slope is None else round(slope, 4),
                 "broker_exit_code": exit_code,
             },
             indent=2,

@@ -341,6 +341,11 @@ class TokenManager:
                     raise TokenUnavailableError(msg, retry_after=1, code=ErrorCode.TOKEN_PENDING)
             return task.result()
         except TokenEndpointError:
+            # The error's traceback holds this frame, this frame the task, the task the
+            # error: a reference cycle that only a full collection frees, and the server
+            # runs those rarely (broker.heap). Each failed request stayed in memory with
+            # the request, response and frames it holds (issue 12). Drop the task.
+            del task
             raise unavailable(provider, retry_after=self._retry_after(provider)) from None
 
     def _start_fetch(self, provider: Provider, reason: str) -> asyncio.Task[Token]:

@@ -112,7 +112,8 @@ def test_answered_errors_carry_the_status_of_their_code() -> None:
 
 
 NOT_RAISED = {
-    "broker.provider_config.FieldProblem",  # a validator's ValueError for pydantic; ends as a ConfigError
+    # A validator's ValueError for pydantic; ends as a ConfigError.
+    "broker.provider_config.FieldProblem",
     "broker.overrides._EnvProblem",  # one variable's problem; ends as a line of a ConfigError
 }
 """Exceptions that never leave the module that raises them."""

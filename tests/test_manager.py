@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import random
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qs
@@ -473,3 +475,64 @@ async def test_planned_requests_start_2_ms_apart_and_callers_skip_the_queue() ->
         assert [user for user, _ in sent] == ["user0", "user4", "user1", "user2", "user3"]
         assert [at for _, at in sent] == pytest.approx([due + 0.002 * n for n in range(5)])
         assert idp.grants().count("refresh_token") == 5
+
+
+def _answer_503(request: httpx.Request) -> httpx.Response:
+    return error(503)
+
+
+def _answer_garbage(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=b'{"token_type": "bearer"')
+
+
+def _answer_unreachable(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("refused", request=request)
+
+
+def _answer_too_late(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("stalled", request=request)
+
+
+@pytest.mark.parametrize(
+    "answer", [_answer_503, _answer_garbage, _answer_unreachable, _answer_too_late]
+)
+async def test_a_failed_token_request_is_freed_without_the_cyclic_collector(
+    answer: Callable[[httpx.Request], httpx.Response],
+) -> None:
+    """Once the next failure replaces it, a failed request's error (and with it the frames,
+    request and response its traceback holds) is freed by reference counting alone.
+
+    The server process runs a full collection only rarely (broker.heap): an error in a
+    reference cycle (its traceback holding a frame that holds the task that holds the
+    error) stayed in memory for the rest of the soak (issue 12).
+    """
+    gate = asyncio.Event()
+
+    async def idp(request: httpx.Request) -> httpx.Response:
+        await gate.wait()
+        return answer(request)
+
+    async def caller() -> str:  # joins the fetch in flight; keeps no exception
+        try:
+            await manager.token("idp")
+        except TokenUnavailableError as exc:
+            return exc.code
+        return "served"
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with managed(idp) as (manager, clock):
+            joined = asyncio.ensure_future(caller())  # a caller waits with the refresh task
+            await settle()
+            gate.set()
+            assert await joined == "token_unavailable"
+            failed = manager.get("idp").last_error
+            assert failed is not None
+            first = weakref.ref(failed)
+            del failed
+            await clock.advance(manager.get("idp").policy.backoff_max + 1)
+            assert manager.get("idp").failures >= 2
+            assert first() is None
+    finally:
+        gc.enable()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from broker.atomic import TEMP_SUFFIX
 from broker.state import PersistedState, StateError, StateStore, fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,6 +334,29 @@ def test_no_temp_files_left_after_save(tmp_path: Path) -> None:
         store.save("other", FP, f"rt-{n}")
     assert listing(tmp_path) == ["idp.json", "other.json"]
     assert saved(store) == ["idp", "other"]
+
+
+def test_saves_intern_no_new_string_per_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save's random temporary name is never interned (as pathlib does with every name
+    it parses): interning a new string per rotation made CPython resize its table of
+    interned strings again and again, and the broker's memory grew with it (issue 12)."""
+    store = StateStore(tmp_path, key=KEY)
+    store.save("idp", FP, "rt-0")  # the constant names (directory, final file) once
+    interned: list[str] = []
+    real_intern = sys.intern
+
+    def recording_intern(text: str) -> str:
+        interned.append(text)
+        return real_intern(text)
+
+    monkeypatch.setattr(sys, "intern", recording_intern)
+    for n in range(1, 4):
+        store.save("idp", FP, f"rt-{n}")
+    monkeypatch.undo()
+    assert [text for text in interned if text.endswith(TEMP_SUFFIX)] == []
+    assert listing(tmp_path) == ["idp.json"]
 
 
 def _no_space(*args: object, **kwargs: object) -> None:
