@@ -2,7 +2,7 @@
 
     python -m bench._bare --port 9000 --body-file body.json --kind asgi
 
-The uvicorn configuration is the broker's own (:func:`broker.server.uvicorn_config` with the
+The uvicorn configuration is the broker's own (:func:`broker.server.uvicorn.uvicorn_config` with the
 app swapped), so loop, HTTP parser, connection guard (its protocol; uvicorn binds the socket
 here, so the cap is decided when a connection is made), logging, lifespan and worker count
 are identical. Kinds:
@@ -29,9 +29,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from broker.config import parse_config
-from broker.logs import configure_logging
-from broker.server import uvicorn_config
+from broker.config.load import parse_config
+from broker.ops.logs import configure_logging
+from broker.server.uvicorn import uvicorn_config
 
 HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 KINDS = ("asgi", "starlette", "fastapi")
@@ -87,7 +87,7 @@ def main() -> int:
     parser.add_argument(
         "--unguarded",
         action="store_true",
-        help="uvicorn's own HTTP protocol, without broker.connguard (what the guard costs)",
+        help="uvicorn's own HTTP protocol, without broker.server.connguard (what the guard costs)",
     )
     parser.add_argument(
         "--plain",

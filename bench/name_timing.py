@@ -37,11 +37,11 @@ import httpx
 from starlette.types import Message, Scope
 
 from bench._common import emit, machine, table, verdict
-from broker.app import create_app
-from broker.config import parse_config
+from broker.config.load import parse_config
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from broker.fastpath import TokenFastPath
+from broker.web.app import create_app
+from broker.web.fastpath import TokenFastPath
 
 NAMES = ("known", "missing")
 TARGET_US = 0.5

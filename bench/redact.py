@@ -28,9 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._common import emit, machine, table
-from broker.logs import SecretFilter
+from broker.core.redact import Redactor
+from broker.ops.logs import SecretFilter
 from broker.protocols.base import basic_credentials
-from broker.redact import Redactor
 
 LINES = {
     "uvicorn, 60 chars": "Uvicorn running on http://127.0.0.1:8181 (Press CTRL+C to quit)",

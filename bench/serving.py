@@ -8,7 +8,7 @@ fake IdP (``bench._idp``, token TTL 1 h, so no refresh happens during the run) a
 with a key (caller authentication and every request check on; wrk sends the key to every
 server, so all get the same request) and, under the
 same uvicorn settings (the broker's own ``uvicorn_config``, so both behind the connection
-guard of ``broker.connguard``; the broker's log line naming its cap is shown), a raw ASGI app
+guard of ``broker.server.connguard``; the broker's log line naming its cap is shown), a raw ASGI app
 that answers the same bytes: the practical limit of the stack. With ``--ladder`` also a
 one-route Starlette app and a one-route FastAPI app, which splits the gap into framework and
 broker code. With ``--guard-cost`` also the raw app without the guard: ``guarded_rps_ratio``

@@ -15,17 +15,18 @@ from pathlib import Path
 import uvicorn
 
 from broker import __version__
-from broker.app import open_store
-from broker.config import BrokerSettings, inline_secret_warnings, load_config
-from broker.connguard import connection_gate
-from broker.errors import ConfigError
-from broker.listeners import ListenError, close_all, listen_address, open_listeners
-from broker.logs import configure_logging
+from broker.config.load import inline_secret_warnings, load_config
+from broker.config.settings import BrokerSettings
+from broker.core.errors import ConfigError
+from broker.engine.state import StateError
+from broker.engine.store import LocalStore
+from broker.ops.logs import configure_logging
 from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logins
 from broker.protocols import build_protocol
-from broker.server import exit_zero_after_shutdown, uvicorn_config
-from broker.state import StateError
-from broker.store import LocalStore
+from broker.server.connguard import connection_gate
+from broker.server.listeners import ListenError, close_all, listen_address, open_listeners
+from broker.server.uvicorn import exit_zero_after_shutdown, uvicorn_config
+from broker.web.app import open_store
 
 DEFAULT_CONFIG = "config.yaml"
 EXIT_LOGIN_FAILED = 1

@@ -13,13 +13,14 @@ import socket
 
 import uvicorn
 
-from broker.config import BrokerSettings, parse_config
-from broker.connguard import ConnectionGate, connection_gate
+from broker.config.load import parse_config
+from broker.config.settings import BrokerSettings
 from broker.fakes import aerion, hiro, hub
 from broker.fakes.server import FakeServer
-from broker.listeners import close_all, listen, listen_address, port_of
-from broker.logs import configure_logging
-from broker.server import exit_zero_after_shutdown, uvicorn_config
+from broker.ops.logs import configure_logging
+from broker.server.connguard import ConnectionGate, connection_gate
+from broker.server.listeners import close_all, listen, listen_address, port_of
+from broker.server.uvicorn import exit_zero_after_shutdown, uvicorn_config
 
 DEMO_CONFIG = """\
 # The demo's config: the same keys you would write for the real services.

@@ -8,7 +8,7 @@ Each check runs the code ``serve`` runs, so its answer cannot drift from what
   checks).
 * :func:`cleartext_warnings`: token URLs in plain http to another host.
 * :func:`try_logins`: one real token request per provider with its primary
-  grant, sent by :func:`broker.exchange.exchange` as the refresh engine sends
+  grant, sent by :func:`broker.engine.exchange.exchange` as the refresh engine sends
   it. Nothing is saved (no state file, no sink file), and a refresh token is
   never spent: a rotating one would die for the broker that holds it.
 """
@@ -22,16 +22,16 @@ from dataclasses import dataclass
 
 import httpx
 
-from broker.addresses import is_loopback_address
-from broker.app import open_store
-from broker.clock import SystemClock
-from broker.config import BrokerSettings
-from broker.errors import FailureCode, FailureKind, TokenEndpointError
-from broker.exchange import exchange
+from broker.config.settings import BrokerSettings
+from broker.core.addresses import is_loopback_address
+from broker.core.clock import SystemClock
+from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
+from broker.engine.exchange import exchange
+from broker.engine.state import StateError
+from broker.ops.sinks import FileSink, SinkError
 from broker.protocols import TokenProtocol, build_protocol
 from broker.protocols.presets import ProviderConfig
-from broker.sinks import FileSink, SinkError
-from broker.state import StateError
+from broker.web.app import open_store
 
 # -- storage --------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ async def try_logins(
 def _client(
     settings: BrokerSettings, transport: httpx.AsyncBaseTransport | None
 ) -> httpx.AsyncClient:
-    """An HTTP client set up as the broker's own (broker.app.create_app)."""
+    """An HTTP client set up as the broker's own (broker.web.app.create_app)."""
     return httpx.AsyncClient(
         transport=transport,
         follow_redirects=False,  # a token endpoint that redirects is misconfigured

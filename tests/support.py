@@ -21,10 +21,11 @@ from typing import IO, TypeVar
 import httpx
 import pytest
 
-from broker.app import create_app
-from broker.config import BrokerSettings, parse_config
+from broker.config.load import parse_config
+from broker.config.settings import BrokerSettings
 from broker.fakes.server import serve_in_thread
-from broker.fastpath import TokenFastPath
+from broker.web.app import create_app
+from broker.web.fastpath import TokenFastPath
 
 T = TypeVar("T")
 

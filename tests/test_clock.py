@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.clock import SystemClock, measure_skew
+from broker.core.clock import SystemClock, measure_skew
 
 pytestmark = pytest.mark.anyio
 

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import BrokerSettings, load_config, parse_config
-from broker.errors import ConfigError
-from broker.provider_config import (
+from broker.config.load import load_config, parse_config
+from broker.config.providers import (
     AerionProvider,
     HiroProvider,
     HubProvider,
     OAuth2Provider,
-    RefreshSettings,
 )
+from broker.config.settings import BrokerSettings
+from broker.core.errors import ConfigError
+from broker.policy.schedule import RefreshSettings
 from tests.support import settings_from
 
 SECRET = "hunter2-SECRET"

@@ -19,8 +19,9 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from broker.config import LimitsSettings, parse_config
-from broker.connguard import ConnectionGate, connection_gate
+from broker.config.load import parse_config
+from broker.config.settings import LimitsSettings
+from broker.server.connguard import ConnectionGate, connection_gate
 
 pytestmark = pytest.mark.anyio
 

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker.config import BrokerSettings
-from broker.errors import TokenUnavailableError
-from broker.manager import TokenManager
-from broker.tokens import Token
+from broker.config.settings import BrokerSettings
+from broker.core.errors import TokenUnavailableError
+from broker.core.tokens import Token
+from broker.engine.manager import TokenManager
 from tests.support import FakeClock, settings_from, settle
 
 LIFETIME = 30

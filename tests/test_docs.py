@@ -19,10 +19,10 @@ from importlib.metadata import version
 import httpx
 import pytest
 
-from broker.docs import ASSET_DIRECTORY
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from broker.fastpath import TokenFastPath
+from broker.web.docs import ASSET_DIRECTORY
+from broker.web.fastpath import TokenFastPath
 from tests.support import serving, settings_from, wait_for
 
 READER_KEY = "reader-key-7f3a9c2e41d0"

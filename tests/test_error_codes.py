@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 import broker
-from broker.app import create_app
-from broker.errors import (
+from broker.core.errors import (
     STATUS,
     ApiError,
     BrokerError,
@@ -23,7 +22,8 @@ from broker.errors import (
     UnknownProviderError,
     http_layer_code,
 )
-from broker.security import Denied
+from broker.web.app import create_app
+from broker.web.security import Denied
 from tests.support import settings_from
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -113,8 +113,8 @@ def test_answered_errors_carry_the_status_of_their_code() -> None:
 
 NOT_RAISED = {
     # A validator's ValueError for pydantic; ends as a ConfigError.
-    "broker.provider_config.FieldProblem",
-    "broker.overrides._EnvProblem",  # one variable's problem; ends as a line of a ConfigError
+    "broker.config.providers.FieldProblem",
+    "broker.config.overrides._EnvProblem",  # one variable: a ConfigError line
 }
 """Exceptions that never leave the module that raises them."""
 

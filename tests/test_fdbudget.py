@@ -6,8 +6,8 @@ import resource
 
 import pytest
 
-from broker.errors import ConfigError
-from broker.fdbudget import (
+from broker.core.errors import ConfigError
+from broker.server.fdbudget import (
     CLOSING_HEADROOM,
     FDS_PER_TOKEN_REQUEST,
     MIN_CONNECTIONS,

@@ -10,9 +10,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.core.result import Ok
 
-from broker.app import create_app
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
+from broker.web.app import create_app
 from tests.support import running_broker, settings_from
 
 KEY = "fuzz-client-key-3e8d1c07b5"

@@ -1,4 +1,4 @@
-"""The server process's garbage-collector settings (broker.heap)."""
+"""The server process's garbage-collector settings (broker.ops.heap)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from broker import heap
-from broker.app import create_app
+from broker.ops import heap
+from broker.web.app import create_app
 from tests.support import settings_from
 
 pytestmark = pytest.mark.anyio

@@ -19,8 +19,8 @@ from urllib.parse import quote_plus
 import pytest
 import uvicorn.config
 
-from broker.audit import AuditTrail
-from broker.logs import (
+from broker.ops.audit import AuditTrail
+from broker.ops.logs import (
     REDACTED,
     UVICORN_LOGGERS,
     JsonFormatter,

@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from broker.errors import TokenUnavailableError
-from broker.manager import TokenManager
+from broker.core.errors import TokenUnavailableError
+from broker.engine.manager import TokenManager
 from tests.support import FakeClock, settings_from, settle
 
 pytestmark = pytest.mark.anyio
@@ -502,7 +502,7 @@ async def test_a_failed_token_request_is_freed_without_the_cyclic_collector(
     """Once the next failure replaces it, a failed request's error (and with it the frames,
     request and response its traceback holds) is freed by reference counting alone.
 
-    The server process runs a full collection only rarely (broker.heap): an error in a
+    The server process runs a full collection only rarely (broker.ops.heap): an error in a
     reference cycle (its traceback holding a frame that holds the task that holds the
     error) stayed in memory for the rest of the soak (issue 12).
     """

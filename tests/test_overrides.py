@@ -1,4 +1,4 @@
-"""broker.overrides: BROKER_* variables and command-line options onto the YAML data (pure)."""
+"""broker.config.overrides: BROKER_* variables and command-line options onto YAML (pure)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from broker.config import DEPRECATED_KEYS, BrokerSettings, ClientConfig
-from broker.overrides import (
+from broker.config.load import DEPRECATED_KEYS
+from broker.config.overrides import (
     Layered,
     Shape,
     apply_command_line,
@@ -15,7 +15,8 @@ from broker.overrides import (
     merge_environment,
     strip_deprecated,
 )
-from broker.provider_config import RefreshSettings
+from broker.config.settings import BrokerSettings, ClientConfig
+from broker.policy.schedule import RefreshSettings
 
 FILE: dict[str, Any] = {
     "port": 8181,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from broker.pacer import SLOT, StartCalendar
+from broker.engine.pacer import SLOT, StartCalendar
 
 
 @pytest.mark.parametrize(

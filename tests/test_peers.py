@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from broker.client import unix_socket_path
-from broker.errors import ConfigError
-from broker.peers import PeerCredentials, current_peer, peer_credentials
-from broker.security import Client, Denied, Guard, _client_for
+from broker.core.errors import ConfigError
+from broker.web.peers import PeerCredentials, current_peer, peer_credentials
+from broker.web.security import Client, Denied, Guard, _client_for
 from tests.support import settings_from
 
 OAUTH2 = """

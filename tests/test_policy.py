@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.errors import FailureKind
-from broker.policy import CallerBucket, Outcome, ProviderState, provider_state
-from broker.tokens import matches_etag, place_token, rfc3339, token_etag
+from broker.core.errors import FailureKind
+from broker.core.tokens import matches_etag, place_token, rfc3339, token_etag
+from broker.policy.states import CallerBucket, Outcome, ProviderState, provider_state
 
 
 @pytest.mark.parametrize(

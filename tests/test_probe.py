@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from broker.errors import FailureKind, TokenEndpointError
+from broker.core.errors import FailureKind, TokenEndpointError
 from broker.probe import LoginResult, Outcome, failure_kind, token_url, try_logins
 from broker.protocols import build_protocol
 from tests.support import settings_from

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from broker.errors import FailureKind, TokenEndpointError
+from broker.core.errors import FailureKind, TokenEndpointError
 from broker.protocols import TokenProtocol, build_protocol
 from broker.protocols.base import (
     MAX_ERROR_TEXT,

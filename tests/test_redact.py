@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from broker.redact import MIN_SECRET_LENGTH, REDACTED, RUN, Redactor, spellings
+from broker.core.redact import MIN_SECRET_LENGTH, REDACTED, RUN, Redactor, spellings
 
 SECRET = "s3cr+t:with %2B/and spaces"
 PASSWORD = "pa ss+w%rd:1"

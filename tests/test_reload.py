@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.app import create_app
-from broker.config import load_config
+from broker.config.load import load_config
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import FakeServer
-from broker.fastpath import TokenFastPath
-from broker.reload import Reloader
+from broker.web.app import create_app
+from broker.web.fastpath import TokenFastPath
+from broker.web.reload import Reloader
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.sanitize import one_line, shortened
+from broker.core.sanitize import one_line, shortened
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.provider_config import RefreshSettings
-from broker.schedule import backoff_delay, refresh_delay
+from broker.policy.schedule import RefreshSettings, backoff_delay, refresh_delay
 
 DEFAULT = RefreshSettings()
 """ratio 2/3, jitter 0.1, margin 60 s, min_delay 1 s, backoff 1 s .. 300 s."""

@@ -13,14 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.app import create_app
-from broker.config import inline_secret_warnings
-from broker.errors import ConfigError
+from broker.config.load import inline_secret_warnings
+from broker.core.errors import ConfigError
+from broker.engine.provider import Provider
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from broker.fastpath import TokenFastPath
-from broker.provider import Provider
-from broker.security import Guard
+from broker.web.app import create_app
+from broker.web.fastpath import TokenFastPath
+from broker.web.security import Guard
 from tests.support import running_broker, serving, settings_from
 
 READER_KEY = "reader-key-7f3a9c2e41d0"

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from broker.atomic import TEMP_SUFFIX
-from broker.sink_settings import SinkConfig
-from broker.sinks import FileSink, SinkError, render, sh_quote
-from broker.yamlfile import ZeroPaddedInt, read_yaml
+from broker.config.sinks import SinkConfig
+from broker.config.yamlfile import ZeroPaddedInt, read_yaml
+from broker.ops.atomic import TEMP_SUFFIX
+from broker.ops.sinks import FileSink, SinkError, render, sh_quote
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl-_x"
 NOW = datetime(2026, 11, 25, 3, 14, 7, tzinfo=UTC).timestamp()

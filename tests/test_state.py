@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from broker.atomic import TEMP_SUFFIX
-from broker.state import PersistedState, StateError, StateStore, fingerprint
+from broker.engine.state import PersistedState, StateError, StateStore, fingerprint
+from broker.ops.atomic import TEMP_SUFFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "rt-7c1d9e0f-secret-refresh-token"
@@ -513,7 +513,7 @@ def test_fingerprint_is_stable_and_unambiguous() -> None:
 CHILD = """
 import os, sys
 from pathlib import Path
-from broker.state import StateStore
+from broker.engine.state import StateStore
 
 store = StateStore(Path(sys.argv[1]), key=os.environ["BROKER_TEST_STATE_KEY"].encode())
 n = int(sys.argv[2])

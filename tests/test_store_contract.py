@@ -1,4 +1,4 @@
-"""The contract of :class:`broker.store.TokenStore`: every implementation passes these.
+"""The contract of :class:`broker.engine.store.TokenStore`: every implementation passes these.
 
 A new store (Redis for replicas, say) joins by adding a factory to ``STORES``: a function
 that opens the store over a place (a directory here) and can open it again there, as a
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from broker.state import StateStore
-from broker.store import LocalStore, Stored, StoreError, TokenStore
-from broker.tokens import Token, place_token
+from broker.core.tokens import Token, place_token
+from broker.engine.state import StateStore
+from broker.engine.store import LocalStore, Stored, StoreError, TokenStore
 
 pytestmark = pytest.mark.anyio
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.app import create_app
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from broker.fastpath import TokenFastPath
+from broker.web.app import create_app
+from broker.web.fastpath import TokenFastPath
 from tests.support import FakeClock, running_broker, settings_from, wait_for
 
 SECRET = "app-secret-7c1d"

@@ -1,9 +1,9 @@
 """What every provider protocol offers, and the parsing and error rules they share.
 
 A protocol builds ``httpx.Request`` objects and turns ``httpx.Response``
-objects into a :class:`~broker.tokens.Grant` or a
-:class:`~broker.errors.TokenEndpointError`. It never does I/O, so each one is
-tested with plain values; :mod:`broker.manager` is the only place that sends.
+objects into a :class:`~broker.core.tokens.Grant` or a
+:class:`~broker.core.errors.TokenEndpointError`. It never does I/O, so each one is
+tested with plain values; :mod:`broker.engine.manager` is the only place that sends.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, quote_plus
 
 import httpx
 
-from broker.errors import FailureCode, FailureKind, TokenEndpointError
-from broker.redact import Redactor
-from broker.sanitize import one_line, shortened
-from broker.tokens import Grant
+from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
+from broker.core.redact import Redactor
+from broker.core.sanitize import one_line, shortened
+from broker.core.tokens import Grant
 
 MAX_ERROR_TEXT = 200
 """How much of an identity provider's error text is kept for logs and the status API."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import httpx
 from pydantic import SecretStr
 
-from broker.errors import FailureCode, FailureKind, TokenEndpointError
+from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
+from broker.core.tokens import Grant
 from broker.protocols.base import (
     TokenProtocol,
     jwt_expiry,
@@ -22,7 +23,6 @@ from broker.protocols.base import (
     request_of,
     token_endpoint_error,
 )
-from broker.tokens import Grant
 
 # What arago's own Python client sends; some HIRO gateways answer text/plain errors.
 HEADERS = {"Accept": "text/plain, application/json", "Content-Type": "application/json"}

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import SecretStr
 
-from broker.errors import FailureCode, FailureKind, TokenEndpointError
+from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
+from broker.core.tokens import Grant
 from broker.protocols.base import (
     TokenProtocol,
     basic_auth,
@@ -23,7 +24,6 @@ from broker.protocols.base import (
     request_of,
     token_endpoint_error,
 )
-from broker.tokens import Grant
 
 FORM = "application/x-www-form-urlencoded"
 

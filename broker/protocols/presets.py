@@ -9,10 +9,10 @@ A preset's endpoint is its base ``url`` joined with the vendor's path by
 
 from __future__ import annotations
 
+from broker.config.providers import AerionProvider, HiroProvider, HubProvider, OAuth2Provider
 from broker.protocols.base import TokenProtocol
 from broker.protocols.hiro import REFRESH_REJECTED, HiroAppProtocol
 from broker.protocols.oauth2 import OAuth2Protocol
-from broker.provider_config import AerionProvider, HiroProvider, HubProvider, OAuth2Provider
 
 ProviderConfig = HiroProvider | AerionProvider | HubProvider | OAuth2Provider
 

@@ -1,0 +1,141 @@
+"""The storage and coordination seam: where the refresh engine keeps what outlives a request.
+
+The engine (:mod:`broker.engine.manager`) needs four things from the place a provider's tokens
+live, and nothing else:
+
+* **load** what is known about a provider's login before its first token request: the
+  newest refresh token (and, in a store shared by several brokers, the current access
+  token another one published);
+* **save** a rotated refresh token durably *before* the engine relies on it (the previous
+  one may already be dead at the identity provider), and **forget** one that was refused;
+* **publish** a new access token, for the other brokers sharing the store;
+* hold a per-provider **lease** while talking to the identity provider, so that one actor
+  at a time does (two presenting the same rotating refresh token would kill the login).
+
+:class:`TokenStore` is that interface; ``tests/test_store_contract.py`` is the contract
+every implementation must pass. :class:`LocalStore` is the single-broker one: refresh
+tokens in the state directory (:class:`broker.engine.state.StateStore`), or nowhere but the
+engine's memory, the current token in the engine's memory, and an in-process lock as the
+lease. A store
+shared by replicas (Redis) is another implementation of the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from broker.core.errors import BrokerError
+from broker.core.tokens import Token
+from broker.engine.state import StateError, StateStore
+
+
+class StoreError(BrokerError):
+    """A store could not do what was asked; the message names the place, never a secret."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a store knows about one provider's login."""
+
+    refresh_token: str | None = field(default=None, repr=False)
+    """The newest refresh token saved for the login, if any."""
+    token: Token | None = None
+    """A current access token another broker published (shared stores only)."""
+
+
+class TokenStore(Protocol):
+    """What the refresh engine needs from the place tokens live (see the module text)."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other brokers read what this one publishes (then :meth:`load` returns
+        their tokens too); False for a store only this process uses."""
+        ...
+
+    @property
+    def durable(self) -> bool:
+        """Whether a saved refresh token survives a restart (False: it is not kept)."""
+        ...
+
+    async def load(self, provider: str, login: str) -> Stored:
+        """What is saved for *provider* under *login* (see
+        :func:`broker.engine.state.login_fingerprint`); an empty :class:`Stored` when
+        nothing is, or it belongs to another login."""
+        ...
+
+    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
+        """Keep *refresh_token* durably; when this returns it survives a crash. Raises
+        StoreError (the engine then serves from memory and says so)."""
+        ...
+
+    async def forget(self, provider: str) -> None:
+        """Drop *provider*'s refresh token (the identity provider refused it). Raises
+        StoreError."""
+        ...
+
+    async def publish(self, provider: str, login: str, token: Token) -> None:
+        """Make *token* the current one for the other brokers sharing this store."""
+        ...
+
+    def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
+        """Held while one actor talks to the identity provider for *provider*: no two
+        holders at once."""
+        ...
+
+
+class LocalStore:
+    """One broker's store: a state directory (or memory only) and an in-process lease."""
+
+    shared = False
+
+    def __init__(self, state: StateStore | None = None) -> None:
+        self.state = state
+        """The state directory, or None: refresh tokens then live in the engine's memory
+        only, and a restart (or a provider's changed settings) needs a new login."""
+        self._leases: dict[str, asyncio.Lock] = {}
+
+    @property
+    def durable(self) -> bool:
+        return self.state is not None
+
+    async def load(self, provider: str, login: str) -> Stored:
+        if self.state is None:
+            return Stored()
+        # In a thread: a read and maybe a decryption; never raises (a bad file is moved
+        # aside and logged by the state store).
+        persisted = await asyncio.to_thread(self.state.load, provider, login)
+        return Stored(persisted.refresh_token if persisted is not None else None)
+
+    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
+        if self.state is None:
+            return
+        try:
+            # In a thread: fsync can take milliseconds. If the caller is cancelled
+            # meanwhile, the thread still finishes the write.
+            await asyncio.to_thread(self.state.save, provider, login, refresh_token)
+        except StateError as exc:
+            raise StoreError(str(exc)) from None
+
+    async def forget(self, provider: str) -> None:
+        if self.state is None:
+            return
+        try:
+            await asyncio.to_thread(self.state.delete, provider)
+        except StateError as exc:
+            raise StoreError(str(exc)) from None
+
+    async def publish(self, provider: str, login: str, token: Token) -> None:
+        """Nothing to do: no other broker reads this store, and the engine keeps the
+        current token in its own memory."""
+
+    def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
+        return self._hold(self._leases.setdefault(provider, asyncio.Lock()))
+
+    @asynccontextmanager
+    async def _hold(self, lock: asyncio.Lock) -> AsyncIterator[None]:
+        async with lock:
+            yield

@@ -1,0 +1,179 @@
+"""One token request for a provider, from the choice of grant to a Token on our clock.
+
+The refresh token first, then the primary login (password, client credentials) if it is
+refused; held under the store's lease; within the request slots (all providers, and each
+identity provider's share); a rotated refresh token saved before anything relies on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+import httpx
+
+from broker.core.clock import Clock
+from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
+from broker.core.tokens import Token, place_token
+from broker.engine.exchange import exchange
+from broker.engine.provider import Provider
+from broker.engine.store import StoreError, TokenStore
+from broker.ops.metrics import Metrics
+
+log = logging.getLogger("broker.manager")
+
+
+class TokenRequester:
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        store: TokenStore,
+        metrics: Metrics,
+        max_concurrent_requests: int,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._store = store
+        self.metrics = metrics
+        # Names tokens in ETags; random per process, so a tag says nothing about the token.
+        self._etag_key = secrets.token_bytes(32)
+        self._sending = asyncio.Semaphore(max_concurrent_requests)
+        # A slow or hanging identity provider may hold only its share of the slots, so
+        # the others keep refreshing on time.
+        self._per_host_limit = max(1, max_concurrent_requests // 4)
+        self._sending_to: dict[str, asyncio.Semaphore] = {}
+
+    async def obtain(self, provider: Provider) -> Token:
+        """A new token for *provider*; raises TokenEndpointError."""
+        # One actor at a time talks to the identity provider for this login (in one
+        # broker, single flight already makes it so; a shared store makes it so across).
+        async with self._store.lease(provider.name):
+            if not provider.resumed:
+                await self._resume(provider)
+            token = await self._request_token(provider)
+            await self._store.publish(provider.name, provider.login_id, token)
+            return token
+
+    async def _resume(self, provider: Provider) -> None:
+        """Before the first token request: take what the store kept for this login."""
+        stored = await self._store.load(provider.name, provider.login_id)
+        provider.resumed = True
+        if stored.refresh_token is not None:
+            # A saved refresh token is newer than any seed: it is what the seed (or an
+            # earlier login) rotated into.
+            provider.refresh_token = stored.refresh_token
+            log.info(
+                "%s: resuming from the refresh token saved in the state directory", provider.name
+            )
+
+    async def _request_token(self, provider: Provider) -> Token:
+        protocol = provider.protocol
+        refresh_token = provider.refresh_token
+        if refresh_token is not None:
+            try:
+                return await self._send(provider, protocol.refresh_request(refresh_token), True)
+            except TokenEndpointError as exc:
+                if not exc.refresh_token_rejected:
+                    raise
+                log.warning(
+                    "%s: refresh token rejected (%s)%s",
+                    provider.name,
+                    exc.code,
+                    "; logging in again" if protocol.can_login else "",
+                )
+                if provider.refresh_token == refresh_token:
+                    provider.refresh_token = None
+                    await self._forget(provider)
+                if not protocol.can_login:
+                    provider.needs_login = True
+                    msg = (
+                        f"the refresh token was rejected ({exc.code}) and no password or"
+                        " client credentials are configured: a new login is needed"
+                    )
+                    raise TokenEndpointError(
+                        msg,
+                        code=FailureCode.NEEDS_LOGIN,
+                        kind=FailureKind.REJECTED,
+                        status=exc.status,
+                    ) from None
+        if not protocol.can_login:
+            provider.needs_login = True
+            msg = "no refresh token left and no password or client credentials configured"
+            raise TokenEndpointError(msg, code=FailureCode.NEEDS_LOGIN, kind=FailureKind.REJECTED)
+        return await self._send(provider, protocol.login_request(), False)
+
+    async def _send(self, provider: Provider, request: httpx.Request, refreshing: bool) -> Token:
+        grant = "refresh_token" if refreshing else "login"
+        started = self._clock.monotonic()
+        try:
+            token = await self._send_once(provider, request, refreshing)
+        except TokenEndpointError as exc:
+            took = self._clock.monotonic() - started
+            self.metrics.token_request(provider.name, grant, exc.code, took)
+            raise
+        self.metrics.token_request(
+            provider.name, grant, "success", self._clock.monotonic() - started
+        )
+        return token
+
+    async def _send_once(
+        self, provider: Provider, request: httpx.Request, refreshing: bool
+    ) -> Token:
+        host = self._sending_to.setdefault(
+            request.url.netloc.decode("ascii"), asyncio.Semaphore(self._per_host_limit)
+        )
+        async with host, self._sending:
+            answer = await exchange(
+                self._client,
+                provider.protocol,
+                request,
+                refreshing=refreshing,
+                timeout=provider.config.timeout,
+                default_expires_in=provider.config.default_expires_in,
+                clock=self._clock,
+            )
+        provider.clock_skew = answer.clock_skew
+        grant = answer.grant
+        floor = provider.policy.serve_min_remaining
+        if answer.lifetime <= floor:
+            # It could never be served (see serve_min_remaining).
+            msg = f"the identity provider issued a token that lives {answer.lifetime:.1f} s"
+            raise TokenEndpointError(
+                msg, code=FailureCode.EXPIRED_ON_ARRIVAL, kind=FailureKind.TRANSIENT
+            )
+        if grant.refresh_token is not None and grant.refresh_token != provider.refresh_token:
+            # Rotation: the old refresh token may already be dead at the provider,
+            # so the new one goes to disk before anything relies on it.
+            await self._persist(provider, grant.refresh_token)
+            provider.refresh_token = grant.refresh_token
+        return place_token(
+            grant.access_token,
+            sent_at=answer.sent_at,
+            sent_at_wall=answer.sent_at_wall,
+            lifetime=answer.lifetime,
+            etag_key=self._etag_key,
+            serve_min_remaining=floor,
+        )
+
+    async def _persist(self, provider: Provider, refresh_token: str) -> None:
+        if not self._store.durable:
+            return
+        try:
+            await self._store.save_refresh_token(provider.name, provider.login_id, refresh_token)
+        except StoreError as exc:
+            # Serving goes on from memory; a restart would need a new login.
+            provider.persist_error = str(exc)
+            self.metrics.refresh_token_saved(provider.name, ok=False)
+            log.error("%s: cannot save the new refresh token: %s", provider.name, exc)
+        else:
+            provider.persist_error = None
+            self.metrics.refresh_token_saved(provider.name, ok=True)
+
+    async def _forget(self, provider: Provider) -> None:
+        try:
+            await self._store.forget(provider.name)
+        except StoreError as exc:
+            log.error("%s: cannot remove the dead refresh token's state: %s", provider.name, exc)

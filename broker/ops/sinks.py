@@ -1,0 +1,179 @@
+"""File sinks: write each new access token to a file, like Vault Agent's file sink.
+
+For programs that cannot call ``GET /token/<name>``, a provider may name a
+file that the broker rewrites on every refresh::
+
+    providers:
+      hiro:
+        ...
+        sink:
+          path: /run/broker/hiro.token
+          format: token        # token | json | env
+          mode: 0640           # octal, as for chmod (also 0o640 or "0640")
+
+Formats:
+
+``token``
+    the bare access token, no trailing newline (``$(cat file)``, or a file-based
+    ``Authorization`` header in a proxy).
+``json``
+    ``{"access_token", "token_type", "expires_in", "expires_at"}``, as
+    ``GET /token/<name>`` answers, plus a newline.
+``env``
+    ``TOKEN='...'``, ``TOKEN_TYPE='Bearer'``, ``TOKEN_EXPIRES_AT='<RFC 3339>'``
+    (``env_prefix`` replaces ``TOKEN``); single-quoted, safe to ``.``-source in sh.
+
+Every write is atomic: a temporary file is created next to the target with
+``O_CREAT | O_EXCL`` and exactly the configured mode, written, fsynced, renamed
+over the target with :func:`os.replace`, and the directory is fsynced. A
+reader opens either the previous complete file or the new one, never a
+partial one. Errors name the file, never the token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Final, NoReturn
+
+from broker.config.sinks import SinkConfig
+from broker.core.errors import BrokerError
+from broker.core.tokens import rfc3339
+from broker.ops.atomic import TEMP_SUFFIX, reason, replace_file, write_probe
+
+log = logging.getLogger("broker.sinks")
+
+STALE_TEMP_SECONDS: Final = 60.0
+"""check() removes this sink's temporary files older than this (left by a killed broker)."""
+
+
+class SinkError(BrokerError):
+    """A sink file cannot be written; the message names the path, never the token."""
+
+
+def sh_quote(value: str) -> str:
+    """*value* in single quotes for sh: ``'`` becomes ``'\\''``; nothing else is special."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def render(config: SinkConfig, access_token: str, expires_at_wall: float, now_wall: float) -> bytes:
+    """The file content for one token (pure: no I/O, no clock)."""
+    if config.format == "token":
+        return access_token.encode("utf-8")
+    expires_at = rfc3339(expires_at_wall)
+    if config.format == "json":
+        document = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": max(math.floor(expires_at_wall - now_wall), 0),
+            "expires_at": expires_at,
+        }
+        return (json.dumps(document) + "\n").encode("utf-8")
+    prefix = config.env_prefix
+    lines = [
+        f"{prefix}={sh_quote(access_token)}",
+        f"{prefix}_TYPE={sh_quote('Bearer')}",
+        f"{prefix}_EXPIRES_AT={sh_quote(expires_at)}",
+    ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+class FileSink:
+    """Writes one provider's token to ``config.path``; methods block (use a thread)."""
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        provider_name: str,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.provider = provider_name
+        self.path = config.path
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+
+    def __repr__(self) -> str:
+        return f"FileSink({self.provider!r}, {str(self.path)!r}, format={self.config.format!r})"
+
+    def check(self) -> None:
+        """At start: prove the directory accepts a file of ours, and sweep stale temp files.
+
+        Raises SinkError naming the path when the directory is missing, not a
+        directory or not writable, or when the path is a directory.
+        """
+        directory = self.path.parent
+        if not directory.is_dir():
+            self._fail(f"directory {directory} does not exist or is not a directory")
+        if self.path.is_dir():
+            self._fail("it is a directory")
+        probe = directory / f".{self.path.name}.check-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            write_probe(probe)
+        except OSError as exc:
+            self._fail(f"directory {directory} is not writable: {reason(exc)}")
+        self._remove_stale_temps()
+
+    def write(
+        self, access_token: str, expires_at_wall: float, *, generation: int | None = None
+    ) -> None:
+        """Atomically replace the file with *access_token* in the configured format.
+
+        With *generation* (the provider's token counter), a write older than
+        one already done is skipped, so two writes racing in threads cannot
+        leave the older token on disk. Raises SinkError on failure; the file
+        is then the previous complete one.
+        """
+        if not access_token or any(c in access_token for c in "\x00\r\n"):
+            self._fail("refusing to write an empty or multi-line token")
+        with self._lock:
+            if generation is not None:
+                if self._generation is not None and generation < self._generation:
+                    log.debug("%s: skipping a sink write of an older token", self.provider)
+                    return
+                self._generation = generation
+            data = render(self.config, access_token, expires_at_wall, self._wall())
+            self._atomic_write(data)
+
+    def clear(self, *, generation: int) -> None:
+        """Remove the file if it still holds the token of *generation* (now expired).
+
+        A reader then finds no token rather than an expired one; the next
+        write recreates the file. Raises SinkError if it cannot be removed.
+        """
+        with self._lock:
+            if self._generation != generation:
+                return  # a newer token is (being) written
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                self._fail(f"cannot remove the expired token: {reason(exc)}")
+
+    # -- internals --------------------------------------------------------------------
+
+    def _atomic_write(self, data: bytes) -> None:
+        try:
+            replace_file(self.path, data, mode=self.config.mode)
+        except OSError as exc:
+            self._fail(f"cannot be written: {reason(exc)}")
+
+    def _remove_stale_temps(self) -> None:
+        cutoff = self._wall() - STALE_TEMP_SECONDS
+        for entry in self.path.parent.glob(f".{self.path.name}.*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                info = entry.lstat()
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    entry.unlink()
+
+    def _fail(self, why: str) -> NoReturn:
+        msg = f"token sink {self.path} for provider {self.provider!r}: {why}"
+        raise SinkError(msg)

@@ -1,0 +1,2 @@
+"""The HTTP API, thin: the FastAPI app and the token fast path beside it, the request
+guard (callers, keys, headers), response shapes, the docs, and live reload."""

@@ -1,0 +1,108 @@
+"""Response shapes, for the OpenAPI document only.
+
+The handlers build their JSON directly (the token route is the hot path);
+these models describe it, and a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from broker.core.errors import ErrorCode
+
+
+class TokenBody(BaseModel):
+    access_token: str = Field(
+        description="The bearer token to send as `Authorization: Bearer ...`."
+    )
+    token_type: str = Field("Bearer", description="Always `Bearer`.")
+    expires_in: int = Field(
+        description="Whole seconds the token stays valid from now (rounded down; at least"
+        " `serve_min_remaining`, 1 by default: a token with less left is never served)."
+    )
+    expires_at: str = Field(
+        description="When it expires, RFC 3339 UTC to the millisecond; never served at or after it."
+    )
+    etag: str = Field(
+        description="Names this token (a keyed hash, never the token), as the `ETag` header."
+        " After an API refused the token, send it as `If-Match` to `POST .../refresh`."
+    )
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description=f"Stable code: {', '.join(ErrorCode)}, http_<status>.")
+    message: str = Field(description="What went wrong, for humans. Never contains a secret.")
+
+
+class ProviderError(BaseModel):
+    code: str
+    message: str
+
+
+class ProviderBrief(BaseModel):
+    state: str = Field(
+        description="starting (no outcome yet), ready, degraded (serving, last refresh"
+        " failed), expired (the token ran out, a request is under way), failing (no token,"
+        " transient errors), rejected (credentials refused), misconfigured (no token"
+        " endpoint at the URL) or needs_login."
+    )
+    error: ProviderError | None
+
+
+class ReadyBody(BaseModel):
+    ready: bool
+    providers: dict[str, ProviderBrief] | None = Field(
+        None, description="Only for callers allowed to read status (all, without clients)."
+    )
+
+
+class ProviderStatus(BaseModel):
+    type: str
+    state: str
+    expires_in: int | None
+    expires_at: str | None
+    last_refresh: str | None
+    next_refresh_in: float | None
+    next_refresh: str | None
+    refreshes: int
+    failures: int
+    consecutive_failures: int
+    has_refresh_token: bool
+    clock_skew: float | None = Field(
+        description="The identity provider's clock minus ours, seconds, from its Date header"
+        " (0 when within 2 s); absolute expiries are read on its clock."
+    )
+    last_error: dict[str, Any] | None
+
+
+class ProvidersBody(BaseModel):
+    providers: dict[str, ProviderStatus]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Clients are configured and no valid key was sent"},
+    403: {
+        "model": ErrorBody,
+        "description": "The client may not read this provider, or the request looks like it"
+        " came from a browser, a proxy or another host",
+    },
+    404: {"model": ErrorBody, "description": "No such provider (`unknown_provider`)"},
+    422: {
+        "model": ErrorBody,
+        "description": "Bad parameter (`invalid_parameter`) or a `min_valid` the provider's"
+        " tokens cannot meet (`min_valid_unsatisfiable`)",
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "Callers asked this provider for new tokens too often"
+        " (`refresh_rate_limited`); see `Retry-After`",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "No servable token now; see `Retry-After`",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}
