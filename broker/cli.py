@@ -18,7 +18,7 @@ from broker import __version__
 from broker.config.load import inline_secret_warnings, load_config
 from broker.config.settings import BrokerSettings
 from broker.core.errors import ConfigError
-from broker.engine.state import StateError
+from broker.engine.state_file import StateError
 from broker.engine.store import LocalStore
 from broker.ops.logs import configure_logging
 from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logins

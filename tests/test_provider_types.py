@@ -14,13 +14,13 @@ import pytest
 from pydantic import BaseModel
 
 from broker.config.providers import PROVIDER_TYPES, ProviderConfig
-from broker.engine.state import LOGIN_ENDPOINT_FIELDS, login_fingerprint
+from broker.engine.fingerprint import LOGIN_ENDPOINT_FIELDS, login_fingerprint
 from broker.fakes import FAKE_KINDS, FakeKind, demo_credentials, make_demo_fake
 from broker.protocols import build_protocol
 from tests.support import ROOT, settings_from
 
 IDENTIFYING = {*LOGIN_ENDPOINT_FIELDS, "type", "client_id", "username", "refresh_token"}
-"""What :func:`broker.engine.state.login_fingerprint` takes from a provider's config."""
+"""What :func:`broker.engine.fingerprint.login_fingerprint` takes from a provider's config."""
 
 NOT_IDENTIFYING = {
     # Credentials and settings of the same login: changing them keeps its refresh token.
@@ -60,7 +60,7 @@ def test_every_field_either_identifies_the_login_or_is_said_not_to(kind: str) ->
     unclassified = fields - IDENTIFYING - NOT_IDENTIFYING["common"] - NOT_IDENTIFYING[kind]
     assert not unclassified, (
         f"{kind}: decide whether {sorted(unclassified)} identify a login: if so, append them"
-        " to broker.engine.state.LOGIN_ENDPOINT_FIELDS; if not, list them in NOT_IDENTIFYING"
+        " to broker.engine.fingerprint.LOGIN_ENDPOINT_FIELDS; if not, list them in NOT_IDENTIFYING"
     )
 
 

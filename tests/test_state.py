@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from broker.engine.state import PersistedState, StateError, StateStore, fingerprint
+from broker.engine.fingerprint import fingerprint
+from broker.engine.state import StateStore
+from broker.engine.state_file import PersistedState, StateError
 from broker.ops.atomic import TEMP_SUFFIX
 
 ROOT = Path(__file__).resolve().parent.parent

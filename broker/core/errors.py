@@ -9,7 +9,7 @@
      │   ├─ TokenUnavailableError  no fitting token now → HTTP 503 (422, 429) + Retry-After
      │   └─ Denied                 (broker.web.security) a request refused → 401, 403, 412, 431
      ├─ TokenEndpointError       the identity provider said no, or answered garbage
-     ├─ StateError               (broker.engine.state) the state directory cannot be used
+     ├─ StateError               (broker.engine.state_file) the state directory cannot be used
      ├─ StoreError               (broker.engine.store) a token store could not do what was asked
      ├─ SinkError                (broker.ops.sinks) a sink file cannot be written
      ├─ UnixSocketError          (broker.server.unixsocket) the Unix socket cannot be made
@@ -43,7 +43,7 @@ class ErrorCode(enum.StrEnum):
     in ``/providers`` and ``X-Broker-Refresh-Failed``.
     """
 
-    # No token for the caller (broker.engine.manager, broker.web.app).
+    # No token for the caller (broker.engine.manager, broker.web.error_handlers).
     UNKNOWN_PROVIDER = "unknown_provider"
     TOKEN_UNAVAILABLE = "token_unavailable"  # noqa: S105 (a code, not a secret)
     TOKEN_PENDING = "token_pending"  # noqa: S105

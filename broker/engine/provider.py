@@ -12,7 +12,7 @@ from broker.config.providers import ProviderConfig
 from broker.config.settings import BrokerSettings
 from broker.core.errors import TokenEndpointError
 from broker.core.tokens import Token
-from broker.engine.state import login_fingerprint
+from broker.engine.fingerprint import login_fingerprint
 from broker.ops.metrics import ProviderSnapshot
 from broker.ops.sinks import FileSink
 from broker.policy.schedule import RefreshSettings, refresh_delay

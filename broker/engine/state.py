@@ -1,4 +1,4 @@
-"""Crash-safe persistence of each provider's newest refresh token.
+"""Crash-safe persistence of each provider's newest refresh token: the state directory.
 
 Identity providers rotate refresh tokens: once the broker has used one, the
 old one is dead at the provider. If the broker is killed after a refresh and
@@ -10,25 +10,10 @@ Layout: one file per provider, ``<dir>/<provider>.json``, mode 0600, in a
 directory of mode 0700 (created so whatever the umask). A directory its group or
 other users can write to is refused, at start and before every save: whoever can
 write there can plant a refresh token of theirs, swap ours or remove it. One they
-can only read is warned about::
+can only read is warned about. What a file holds, plaintext or sealed with the
+configured ``state_key``, is :mod:`broker.engine.state_file`.
 
-    {"version": 1, "provider": "hiro", "fingerprint": "<sha256 hex>",
-     "saved_at": 1764000000.0, "refresh_token": "<plaintext>"}
-
-or, when a key is configured, the same without ``refresh_token`` and with
-``"encrypted": "<Fernet token>"``. The Fernet token (AES-128-CBC + HMAC-SHA256,
-from the ``cryptography`` package) encrypts a JSON payload holding the
-provider name, the fingerprint, ``saved_at`` and the refresh token; all of
-them are checked after decryption, so a file copied to another provider's
-name, or edited, does not load. With a key configured a plaintext file is
-refused too (it could have been planted by anyone able to write the
-directory). Generate a key with::
-
-    python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
-
-and give it to the config's ``state_key`` (``{env: NAME}`` or ``{file: /run/secrets/name}``).
-
-The *fingerprint* (see :func:`fingerprint`) identifies the login a token
+The *fingerprint* (:mod:`broker.engine.fingerprint`) identifies the login a token
 belongs to. When the provider's configuration changes (another token URL,
 client or user) the persisted token is ignored and overwritten by the next save.
 
@@ -45,73 +30,24 @@ the state directory can never stop the broker from starting.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import math
 import os
 import secrets
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
-
-from broker.config.providers import ProviderConfig
-from broker.core.errors import BrokerError
 from broker.core.names import PROVIDER_NAME
+from broker.engine.state_file import MAX_STATE_FILE_BYTES, PersistedState, StateCodec, StateError
 from broker.ops.atomic import TEMP_SUFFIX, fsync_directory, reason, replace_file, write_probe
 
 log = logging.getLogger("broker.state")
-
-VERSION = 1
-"""The ``version`` written to every state file; other versions are refused."""
-
-"""A provider name as the config allows it; anything else is refused (no path traversal)."""
-
-MAX_STATE_FILE_BYTES = 64 * 1024
-"""A state file larger than this is corrupt: a real one is well under 4 KiB."""
 
 STALE_TEMP_SECONDS = 60.0
 """Temporary files older than this (left by a killed broker) are removed at start."""
 
 _CHECK_PREFIX = ".write-check-"
-
-
-class StateError(BrokerError):
-    """The state directory or a state file cannot be used.
-
-    The message names the directory, file, environment variable or key source,
-    never a token or key.
-    """
-
-
-@dataclass(frozen=True)
-class PersistedState:
-    """A refresh token read back from the state directory."""
-
-    refresh_token: str = field(repr=False)
-    saved_at: float
-    """Unix seconds of the save."""
-
-
-def fingerprint(*parts: str) -> str:
-    """A stable SHA-256 hex digest identifying one login, e.g. type, token URL, client id, user.
-
-    Pass only non-secret identity parts: the digest is stored in plaintext and
-    a secret with little entropy (a password) could be recovered from it by
-    guessing. Parts are length-prefixed, so ``("ab", "c")`` and ``("a", "bc")``
-    differ.
-    """
-    digest = hashlib.sha256(b"broker.state.fingerprint.v1\0")
-    for part in parts:
-        data = part.encode("utf-8")
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return digest.hexdigest()
 
 
 class StateStore:
@@ -128,15 +64,7 @@ class StateStore:
         self._wall = wall
         """Wall-clock time: ``saved_at``, names of files moved aside, old temporary files."""
         self.directory = Path(directory)
-        self._fernet: Fernet | None = None
-        if key is not None:
-            try:
-                self._fernet = Fernet(key)
-            except (ValueError, TypeError):
-                msg = (
-                    "the state encryption key is not a valid Fernet key (32 bytes, url-safe base64)"
-                )
-                raise StateError(msg) from None
+        self._codec = StateCodec(key)
         self._warned: set[Path] = set()
         self._make_directory()
         if not self.directory.is_dir():
@@ -165,12 +93,19 @@ class StateStore:
             log.warning("state file %s cannot be read (%s); ignoring it", path, reason(exc))
             return None
         try:
-            return self._parse(path, provider, fingerprint, raw)
+            persisted = self._codec.decode(path, provider, fingerprint, raw)
         except StateError as exc:
             aside = self._move_aside(path)
             where = f"moved to {aside.name}" if aside is not None else "could not move it aside"
             log.warning("%s; ignoring it (%s)", exc, where)
             return None
+        if persisted is None:
+            log.info(
+                "state file %s belongs to another login (the provider's configuration"
+                " changed); not using it",
+                path,
+            )
+        return persisted
 
     def save(self, provider: str, fingerprint: str, refresh_token: str) -> None:
         """Durably replace *provider*'s state with *refresh_token*.
@@ -184,25 +119,7 @@ class StateStore:
         if not refresh_token:
             msg = f"refusing to save an empty refresh token for provider {provider!r}"
             raise StateError(msg)
-        saved_at = self._wall()
-        document: dict[str, Any] = {
-            "version": VERSION,
-            "provider": provider,
-            "fingerprint": fingerprint,
-            "saved_at": saved_at,
-        }
-        if self._fernet is None:
-            document["refresh_token"] = refresh_token
-        else:
-            payload = {
-                "provider": provider,
-                "fingerprint": fingerprint,
-                "saved_at": saved_at,
-                "refresh_token": refresh_token,
-            }
-            sealed = self._fernet.encrypt(json.dumps(payload).encode("utf-8"))
-            document["encrypted"] = sealed.decode("ascii")
-        data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
+        data = self._codec.encode(provider, fingerprint, refresh_token, self._wall())
         self._atomic_write(path, data)
 
     def delete(self, provider: str) -> None:
@@ -233,69 +150,6 @@ class StateStore:
                 raise OSError(0, "not a regular file")
             self._check_mode(path, info.st_mode, "0600")
             return handle.read(MAX_STATE_FILE_BYTES + 1)
-
-    def _parse(
-        self, path: Path, provider: str, fingerprint: str, raw: bytes
-    ) -> PersistedState | None:
-        """Validate a state file; None on a fingerprint mismatch, StateError when corrupt."""
-
-        def corrupt(why: str) -> StateError:
-            return StateError(f"state file {path} is unusable: {why}")
-
-        if len(raw) > MAX_STATE_FILE_BYTES:
-            raise corrupt(f"larger than {MAX_STATE_FILE_BYTES} bytes")
-        try:
-            document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            # The decoder's message can quote the file; do not pass it on.
-            raise corrupt("not valid JSON") from None
-        if not isinstance(document, dict):
-            raise corrupt("not a JSON object")
-        if document.get("version") != VERSION:
-            raise corrupt(f"unsupported version (expected {VERSION})")
-        if document.get("provider") != provider:
-            raise corrupt("written for another provider")
-        stored_fingerprint = document.get("fingerprint")
-        if not isinstance(stored_fingerprint, str):
-            raise corrupt("no fingerprint")
-        saved_at = _timestamp(document.get("saved_at"))
-        if saved_at is None:
-            raise corrupt("no valid saved_at")
-        plain = document.get("refresh_token")
-        sealed = document.get("encrypted")
-        if (plain is None) == (sealed is None):
-            raise corrupt("expected exactly one of refresh_token and encrypted")
-        if stored_fingerprint != fingerprint:
-            log.info(
-                "state file %s belongs to another login (the provider's configuration"
-                " changed); not using it",
-                path,
-            )
-            return None
-        if self._fernet is None:
-            if sealed is not None:
-                raise corrupt("encrypted, but no state encryption key is configured")
-            if not isinstance(plain, str) or not plain:
-                raise corrupt("refresh_token is not a non-empty string")
-            return PersistedState(refresh_token=plain, saved_at=saved_at)
-        if plain is not None:
-            raise corrupt("not encrypted, but a state encryption key is configured")
-        if not isinstance(sealed, str):
-            raise corrupt("encrypted is not a string")
-        try:
-            opened = json.loads(self._fernet.decrypt(sealed.encode("ascii")))
-        except (InvalidToken, UnicodeError, ValueError):
-            raise corrupt("cannot be decrypted (wrong key, or the file was altered)") from None
-        if not isinstance(opened, dict):
-            raise corrupt("the decrypted payload is not a JSON object")
-        if opened.get("provider") != provider or opened.get("fingerprint") != fingerprint:
-            raise corrupt("the encrypted payload belongs to another provider or login")
-        if _timestamp(opened.get("saved_at")) != saved_at:
-            raise corrupt("saved_at does not match the encrypted payload")
-        token = opened.get("refresh_token")
-        if not isinstance(token, str) or not token:
-            raise corrupt("the encrypted refresh_token is not a non-empty string")
-        return PersistedState(refresh_token=token, saved_at=saved_at)
 
     def _move_aside(self, path: Path) -> Path | None:
         """Rename a bad file to ``<name>.corrupt-<unix-ts>``; None if that fails."""
@@ -386,40 +240,3 @@ class StateStore:
                 oct(stat.S_IMODE(mode)),
                 wanted,
             )
-
-
-def _timestamp(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-LOGIN_ENDPOINT_FIELDS = ("url", "token_url", "auth_api", "flow", "company_url")
-"""The provider config fields that say where and how a login happens. Besides these the
-type, ``client_id``, ``username`` and the seeded refresh token identify a login.
-``tests/test_provider_types.py`` fails when a provider model gains a field that is neither
-here nor listed there as not identifying the login. Fields added after the first five go
-into a fingerprint only when set, so the state files saved before keep matching."""
-_FIRST_ENDPOINT_FIELDS = 5
-
-
-def login_fingerprint(config: ProviderConfig) -> str:
-    """What identifies a login: a persisted refresh token is reused only for the same one.
-
-    Only non-secret parts go in, plus a hash of the seeded refresh token so that
-    a new seed in the config wins over an older persisted rotation of the old one.
-    """
-    seed = config.refresh_token.get_secret_value() if config.refresh_token else ""
-    values = {key: str(getattr(config, key, "") or "") for key in LOGIN_ENDPOINT_FIELDS}
-    first = [values[key] for key in LOGIN_ENDPOINT_FIELDS[:_FIRST_ENDPOINT_FIELDS]]
-    later = LOGIN_ENDPOINT_FIELDS[_FIRST_ENDPOINT_FIELDS:]
-    added = [f"{key}={values[key]}" for key in later if values[key]]
-    return fingerprint(
-        config.type,
-        *first,
-        config.client_id or "",
-        config.username or "",
-        hashlib.sha256(seed.encode()).hexdigest() if seed else "",
-        *added,
-    )

@@ -30,7 +30,8 @@ from typing import Protocol
 
 from broker.core.errors import BrokerError
 from broker.core.tokens import Token
-from broker.engine.state import StateError, StateStore
+from broker.engine.state import StateStore
+from broker.engine.state_file import StateError
 
 
 class StoreError(BrokerError):
@@ -63,7 +64,7 @@ class TokenStore(Protocol):
 
     async def load(self, provider: str, login: str) -> Stored:
         """What is saved for *provider* under *login* (see
-        :func:`broker.engine.state.login_fingerprint`); an empty :class:`Stored` when
+        :func:`broker.engine.fingerprint.login_fingerprint`); an empty :class:`Stored` when
         nothing is, or it belongs to another login."""
         ...
 

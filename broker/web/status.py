@@ -1,0 +1,57 @@
+"""The status JSON of one provider: the brief one of ``/readyz``, the full one of ``/providers``.
+
+Plain dictionaries built from a :class:`~broker.engine.provider.Provider`, described for the
+OpenAPI document by :mod:`broker.web.api_models` (a test checks the two agree).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.core.tokens import rfc3339
+from broker.engine.provider import Provider
+
+
+def brief(provider: Provider, now: float) -> dict[str, Any]:
+    """The provider's state and, while its token requests fail, the last error."""
+    return {"state": provider.state(now), "error": _error_body(provider)}
+
+
+def status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
+    """Everything ``/providers`` tells about the provider: token, refreshes, errors."""
+    token = provider.token
+    servable = provider.servable(now)
+    error = provider.last_error
+    next_at = provider.next_refresh_at
+    return {
+        "type": provider.kind,
+        "state": provider.state(now),
+        "expires_in": token.expires_in(now) if token is not None and servable else None,
+        "expires_at": token.expires_at_text if token is not None else None,
+        "last_refresh": rfc3339(provider.last_refresh_wall)
+        if provider.last_refresh_wall is not None
+        else None,
+        "next_refresh_in": round(max(next_at - now, 0.0), 1) if next_at is not None else None,
+        "next_refresh": rfc3339(wall + max(next_at - now, 0.0)) if next_at is not None else None,
+        "refreshes": provider.refreshes,
+        "failures": provider.failures,
+        "consecutive_failures": provider.consecutive_failures,
+        "has_refresh_token": provider.refresh_token is not None,
+        "clock_skew": round(provider.clock_skew, 1) if provider.clock_skew is not None else None,
+        "last_error": None
+        if error is None
+        else {
+            "code": error.code,
+            "message": error.message,
+            "at": rfc3339(provider.last_error_wall)
+            if provider.last_error_wall is not None
+            else None,
+        },
+    }
+
+
+def _error_body(provider: Provider) -> dict[str, Any] | None:
+    error = provider.last_error
+    if error is None or provider.consecutive_failures == 0:
+        return None
+    return {"code": error.code, "message": error.message}
