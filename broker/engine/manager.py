@@ -86,7 +86,7 @@ class TokenManager:
         self._sinks = SinkKeeper(clock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.providers: dict[str, Provider] = {
-            name: new_provider(name, settings, wall=self._clock.wall) for name in settings.providers
+            name: new_provider(name, settings) for name in settings.providers
         }
 
     # -- lifecycle ---------------------------------------------------------
@@ -154,7 +154,7 @@ class TokenManager:
                 continue
             if current is not None:
                 await self._retire(name)
-            provider = new_provider(name, settings, wall=self._clock.wall)
+            provider = new_provider(name, settings)
             self.providers[name] = provider
             self._sinks.check(provider)
             self.metrics.watch_provider(name, self._snapshot_fn(name))

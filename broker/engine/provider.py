@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.config.providers import ProviderConfig
@@ -113,7 +112,7 @@ def max_shift(provider: Provider) -> float:
     return min(token.lifetime * MAX_SHIFT_SHARE, MAX_SHIFT)
 
 
-def new_provider(name: str, settings: BrokerSettings, *, wall: Callable[[], float]) -> Provider:
+def new_provider(name: str, settings: BrokerSettings) -> Provider:
     """The provider *name* of *settings*, before its first token request."""
     config = settings.providers[name]
     seed = config.refresh_token.get_secret_value() if config.refresh_token else None
@@ -126,7 +125,7 @@ def new_provider(name: str, settings: BrokerSettings, *, wall: Callable[[], floa
         bucket=CallerBucket(policy.caller_burst, policy.caller_interval),
         refresh_token=seed,
         login_id=login_fingerprint(config),
-        sink=(FileSink(config.sink, name, wall=wall) if config.sink is not None else None),
+        sink=(FileSink(config.sink, name) if config.sink is not None else None),
     )
 
 

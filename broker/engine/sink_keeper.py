@@ -35,12 +35,11 @@ class SinkKeeper:
         if sink is None:
             return
         generation = provider.generation
-        if not token.servable(self._clock.monotonic()):
+        now = self._clock.monotonic()
+        if not token.servable(now):
             return  # a sink, like every answer, never gets a token it may not serve
         try:
-            await asyncio.to_thread(
-                sink.write, token.access_token, token.expires_at_wall, generation=generation
-            )
+            await asyncio.to_thread(sink.write, token, now, generation=generation)
         except SinkError as exc:
             # Callers of GET /token are unaffected; the file keeps the previous token.
             provider.sink_error = str(exc)
