@@ -31,6 +31,8 @@ class Provider:
     """Limits the token requests callers trigger (min_valid, forced refresh)."""
     refresh_token: str | None = field(default=None, repr=False)
     token: Token | None = None
+    refresh_loop: asyncio.Task[None] | None = field(default=None, repr=False)
+    """The task that keeps this provider's token fresh (:meth:`TokenManager._maintain`)."""
     inflight: asyncio.Task[Token] | None = field(default=None, repr=False)
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     generation: int = 0
