@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,17 +19,30 @@ from pydantic import ValidationError
 
 from broker.config.sinks import SinkConfig
 from broker.config.yamlfile import ZeroPaddedInt, read_yaml
+from broker.core.tokens import Token, token_etag
 from broker.ops.atomic import TEMP_SUFFIX
 from broker.ops.sinks import FileSink, SinkError, render, sh_quote
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl-_x"
 NOW = datetime(2026, 11, 25, 3, 14, 7, tzinfo=UTC).timestamp()
 EXPIRES = NOW + 3600
+MONOTONIC = 1000.0
+"""The engine's clock at NOW."""
+
+
+def token(access_token: str, expires_at_wall: float = EXPIRES) -> Token:
+    """A token issued at NOW that expires at *expires_at_wall*."""
+    return Token(
+        access_token=access_token,
+        obtained_at=MONOTONIC,
+        expires_at=MONOTONIC + expires_at_wall - NOW,
+        expires_at_wall=expires_at_wall,
+        etag=token_etag(b"k" * 32, access_token),
+    )
 
 
 def sink(tmp_path: Path, **options: Any) -> FileSink:
-    config = SinkConfig(path=tmp_path / "hiro.token", **options)
-    return FileSink(config, "hiro", wall=lambda: NOW)
+    return FileSink(SinkConfig(path=tmp_path / "hiro.token", **options), "hiro")
 
 
 def mode_of(path: Path) -> int:
@@ -52,32 +66,34 @@ def umask_077() -> Iterator[None]:
 def test_token_format_is_the_bare_token(tmp_path: Path) -> None:
     """format: token writes the token and nothing else (no newline)."""
     s = sink(tmp_path)
-    s.write(TOKEN, EXPIRES)
+    s.write(token(TOKEN), MONOTONIC)
     assert s.path.read_bytes() == TOKEN.encode()
 
 
 def test_json_format(tmp_path: Path) -> None:
     """format: json is GET /token's body, expires_in counted from the sink's clock."""
     s = sink(tmp_path, format="json")
-    s.write(TOKEN, EXPIRES - 0.4)
+    s.write(token(TOKEN, EXPIRES - 0.4), MONOTONIC)
     text = s.path.read_text()
     assert text.endswith("}\n")
     assert json.loads(text) == {
         "access_token": TOKEN,
         "token_type": "Bearer",
         "expires_in": 3599,
-        "expires_at": "2026-11-25T04:14:06Z",
+        "expires_at": "2026-11-25T04:14:06.600Z",
+        "etag": token(TOKEN).etag,
     }
+    assert text.encode() == token(TOKEN, EXPIRES - 0.4).json_body(MONOTONIC) + b"\n"
 
 
 def test_env_format_exact(tmp_path: Path) -> None:
     """format: env writes three single-quoted KEY=value lines with the configured prefix."""
     s = sink(tmp_path, format="env", env_prefix="HIRO_TOKEN")
-    s.write(TOKEN, EXPIRES)
+    s.write(token(TOKEN), MONOTONIC)
     assert s.path.read_text() == (
         f"HIRO_TOKEN='{TOKEN}'\n"
         "HIRO_TOKEN_TYPE='Bearer'\n"
-        "HIRO_TOKEN_EXPIRES_AT='2026-11-25T04:14:07Z'\n"
+        "HIRO_TOKEN_EXPIRES_AT='2026-11-25T04:14:07.000Z'\n"
     )
 
 
@@ -85,7 +101,7 @@ def test_env_format_sources_safely_in_sh(tmp_path: Path) -> None:
     """Quotes, $, backticks and spaces in a token survive sourcing verbatim and run nothing."""
     nasty = "a'b\"c $(touch pwned) `id` $HOME \\ ;x"
     s = sink(tmp_path, format="env")
-    s.write(nasty, EXPIRES)
+    s.write(token(nasty), MONOTONIC)
     sh = shutil.which("sh")
     assert sh is not None
     result = subprocess.run(
@@ -95,7 +111,7 @@ def test_env_format_sources_safely_in_sh(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    assert result.stdout == f"{nasty}|Bearer|2026-11-25T04:14:07Z"
+    assert result.stdout == f"{nasty}|Bearer|2026-11-25T04:14:07.000Z"
     assert not (tmp_path / "pwned").exists()
 
 
@@ -108,7 +124,7 @@ def test_sh_quote() -> None:
 def test_render_expired_token_has_zero_expires_in() -> None:
     """expires_in never goes negative."""
     config = SinkConfig(path=Path("/x/t"), format="json")
-    assert json.loads(render(config, TOKEN, NOW - 5, NOW))["expires_in"] == 0
+    assert json.loads(render(config, token(TOKEN, NOW - 5), MONOTONIC))["expires_in"] == 0
 
 
 # -- file mode --------------------------------------------------------------------------
@@ -119,9 +135,9 @@ def test_render_expired_token_has_zero_expires_in() -> None:
 def test_file_has_exactly_the_configured_mode(tmp_path: Path, mode: int) -> None:
     """The file gets the configured mode whatever the umask, on first write and on replace."""
     s = sink(tmp_path, mode=mode)
-    s.write(TOKEN, EXPIRES)
+    s.write(token(TOKEN), MONOTONIC)
     assert mode_of(s.path) == mode
-    s.write(TOKEN + "2", EXPIRES)
+    s.write(token(TOKEN + "2"), MONOTONIC)
     assert mode_of(s.path) == mode
     assert s.path.read_text() == TOKEN + "2"
 
@@ -133,8 +149,8 @@ def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     """500 replacements while a reader loops: every read is exactly one written version."""
     s = sink(tmp_path, format="json")
     versions = [f"v{i:03d}-" + chr(97 + i % 26) * (200 + (i * 977) % 6000) for i in range(501)]
-    expected = {render(s.config, v, EXPIRES, NOW) for v in versions}
-    s.write(versions[0], EXPIRES)
+    expected = {render(s.config, token(v), MONOTONIC) for v in versions}
+    s.write(token(versions[0]), MONOTONIC)
     done = threading.Event()
     seen: list[bytes] = []
     bad: list[bytes] = []
@@ -148,24 +164,24 @@ def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     thread.start()
     try:
         for version in versions[1:]:
-            s.write(version, EXPIRES)
+            s.write(token(version), MONOTONIC)
     finally:
         done.set()
         thread.join()
     assert bad == []
     assert len(seen) > 50
     assert len(set(seen)) > 1
-    assert s.path.read_bytes() == render(s.config, versions[-1], EXPIRES, NOW)
+    assert s.path.read_bytes() == render(s.config, token(versions[-1]), MONOTONIC)
     assert leftovers(tmp_path) == []
 
 
 def test_older_generation_does_not_overwrite_newer(tmp_path: Path) -> None:
     """With generations, a late write of an older token is skipped."""
     s = sink(tmp_path)
-    s.write("new-token", EXPIRES, generation=2)
-    s.write("old-token", EXPIRES, generation=1)
+    s.write(token("new-token"), MONOTONIC, generation=2)
+    s.write(token("old-token"), MONOTONIC, generation=1)
     assert s.path.read_text() == "new-token"
-    s.write("newer-token", EXPIRES, generation=3)
+    s.write(token("newer-token"), MONOTONIC, generation=3)
     assert s.path.read_text() == "newer-token"
 
 
@@ -177,14 +193,14 @@ def test_failed_write_cleans_up_and_keeps_the_old_file(
 ) -> None:
     """An fsync error removes the temp file, keeps the old file, names the path, not the token."""
     s = sink(tmp_path)
-    s.write("previous-token", EXPIRES)
+    s.write(token("previous-token"), MONOTONIC)
 
     def failing_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(SinkError) as caught:
-        s.write(TOKEN, EXPIRES)
+        s.write(token(TOKEN), MONOTONIC)
     message = str(caught.value)
     assert str(s.path) in message
     assert "Input/output error" in message
@@ -200,7 +216,7 @@ def test_failed_replace_cleans_up(tmp_path: Path) -> None:
     s.path.mkdir()
     (s.path / "inside").write_text("x")
     with pytest.raises(SinkError, match=r"hiro\.token.*cannot be written") as caught:
-        s.write(TOKEN, EXPIRES)
+        s.write(token(TOKEN), MONOTONIC)
     assert TOKEN not in str(caught.value)
     assert leftovers(tmp_path) == []
 
@@ -209,7 +225,7 @@ def test_missing_directory(tmp_path: Path) -> None:
     """Writing into a directory that does not exist fails with the path in the message."""
     s = FileSink(SinkConfig(path=tmp_path / "nope" / "t"), "hub")
     with pytest.raises(SinkError, match=r"nope/t for provider 'hub': cannot be written"):
-        s.write(TOKEN, EXPIRES)
+        s.write(token(TOKEN), MONOTONIC)
 
 
 @pytest.mark.parametrize("bad", ["", "two\nlines", "nul\x00byte", "cr\rhere"])
@@ -217,7 +233,7 @@ def test_refuses_empty_or_multiline_tokens(tmp_path: Path, bad: str) -> None:
     """A token that would corrupt the formats is refused without being echoed."""
     s = sink(tmp_path)
     with pytest.raises(SinkError, match="refusing") as caught:
-        s.write(bad, EXPIRES)
+        s.write(token(bad), MONOTONIC)
     assert "lines" not in str(caught.value)
     assert "byte" not in str(caught.value)
     assert not s.path.exists()
@@ -267,9 +283,10 @@ def test_check_removes_only_stale_temps_of_this_sink(tmp_path: Path) -> None:
     other = tmp_path / f".hub.token.cccc{TEMP_SUFFIX}"
     for path in (stale, fresh, other):
         path.write_text("t")
+    now = time.time()  # the file system's clock, which the mtimes come from
     for path in (stale, other):
-        os.utime(path, (NOW - 3600, NOW - 3600))
-    os.utime(fresh, (NOW - 5, NOW - 5))
+        os.utime(path, (now - 3600, now - 3600))
+    os.utime(fresh, (now - 5, now - 5))
     sink(tmp_path).check()
     assert leftovers(tmp_path) == sorted([fresh.name, other.name])
 

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
@@ -44,6 +43,7 @@ from broker.engine.provider import Provider, max_shift, new_provider, next_delay
 from broker.engine.refusals import rate_limited, unavailable, unsatisfiable
 from broker.engine.sink_keeper import SinkKeeper
 from broker.engine.store import LocalStore, TokenStore
+from broker.engine.tasks import Background
 from broker.engine.token_request import TokenRequester
 from broker.ops.metrics import Metrics, ProviderSnapshot
 from broker.policy.schedule import RefreshSettings
@@ -83,10 +83,11 @@ class TokenManager:
             max_concurrent_requests=settings.max_concurrent_requests,
         )
         self._outcomes = OutcomeRecorder(clock, rng)
-        self._sinks = SinkKeeper(clock)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.background = Background()
+        """Owns every task the engine starts (and the reloader's): one shutdown for all."""
+        self._sinks = SinkKeeper(clock, self.background)
         self.providers: dict[str, Provider] = {
-            name: new_provider(name, settings, wall=self._clock.wall) for name in settings.providers
+            name: new_provider(name, settings) for name in settings.providers
         }
 
     # -- lifecycle ---------------------------------------------------------
@@ -99,28 +100,22 @@ class TokenManager:
             self._start_task(provider)
 
     def _start_task(self, provider: Provider) -> None:
-        task = asyncio.get_running_loop().create_task(
+        provider.refresh_loop = self.background.spawn(
             self._maintain(provider), name=f"refresh:{provider.name}"
         )
-        self._tasks[provider.name] = task  # a strong reference, or the task may be collected
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop the refresh tasks; let token requests in flight finish (up to *grace* s).
+        """Stop the refresh tasks; let token requests in flight finish (up to *grace* s);
+        then end every other background task (sink expiries, reloads).
 
         A request in flight may be a refresh whose answer rotates the refresh
         token: cancelling it could lose the only valid one, so it gets time to land.
         """
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        inflight = [p.inflight for p in self.providers.values() if p.inflight is not None]
+        await self.background.cancel(self.background.named("refresh:"))
+        inflight = self.background.named("fetch:")
         if inflight:
-            _, late = await asyncio.wait(inflight, timeout=grace)
-            for fetch in late:
-                fetch.cancel()
-            await asyncio.gather(*inflight, return_exceptions=True)
+            await asyncio.wait(inflight, timeout=grace)
+        await self.background.close()
 
     async def update(self, settings: BrokerSettings) -> dict[str, list[str]]:
         """Apply a reloaded config: unchanged providers keep their tokens and schedules.
@@ -154,7 +149,7 @@ class TokenManager:
                 continue
             if current is not None:
                 await self._retire(name)
-            provider = new_provider(name, settings, wall=self._clock.wall)
+            provider = new_provider(name, settings)
             self.providers[name] = provider
             self._sinks.check(provider)
             self.metrics.watch_provider(name, self._snapshot_fn(name))
@@ -175,14 +170,9 @@ class TokenManager:
 
     async def _retire(self, name: str) -> None:
         provider = self.providers.pop(name)
-        running: list[asyncio.Task[Any]] = [
-            task
-            for task in (self._tasks.pop(name, None), provider.inflight, provider.sink_expiry)
-            if task is not None
-        ]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await self.background.cancel(
+            (provider.refresh_loop, provider.inflight, provider.sink_expiry)
+        )
 
     def _snapshot_fn(self, name: str) -> Callable[[], ProviderSnapshot | None]:
         """Reads whichever Provider object holds *name* at scrape time (reload swaps them)."""
@@ -349,12 +339,9 @@ class TokenManager:
             raise unavailable(provider, retry_after=self._retry_after(provider)) from None
 
     def _start_fetch(self, provider: Provider, reason: str) -> asyncio.Task[Token]:
-        task = asyncio.get_running_loop().create_task(
-            self._fetch(provider, reason), name=f"fetch:{provider.name}"
-        )
+        # A failure no caller awaited is still marked as seen (Background) and logged (_fetch).
+        task = self.background.spawn(self._fetch(provider, reason), name=f"fetch:{provider.name}")
         provider.inflight = task
-        # Mark a failure as seen even when no caller awaited it (it is logged in _fetch).
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
 
     def _retry_after(self, provider: Provider) -> float:

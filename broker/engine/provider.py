@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.config.providers import ProviderConfig
@@ -32,6 +31,8 @@ class Provider:
     """Limits the token requests callers trigger (min_valid, forced refresh)."""
     refresh_token: str | None = field(default=None, repr=False)
     token: Token | None = None
+    refresh_loop: asyncio.Task[None] | None = field(default=None, repr=False)
+    """The task that keeps this provider's token fresh (:meth:`TokenManager._maintain`)."""
     inflight: asyncio.Task[Token] | None = field(default=None, repr=False)
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     generation: int = 0
@@ -113,7 +114,7 @@ def max_shift(provider: Provider) -> float:
     return min(token.lifetime * MAX_SHIFT_SHARE, MAX_SHIFT)
 
 
-def new_provider(name: str, settings: BrokerSettings, *, wall: Callable[[], float]) -> Provider:
+def new_provider(name: str, settings: BrokerSettings) -> Provider:
     """The provider *name* of *settings*, before its first token request."""
     config = settings.providers[name]
     seed = config.refresh_token.get_secret_value() if config.refresh_token else None
@@ -126,7 +127,7 @@ def new_provider(name: str, settings: BrokerSettings, *, wall: Callable[[], floa
         bucket=CallerBucket(policy.caller_burst, policy.caller_interval),
         refresh_token=seed,
         login_id=login_fingerprint(config),
-        sink=(FileSink(config.sink, name, wall=wall) if config.sink is not None else None),
+        sink=(FileSink(config.sink, name) if config.sink is not None else None),
     )
 
 

@@ -10,14 +10,16 @@ import logging
 from broker.core.clock import Clock
 from broker.core.tokens import Token
 from broker.engine.provider import Provider
+from broker.engine.tasks import Background
 from broker.ops.sinks import FileSink, SinkError
 
 log = logging.getLogger("broker.manager")
 
 
 class SinkKeeper:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, background: Background) -> None:
         self._clock = clock
+        self._background = background
 
     def check(self, provider: Provider) -> None:
         """At start: whether the sink can be written (a problem is logged and shown)."""
@@ -35,12 +37,11 @@ class SinkKeeper:
         if sink is None:
             return
         generation = provider.generation
-        if not token.servable(self._clock.monotonic()):
+        now = self._clock.monotonic()
+        if not token.servable(now):
             return  # a sink, like every answer, never gets a token it may not serve
         try:
-            await asyncio.to_thread(
-                sink.write, token.access_token, token.expires_at_wall, generation=generation
-            )
+            await asyncio.to_thread(sink.write, token, now, generation=generation)
         except SinkError as exc:
             # Callers of GET /token are unaffected; the file keeps the previous token.
             provider.sink_error = str(exc)
@@ -49,7 +50,7 @@ class SinkKeeper:
         provider.sink_error = None
         if provider.sink_expiry is not None:
             provider.sink_expiry.cancel()
-        provider.sink_expiry = asyncio.get_running_loop().create_task(
+        provider.sink_expiry = self._background.spawn(
             self._expire(provider, sink, token, generation), name=f"sink:{provider.name}"
         )
 

@@ -17,10 +17,12 @@ Formats:
     the bare access token, no trailing newline (``$(cat file)``, or a file-based
     ``Authorization`` header in a proxy).
 ``json``
-    ``{"access_token", "token_type", "expires_in", "expires_at"}``, as
-    ``GET /token/<name>`` answers, plus a newline.
+    exactly what ``GET /token/<name>`` answers at the moment of writing
+    (:meth:`broker.core.tokens.Token.json_body`: ``access_token``, ``token_type``,
+    ``expires_in``, ``expires_at``, ``etag``), plus a newline.
 ``env``
-    ``TOKEN='...'``, ``TOKEN_TYPE='Bearer'``, ``TOKEN_EXPIRES_AT='<RFC 3339>'``
+    ``TOKEN='...'``, ``TOKEN_TYPE='Bearer'``, ``TOKEN_EXPIRES_AT='<RFC 3339>'`` (the
+    ``expires_at`` of the JSON answer)
     (``env_prefix`` replaces ``TOKEN``); single-quoted, safe to ``.``-source in sh.
 
 Every write is atomic: a temporary file is created next to the target with
@@ -33,19 +35,16 @@ partial one. Errors name the file, never the token.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable
 from typing import Final, NoReturn
 
 from broker.config.sinks import SinkConfig
 from broker.core.errors import BrokerError
-from broker.core.tokens import rfc3339
+from broker.core.tokens import Token
 from broker.ops.atomic import TEMP_SUFFIX, reason, replace_file, write_probe
 
 log = logging.getLogger("broker.sinks")
@@ -63,24 +62,18 @@ def sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def render(config: SinkConfig, access_token: str, expires_at_wall: float, now_wall: float) -> bytes:
-    """The file content for one token (pure: no I/O, no clock)."""
+def render(config: SinkConfig, token: Token, now: float) -> bytes:
+    """The file content for *token* at *now* (monotonic; pure: no I/O, no clock)."""
     if config.format == "token":
-        return access_token.encode("utf-8")
-    expires_at = rfc3339(expires_at_wall)
+        return token.access_token.encode("utf-8")
     if config.format == "json":
-        document = {
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": max(math.floor(expires_at_wall - now_wall), 0),
-            "expires_at": expires_at,
-        }
-        return (json.dumps(document) + "\n").encode("utf-8")
+        # The one JSON shape of a token answer, so a file reader and a GET caller agree.
+        return token.json_body(now) + b"\n"
     prefix = config.env_prefix
     lines = [
-        f"{prefix}={sh_quote(access_token)}",
+        f"{prefix}={sh_quote(token.access_token)}",
         f"{prefix}_TYPE={sh_quote('Bearer')}",
-        f"{prefix}_EXPIRES_AT={sh_quote(expires_at)}",
+        f"{prefix}_EXPIRES_AT={sh_quote(token.expires_at_text)}",
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
 
@@ -88,17 +81,10 @@ def render(config: SinkConfig, access_token: str, expires_at_wall: float, now_wa
 class FileSink:
     """Writes one provider's token to ``config.path``; methods block (use a thread)."""
 
-    def __init__(
-        self,
-        config: SinkConfig,
-        provider_name: str,
-        *,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, config: SinkConfig, provider_name: str) -> None:
         self.config = config
         self.provider = provider_name
         self.path = config.path
-        self._wall = wall
         self._lock = threading.Lock()
         self._generation: int | None = None
 
@@ -123,17 +109,15 @@ class FileSink:
             self._fail(f"directory {directory} is not writable: {reason(exc)}")
         self._remove_stale_temps()
 
-    def write(
-        self, access_token: str, expires_at_wall: float, *, generation: int | None = None
-    ) -> None:
-        """Atomically replace the file with *access_token* in the configured format.
+    def write(self, token: Token, now: float, *, generation: int | None = None) -> None:
+        """Atomically replace the file with *token* at *now* (monotonic), as configured.
 
         With *generation* (the provider's token counter), a write older than
         one already done is skipped, so two writes racing in threads cannot
         leave the older token on disk. Raises SinkError on failure; the file
         is then the previous complete one.
         """
-        if not access_token or any(c in access_token for c in "\x00\r\n"):
+        if not token.access_token or any(c in token.access_token for c in "\x00\r\n"):
             self._fail("refusing to write an empty or multi-line token")
         with self._lock:
             if generation is not None:
@@ -141,7 +125,7 @@ class FileSink:
                     log.debug("%s: skipping a sink write of an older token", self.provider)
                     return
                 self._generation = generation
-            data = render(self.config, access_token, expires_at_wall, self._wall())
+            data = render(self.config, token, now)
             self._atomic_write(data)
 
     def clear(self, *, generation: int) -> None:
@@ -167,7 +151,8 @@ class FileSink:
             self._fail(f"cannot be written: {reason(exc)}")
 
     def _remove_stale_temps(self) -> None:
-        cutoff = self._wall() - STALE_TEMP_SECONDS
+        # mtimes come from the kernel's clock, so they are compared with it, not the engine's.
+        cutoff = time.time() - STALE_TEMP_SECONDS
         for entry in self.path.parent.glob(f".{self.path.name}.*{TEMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 info = entry.lstat()

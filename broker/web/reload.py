@@ -73,21 +73,18 @@ class Reloader:
         self.in_use = in_use
         """The settings in force now."""
         self._lock = asyncio.Lock()  # two quick SIGHUPs apply one after the other
-        self._tasks: set[asyncio.Task[bool]] = set()
         self.triggered = 0
         """Reloads started by :meth:`trigger` (SIGHUP) so far."""
 
     def trigger(self) -> None:
         """Start a reload in the background (the SIGHUP handler)."""
         self.triggered += 1
-        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._manager.background.spawn(self.reload(), name="reload")
 
     async def idle(self) -> None:
         """Wait for every reload started so far to finish."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while reloads := self._manager.background.named("reload"):
+            await asyncio.gather(*reloads, return_exceptions=True)
 
     async def reload(self) -> bool:
         """Load the file and apply it; on any error keep the running config and say why."""
