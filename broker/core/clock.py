@@ -59,19 +59,28 @@ SKEW_THRESHOLD = 2.0
 """Date headers have one-second resolution; smaller differences are noise, not skew."""
 
 
+def parse_http_date(value: str) -> float | None:
+    """An HTTP date (``Date``, ``Retry-After``) as Unix seconds, or None if it is not one.
+
+    Dates without a zone (asctime, ``-0000``) are read as UTC, which HTTP dates always
+    are (RFC 9110 §5.6.7).
+    """
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 def measure_skew(date_header: str | None, wall_now: float) -> float | None:
     """The identity provider's clock minus ours, or None when there is no usable Date.
 
     Differences under SKEW_THRESHOLD count as 0.
     """
-    if not date_header:
+    server_time = parse_http_date(date_header) if date_header else None
+    if server_time is None:
         return None
-    try:
-        moment = parsedate_to_datetime(date_header)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:  # RFC 9110: HTTP dates are always GMT
-        moment = moment.replace(tzinfo=UTC)
-    server_time = moment.timestamp()
     skew = server_time - wall_now
     return skew if abs(skew) >= SKEW_THRESHOLD else 0.0

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, quote_plus
 
 import httpx
 
+from broker.core.clock import parse_http_date
 from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.core.redact import Redactor
 from broker.core.sanitize import one_line, shortened
@@ -212,17 +213,8 @@ def retry_after_seconds(headers: httpx.Headers, wall_now: float) -> float | None
     value = value.strip()
     if value.isdigit():
         return float(value)
-    from datetime import UTC
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        # asctime dates and "-0000" carry no zone; HTTP dates are UTC (RFC 9110 §5.6.7).
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - wall_now)
+    when = parse_http_date(value)
+    return None if when is None else max(0.0, when - wall_now)
 
 
 def classify_http_error(
