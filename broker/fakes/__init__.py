@@ -80,7 +80,7 @@ real ones do. Wrong methods get the provider's JSON 405 with ``Allow`` (Aerion's
 endpoint: node-oauth2-server's own 400).
 Routes are built on the first access to ``.app``: set path options before it.
 
-The wider world (:class:`broker.fakes.base.WorldQuirks`)
+The wider world (:class:`broker.fakes.quirks.WorldQuirks`)
 ========================================================
 
 Behaviours of real servers that are unkind to clients, each off by default. Every fake takes
@@ -155,11 +155,12 @@ To test expiry without sleeping, pass a mutable clock as ``now`` and move it for
 """
 
 from broker.fakes.aerion import FakeAerion
-from broker.fakes.base import WORLD_MODES, FakeProvider, QuirkOptions, WorldQuirks
+from broker.fakes.base import FakeProvider
 from broker.fakes.demo import FAKE_KINDS, FakeKind, demo_credentials, make_demo_fake
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.hub import FakeHub, HubService
 from broker.fakes.oauth2 import FakeOAuth2
+from broker.fakes.quirks import WORLD_MODES, QuirkOptions, WorldQuirks
 from broker.fakes.recording import RecordedRequest
 from broker.fakes.server import FakeServer, serve, serve_in_thread
 

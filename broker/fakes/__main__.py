@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from broker.fakes.base import WORLD_MODES
 from broker.fakes.demo import FAKE_KINDS, FakeKind, demo_credentials, make_demo_fake
+from broker.fakes.quirks import WORLD_MODES
 from broker.fakes.server import serve
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 from broker.fakes import aerion, hiro, hub, oauth2
-from broker.fakes.base import NO_QUIRKS, FakeProvider, WorldQuirks
+from broker.fakes.base import FakeProvider
+from broker.fakes.quirks import NO_QUIRKS, WorldQuirks
 
 FakeKind = Literal["hiro", "aerion", "hub", "oauth2"]
 FAKE_KINDS: tuple[FakeKind, ...] = get_args(FakeKind)

@@ -24,16 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import (
-    FakeProvider,
-    GrantOf,
-    Handler,
-    QuirkOptions,
-    Target,
-    WorldQuirks,
-    form_grant,
-)
+from broker.fakes.base import FakeProvider, GrantOf, Handler, Target, form_grant
 from broker.fakes.hiro_tokens import hiro_id, make_token
+from broker.fakes.quirks import QuirkOptions, WorldQuirks
 from broker.fakes.recording import RecordedRequest
 from broker.fakes.tokens import AccessGrant, RefreshGrant, TokenState
 from broker.fakes.wire import bearer_token, json_response

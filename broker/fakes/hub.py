@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import FakeProvider, QuirkOptions, WorldQuirks, form_grant
+from broker.fakes.base import FakeProvider, form_grant
+from broker.fakes.quirks import QuirkOptions, WorldQuirks
 from broker.fakes.recording import RecordedRequest
 from broker.fakes.tokens import AccessGrant, TokenState
 from broker.fakes.wire import BasicCredentials, bearer_token, has_basic_scheme, json_response
