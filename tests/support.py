@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import os
@@ -77,10 +78,37 @@ class FakeClock:
         await settle()
 
 
-async def settle(rounds: int = 200) -> None:
-    """Let every ready task run until all are waiting again (MockTransport answers at once)."""
-    for _ in range(rounds):
+SETTLE_LIMIT = 100_000
+"""Loop iterations :func:`settle` waits for the loop to go idle before it gives up loudly."""
+
+
+async def settle(limit: int = SETTLE_LIMIT) -> None:
+    """Let every ready task run until all are waiting again (MockTransport answers at once).
+
+    Yields to the loop until, when this task runs again, nothing else is ready to run: no
+    callback queued and no timer due. Everything an in-process test drives (MockTransport,
+    ASGITransport, a FakeClock's sleepers) moves by callbacks alone, so that is the moment
+    every task is waiting on something only the test can cause. A loop that is still busy
+    after *limit* iterations (a task spinning on ``sleep(0)``) fails the test.
+
+    asyncio has no public "is the loop idle" question: this reads CPython's private
+    ``BaseEventLoop._ready`` (the deque of callbacks to run in this iteration) and
+    ``_scheduled`` (the timer heap). Without them (another loop implementation, such as
+    uvloop, or a future CPython) it refuses to guess rather than return early.
+    """
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    scheduled = getattr(loop, "_scheduled", None)
+    if not isinstance(ready, collections.deque) or not isinstance(scheduled, list):
+        msg = f"settle() needs CPython's asyncio loop internals; {type(loop).__name__} lacks them"
+        raise TypeError(msg)
+    for _ in range(limit):
         await asyncio.sleep(0)
+        # This task's own wake-up has been taken off the queue: what is left is other work.
+        if not ready and not (scheduled and scheduled[0].when() <= loop.time()):
+            return
+    msg = f"the event loop did not go idle within {limit} iterations (a task never waits?)"
+    raise AssertionError(msg)
 
 
 def settings_from(yaml_text: str) -> BrokerSettings:

@@ -17,6 +17,7 @@ After every step it checks the promises the README makes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -60,7 +61,11 @@ providers:
 MOODS = ("ok", "slow", "down", "garbage", "refuse_refresh", "refuse_login")
 
 
+@functools.cache
 def config(*, burst: int = BURST, floor: float = 1.0) -> BrokerSettings:
+    """Parsed once per value pair: settings are frozen, and each parse ends in a full
+    gc.collect() (broker/config/yamlfile.py), which under hypothesis's many live objects
+    took most of this test's time."""
     return settings_from(CONFIG.format(burst=burst, interval=INTERVAL, floor=floor))
 
 
