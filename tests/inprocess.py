@@ -20,9 +20,11 @@ The config's provider URLs only name origins: nothing connects to them, so loopb
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +32,7 @@ import httpx
 from starlette.types import ASGIApp, Message
 
 from broker.config.settings import BrokerSettings
+from broker.ops.logs import CLIENT_LOGGERS, UVICORN_LOGGERS, configure_logging
 from broker.web.app import create_app
 from broker.web.fastpath import TokenFastPath
 from tests.support import FakeClock, settle
@@ -241,3 +244,36 @@ async def in_process(
     ):
         await settle()  # the first token requests, as far as they go without time passing
         yield InProcess(clock, idps, app, client, step)
+
+
+# -- the process's log, in-process ---------------------------------------------------------
+
+
+@contextmanager
+def process_log(settings: BrokerSettings) -> Iterator[io.StringIO]:
+    """What ``broker serve`` with *settings* would write to stderr, captured in a StringIO.
+
+    Calls :func:`broker.ops.logs.configure_logging` with *settings*' ``log_level`` and
+    ``log_format`` as the CLI does before it starts the app; start the broker
+    (:func:`in_process`) inside, and its lifespan puts the manager's SecretFilter on that
+    handler as it does in the process (it takes it off again at shutdown). The test's own
+    clients log their requests there too (httpx, at INFO), as callers in the process would.
+    At the end the root, uvicorn and client-library loggers are put back as they were.
+    """
+    watched = [logging.getLogger(name) for name in (*UVICORN_LOGGERS, *CLIENT_LOGGERS)]
+    root = logging.getLogger()
+    saved_root = (list(root.handlers), root.level)
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in watched]
+    stream = io.StringIO()
+    handler = configure_logging(settings.log_level, settings.log_format, stream)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.handlers[:] = saved_root[0]
+        root.setLevel(saved_root[1])
+        for lg, handlers, level, propagate in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
