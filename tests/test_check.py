@@ -23,6 +23,8 @@ from broker.fakes.server import serve_in_thread
 from tests.support import BROKER, ROOT, free_port
 from tests.test_cli import run
 
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
+
 
 def write_config(tmp_path: Path, text: str) -> Path:
     """The config file, private (0600) so inline secrets draw no warning of their own."""

@@ -11,12 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography.fernet import Fernet
 
 from broker.fakes import hiro
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.server import serve_in_thread
 from tests.support import BROKER, ROOT, free_port, process, ready, wait_for
+
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

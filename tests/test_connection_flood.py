@@ -33,6 +33,8 @@ from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
 from tests.support import ROOT, free_port, wait_for
 
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
+
 BROKER_OPEN_FILES = 1024
 IDLE_CONNECTIONS = 1100
 SLOW_CONNECTIONS = 500

@@ -23,7 +23,7 @@ from broker.config.load import parse_config
 from broker.config.settings import LimitsSettings
 from broker.server.connguard import ConnectionGate, connection_gate
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.smoke]
 
 HEAD_TIMEOUT = 0.3
 SLACK = 0.25

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from broker.fakes import hiro
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.server import serve_in_thread
 from tests.support import free_port, wait_for
+
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_CONFIG = ROOT / "deploy" / "compose-config.yaml"

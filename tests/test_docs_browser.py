@@ -46,6 +46,8 @@ if not shutil.which(CHROMIUM):
 
 from playwright.sync_api import Browser, Page, Route, sync_playwright  # noqa: E402
 
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
+
 CONFIG = """
 docs: true
 providers:

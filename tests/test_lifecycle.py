@@ -22,6 +22,8 @@ from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
 from tests.support import free_port, process, ready, running_broker, settings_from, wait_for
 
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
+
 KEY = "kOFIu2YuBn8d8QnbPqg-hdW3JAAvwuIDkpXIC5fs2o4="  # a Fernet key for tests only
 
 

@@ -304,6 +304,8 @@ def test_mode_and_group_decide_who_may_connect(idp: str, socket_dir: Path, tmp_p
 
 CONNECT_SCRIPT = """
 import errno, os, socket, sys
+
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
 uid, gid = int(sys.argv[2]), int(sys.argv[3])
 os.setgroups([])
 os.setgid(gid)
