@@ -20,6 +20,7 @@ The config's provider URLs only name origins: nothing connects to them, so loopb
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import logging
 import random
@@ -277,3 +278,70 @@ def process_log(settings: BrokerSettings) -> Iterator[io.StringIO]:
             lg.handlers[:] = handlers
             lg.setLevel(level)
             lg.propagate = propagate
+
+
+# -- the broker's work in threads -------------------------------------------------------------
+
+THREAD_PATIENCE = 30.0
+"""Real seconds :meth:`Threads.idle` waits for the broker's thread work before it fails the
+test (a hung file system, say): a limit for failing, never a wait that passes."""
+
+
+class Threads(concurrent.futures.ThreadPoolExecutor):
+    """The event loop's default executor while :func:`threads` is in force: where
+    ``asyncio.to_thread`` runs the broker's blocking file work (sink files, the state
+    directory), in a real thread as in the server, so that a test can wait for that work
+    (:meth:`idle`) instead of sleeping.
+
+    :func:`settle` cannot see a thread: while one works the loop is idle, and its result
+    arrives later by itself. One worker runs the jobs in the order given, so a job queued
+    after them (the barrier :meth:`idle` sends) starts only once each earlier job has
+    finished and handed its result to the loop.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="inprocess-to-thread")
+        self.given = 0
+        """Jobs the broker has given so far (read and written on the loop's thread only)."""
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        self.given += 1
+        return super().submit(fn, *args, **kwargs)
+
+    async def idle(self, *, rounds: int = 100) -> None:
+        """Wait until every job given so far has finished and the loop has settled after
+        it, again while that lets the broker give new ones (at most *rounds* times). The
+        fake clock does not move meanwhile. It waits on the jobs themselves (the loop
+        sleeps until the thread is done): no polling."""
+        for _ in range(rounds):
+            await settle()
+            given = self.given
+            barrier = asyncio.wrap_future(super().submit(_nothing))
+            await asyncio.wait_for(barrier, THREAD_PATIENCE)
+            await settle()
+            if self.given == given:
+                return
+        msg = f"the broker kept giving thread work after {rounds} rounds"
+        raise AssertionError(msg)
+
+
+def _nothing() -> None:
+    return None
+
+
+@asynccontextmanager
+async def threads() -> AsyncIterator[Threads]:
+    """Make a :class:`Threads` the running loop's default executor (before the broker
+    starts, so that its first sink write is one of the jobs). At the end it waits for the
+    jobs left and puts a plain default executor back."""
+    loop = asyncio.get_running_loop()
+    work = Threads()
+    loop.set_default_executor(work)
+    try:
+        yield work
+    finally:
+        await work.idle()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())
+        work.shutdown(wait=True)

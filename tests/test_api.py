@@ -1,10 +1,17 @@
-"""The HTTP contract, over real HTTP, against a fake generic OAuth2 server."""
+"""The HTTP contract against a fake generic OAuth2 server.
+
+Over real HTTP, except where time has to pass (a token ageing, retries, a slow
+token endpoint): those tests run the broker, its callers and the fake in one event
+loop on a fake clock (tests/inprocess.py), where the seconds cost nothing and every
+run takes the same steps.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import pytest
@@ -12,7 +19,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from tests.support import running_broker, settings_from, wait_for
+from tests.inprocess import IdPs, InProcess, drive, in_process
+from tests.support import FakeClock, running_broker, settings_from
+
+IDP = "http://127.0.0.1:9001"
+"""The fake's origin in-process: nothing listens there, IdPs routes by it."""
+TOKEN_PATH = "/oauth/token"
 
 SECRET = "app-secret-7c1d"
 
@@ -39,6 +51,18 @@ def broker(
         settings = settings_from(CONFIG.format(url=url, secret=SECRET))
         with running_broker(settings) as client:
             yield client, fake
+
+
+@asynccontextmanager
+async def in_process_broker(
+    clock: FakeClock, fake: FakeOAuth2, app: ASGIApp | None = None
+) -> AsyncIterator[InProcess]:
+    """The broker in front of *fake* (served as *app*, by default itself), both on *clock*."""
+    assert fake.now == clock.wall, "the fake must issue tokens on the broker's clock"
+    idps = IdPs(clock)
+    idps.serve(IDP, app or fake.app)
+    async with in_process(settings_from(CONFIG.format(url=IDP, secret=SECRET)), idps) as running:
+        yield running
 
 
 def test_token_json_shape_and_headers() -> None:
@@ -73,15 +97,23 @@ def test_raw_token(path: str, headers: dict[str, str]) -> None:
         assert fake.issued_access_tokens[-1] == response.text
 
 
-def test_min_valid_refreshes_first() -> None:
+@pytest.mark.anyio
+async def test_min_valid_refreshes_first() -> None:
     """min_valid above what is left gets a new token; below it, the same one."""
-    with broker(ttl=30) as (client, fake):
-        first = client.get("/token/idp").json()
-        same = client.get("/token/idp?min_valid=5").json()
+    clock = FakeClock()
+    fake = FakeOAuth2(clients={"app": SECRET}, ttl=30, now=clock.wall)
+    async with in_process_broker(clock, fake) as client:
+        first = (await client.get("/token/idp")).json()
+        same = (await client.get("/token/idp?min_valid=5")).json()
         assert first["access_token"] == same["access_token"]
+
+        async def aged() -> bool:
+            expires_in: int = (await client.get("/token/idp")).json()["expires_in"]
+            return expires_in <= 28
+
         # Let the token age past 1 s of its 30, so that min_valid=29 needs a new one.
-        wait_for(lambda: client.get("/token/idp").json()["expires_in"] <= 28)
-        fresh = client.get("/token/idp?min_valid=29").json()
+        await client.eventually(aged, within=10)
+        fresh = (await client.get("/token/idp?min_valid=29")).json()
         assert fresh["access_token"] != first["access_token"]
         assert fresh["expires_in"] >= 29
         assert len(fake.token_requests()) == 2
@@ -126,26 +158,34 @@ def test_forced_refresh_returns_a_new_token() -> None:
         assert fake.issued_access_tokens[-1] == response.json()["access_token"]
 
 
-def test_idp_down_at_start_gives_503_then_recovers() -> None:
+@pytest.mark.anyio
+async def test_idp_down_at_start_gives_503_then_recovers() -> None:
     """Liveness stays 200; readiness and tokens are 503 with Retry-After until the IdP answers."""
-    fake = FakeOAuth2(clients={"app": SECRET}, ttl=60)
+    clock = FakeClock()
+    fake = FakeOAuth2(clients={"app": SECRET}, ttl=60, now=clock.wall)
     fake.fail_next(3, 503, {"error": "temporarily_unavailable"}, {"Retry-After": "1"})
-    with (
-        serve_in_thread(fake.app) as url,
-        running_broker(settings_from(CONFIG.format(url=url, secret=SECRET))) as client,
-    ):
-        assert client.get("/healthz").status_code == 200
-        response = client.get("/token/idp")
+    async with in_process_broker(clock, fake) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        response = await client.get("/token/idp")
         assert response.status_code == 503
         assert response.json()["error"] == "token_unavailable"
         assert "temporarily_unavailable" in response.json()["message"]
-        assert int(response.headers["retry-after"]) >= 1
-        ready = client.get("/readyz")
+        # No time has passed: the retry the IdP asked for is exactly 1 s away.
+        assert response.headers["retry-after"] == "1"
+        ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["providers"]["idp"]["state"] == "failing"
-        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=15)
-        body = client.get("/token/idp").json()
+
+        async def ready_now() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await client.eventually(ready_now, within=15)
+        body = (await client.get("/token/idp")).json()
         assert fake.issued_access_tokens[-1] == body["access_token"]
+        # Retry-After: 1 and backoff_max: 1 leave one choice: a retry every second.
+        times = client.idps.times(IDP, TOKEN_PATH)
+        assert len(times) == 4
+        assert [round(b - a, 9) for a, b in itertools.pairwise(times)] == [1.0, 1.0, 1.0]
 
 
 def test_providers_status() -> None:
@@ -180,26 +220,32 @@ def test_openapi_documents_the_api() -> None:
 
 
 class SlowTokenEndpoint:
-    """Wraps a fake so token requests take 1 s: long enough for callers to pile up."""
+    """Wraps a fake so token requests take 1 s of *clock*: long enough for callers to pile up."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, clock: FakeClock) -> None:
         self.app = app
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/token"):
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(1.0)
         await self.app(scope, receive, send)
 
 
-def test_200_concurrent_cold_requests_cause_one_token_request() -> None:
-    """Single flight through the real HTTP API: 200 callers, one IdP request, one token."""
-    with broker(app_wrapper=SlowTokenEndpoint) as (client, fake):
-
-        async def fire() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=str(client.base_url), timeout=10) as aclient:
-                return await asyncio.gather(*(aclient.get("/token/idp") for _ in range(200)))
-
-        responses = asyncio.run(fire())
+@pytest.mark.anyio
+async def test_200_concurrent_cold_requests_cause_one_token_request() -> None:
+    """Single flight through the HTTP API: 200 callers, one IdP request, one token."""
+    clock = FakeClock()
+    fake = FakeOAuth2(clients={"app": SECRET}, ttl=60, now=clock.wall)
+    async with in_process_broker(clock, fake, SlowTokenEndpoint(fake.app, clock)) as client:
+        # The broker's first token request is on its way and will take 1 s: all 200 ask
+        # before any time passes, so all of them wait for it.
+        started = clock.monotonic()
+        calls = asyncio.gather(*(client.client.get("/token/idp") for _ in range(200)))
+        responses = await drive(clock, calls)
         assert [r.status_code for r in responses] == [200] * 200
         assert {fake.issued_access_tokens[0]} == {r.json()["access_token"] for r in responses}
         assert len(fake.token_requests()) == 1
+        assert client.idps.times(IDP, TOKEN_PATH) == [started]
+        # They were answered when the one answer came, not before and not much after.
+        assert 1.0 <= clock.monotonic() - started <= 1.0 + client.step
