@@ -136,6 +136,7 @@ async def test_metrics_move_as_refreshes_happen() -> None:
     assert value(later, "broker_token_request_seconds_count", provider="hiro") == 3
 
 
+@pytest.mark.smoke  # uvicorn's own JSON log lines exist only in a real process
 def test_json_logs_parse_and_carry_the_event_fields(tmp_path: Path) -> None:
     """log_format: json gives one JSON object per line with event, provider and duration."""
     fake = FakeHiro(ttl=2)

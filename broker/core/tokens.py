@@ -109,7 +109,8 @@ class Token:
 
     @property
     def serve_until(self) -> float:
-        """The monotonic time from which this token is no longer served."""
+        """The last monotonic instant this token is served (``servable`` is inclusive there);
+        a sink file is removed at it, so a file never holds a token GET would refuse."""
         return self.expires_at - self.serve_min_remaining
 
     @property
