@@ -28,6 +28,8 @@ from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
 from tests.support import ROOT, Running, free_port, process, ready, wait_for
 
+pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
+
 CURL = shutil.which("curl")
 if os.geteuid() != 0 or CURL is None:
     reason = (
@@ -304,8 +306,6 @@ def test_mode_and_group_decide_who_may_connect(idp: str, socket_dir: Path, tmp_p
 
 CONNECT_SCRIPT = """
 import errno, os, socket, sys
-
-pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
 uid, gid = int(sys.argv[2]), int(sys.argv[3])
 os.setgroups([])
 os.setgid(gid)
