@@ -42,7 +42,7 @@ VERSION = 1
 MAX_STATE_FILE_BYTES = 64 * 1024
 """A state file larger than this is corrupt: a real one is well under 4 KiB."""
 
-REFRESH_TOKEN = "refresh_token"
+REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a field name, not a secret)
 """The field a state file keeps its secret under."""
 
 
