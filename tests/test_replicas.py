@@ -38,6 +38,7 @@ import httpx
 import pytest
 
 from broker.engine.manager import TokenManager
+from broker.engine.redis_store import RedisStore
 from broker.fakes import FakeOAuth2, WorldQuirks
 from broker.fakes.server import serve_in_thread
 from tests.inprocess import IdPs, InProcess, in_process
@@ -197,6 +198,58 @@ async def test_replicas_share_one_login_and_never_present_a_refresh_token_twice(
     # other. And both served them.
     assert min(obtained) >= requests - 1
     assert len(served[0] & served[1]) >= requests - 1
+
+
+async def refreshes(clock: FakeClock, brokers: list[InProcess], fake: FakeOAuth2, n: int) -> None:
+    """Move the clock, a step at a time, until the fake has seen *n* refresh requests."""
+    deadline = clock.monotonic() + n * TTL
+    while len(fake.token_requests("refresh_token")) < n:
+        assert clock.monotonic() < deadline, "the broker stopped refreshing"
+        await clock.advance(STEP)
+        await quiet(brokers)
+
+
+async def test_a_refresh_token_redis_did_not_take_is_not_replaced_by_its_older_one(
+    clock: FakeClock, fake: FakeOAuth2, place: RedisPlace
+) -> None:
+    """A rotated refresh token whose save to Redis failed lives in the broker's memory only;
+    Redis still holds the one it was rotated from, dead at the identity provider. Reading
+    Redis before the next refresh must not bring that one back: presented again, it would
+    revoke the login (reuse detection)."""
+    config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
+    idps = IdPs(clock)
+    idps.serve(IDP, fake.app)
+    async with in_process(settings_from(config + PASSWORD), idps) as broker:
+        await quiet([broker])
+        state = manager(broker).providers["p"]
+        refresh_key = f"{place.prefix}p:refresh"
+        with place.server.admin() as admin:  # the refresh token may be read, not written
+            admin.acl_setuser(
+                place.user,
+                enabled=True,
+                reset_keys=True,
+                keys=[f"{place.prefix}p:lease", f"{place.prefix}p:token", f"%R~{refresh_key}"],
+            )
+        await refreshes(clock, [broker], fake, 1)
+        unsaved = state.persist_error  # rotated, and kept in memory only
+        assert unsaved is not None
+        assert "saving p's refresh token failed" in unsaved
+        with place.server.admin() as admin:
+            admin.acl_setuser(place.user, enabled=True, reset_keys=True, keys=[f"{place.prefix}*"])
+        await refreshes(clock, [broker], fake, 3)
+        assert state.persist_error is None
+        login = state.login_id
+
+    presented = [r.form["refresh_token"] for r in fake.token_requests("refresh_token") if r.form]
+    assert len(presented) == len(set(presented)), "a refresh token was presented twice"
+    assert presented[1] == fake.issued_refresh_tokens[1]  # the one only memory held
+    assert state.failures == 0
+    assert fake.is_refresh_token_valid(fake.issued_refresh_tokens[-1]), "the login died"
+    reader = RedisStore(place.url, clock=clock, key_prefix=place.prefix)
+    try:
+        assert (await reader.load("p", login)).refresh_token == fake.issued_refresh_tokens[-1]
+    finally:
+        await reader.aclose()
 
 
 # -- a broker process ---------------------------------------------------------------------------

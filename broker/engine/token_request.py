@@ -71,8 +71,11 @@ class TokenRequester:
         stored = await self._store.load(provider.name, provider.login_id)
         first = not provider.resumed
         provider.resumed = True
+        # After a save that failed, ours is newer than the store's (what ours rotated
+        # from, dead at the identity provider): keep ours until a save succeeds.
+        ours_unsaved = provider.persist_error is not None
         if stored.refresh_token is not None and (
-            first or stored.refresh_token != provider.refresh_token
+            first or (stored.refresh_token != provider.refresh_token and not ours_unsaved)
         ):
             # A saved refresh token is newer than any seed: it is what the seed (or an
             # earlier login) rotated into; in a shared store, what another broker's did.
