@@ -17,16 +17,17 @@ import uvicorn
 from broker import __version__
 from broker.config.load import inline_secret_warnings, load_config
 from broker.config.settings import BrokerSettings
+from broker.core.clock import SystemClock
 from broker.core.errors import ConfigError
 from broker.engine.state_file import StateError
-from broker.engine.store import LocalStore
+from broker.engine.store import LocalStore, StoreError
 from broker.ops.logs import configure_logging
 from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logins
 from broker.protocols import build_protocol
 from broker.server.connguard import connection_gate
 from broker.server.listeners import ListenError, close_all, listen_address, open_listeners
 from broker.server.uvicorn import exit_zero_after_shutdown, uvicorn_config
-from broker.web.app import open_store
+from broker.web.app import open_store, shared_store
 
 DEFAULT_CONFIG = "config.yaml"
 EXIT_LOGIN_FAILED = 1
@@ -203,7 +204,13 @@ def _serve(args: argparse.Namespace) -> int:
     except StateError as exc:
         print(f"broker: state directory error\n{exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    if store is None:
+    try:
+        # Only built to check it (the app opens its own on its loop): nothing connects yet.
+        shared = shared_store(settings, SystemClock()) is not None
+    except StoreError as exc:
+        print(f"broker: store error\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if store is None and not shared:
         log.warning(
             "no state_dir configured: refresh tokens are kept in memory only, so a restart"
             " needs a new login (and a provider with only a refresh token is lost)"
@@ -221,7 +228,8 @@ def _serve(args: argparse.Namespace) -> int:
     gated = gate.listeners(listeners.sockets)
     try:
         with exit_zero_after_shutdown():
-            local = LocalStore(store)
+            # With a shared store the app opens it on the server's loop (and closes it).
+            local = None if shared else LocalStore(store)
             config = uvicorn_config(settings, Path(args.config), local, overrides, gate)
             server = uvicorn.Server(config)
             server.run(sockets=gated)

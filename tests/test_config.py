@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config.load import load_config, parse_config
+from broker.config.load import inline_secret_warnings, load_config, parse_config
 from broker.config.providers import (
     AerionProvider,
     HiroProvider,
@@ -20,7 +20,7 @@ from broker.config.providers import (
 from broker.config.settings import BrokerSettings
 from broker.core.errors import ConfigError
 from broker.policy.schedule import RefreshSettings
-from tests.support import settings_from
+from tests.support import ROOT, settings_from
 
 SECRET = "hunter2-SECRET"
 """A secret value that must never appear in an error message or a repr."""
@@ -362,6 +362,9 @@ TEXT_FIELDS = [
         "clients:\n  ops:\n    key: {v}\n" + OAUTH2, 3, "clients.ops.key", "key", id="client-key"
     ),
     pytest.param("state_key: {v}\n" + OAUTH2, 1, "state_key", "state_key", id="state-key"),
+    pytest.param(
+        "store:\n  backend: redis\n  url: {v}\n" + OAUTH2, 3, "store.url", "url", id="store-url"
+    ),
 ]
 
 NOT_TEXT = [
@@ -1350,3 +1353,122 @@ def test_token_url_rules(url: str, extra: str, problem: str | None) -> None:
     assert message.startswith("c.yaml:4: providers.p.token_url: ")
     assert problem in message
     assert "secret-pw" not in message
+
+
+# --- store: this broker alone, or replicas sharing a Redis -------------------------------------
+
+
+def test_without_store_the_broker_keeps_its_tokens_alone() -> None:
+    store = settings_from(OAUTH2).store
+    assert (store.backend, store.url, store.key_prefix, store.lease_ttl) == (
+        "local",
+        None,
+        "broker:",
+        10.0,
+    )
+
+
+def test_a_redis_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URL is a secret like any other: {env: ...}, {file: ...} or inline."""
+    url = f"rediss://broker:{SECRET}@redis.internal:6380/2"
+    monkeypatch.setenv("TEST_REDIS_URL", url)
+    text = (
+        "store:\n  backend: redis\n  url: {env: TEST_REDIS_URL}\n"
+        "  key_prefix: 'app1:'\n  lease_ttl: 2.5\n" + OAUTH2
+    )
+    settings = settings_from(text)
+    assert settings.store.url is not None
+    assert settings.store.url.get_secret_value() == url
+    assert (settings.store.key_prefix, settings.store.lease_ttl) == ("app1:", 2.5)
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("store", "expected"),
+    [
+        pytest.param(
+            "backend: redis",
+            "test.yaml:1: store.url: required with backend: redis",  # at store: it is missing
+            id="redis-without-url",
+        ),
+        pytest.param(
+            f"url: redis://:{SECRET}@127.0.0.1",
+            "test.yaml:2: store.url: only used with backend: redis"
+            " (set backend: redis, or remove url)",
+            id="url-without-redis",
+        ),
+        pytest.param(
+            f"backend: redis\n  url: http://:{SECRET}@127.0.0.1",
+            "test.yaml:3: store.url: must be a redis:// or rediss:// (TLS) URL",
+            id="not-redis",
+        ),
+        pytest.param(
+            f"backend: redis\n  url: unix:///run/{SECRET}.sock",
+            "test.yaml:3: store.url: must be a redis:// or rediss:// (TLS) URL",
+            id="unix-socket",
+        ),
+        pytest.param(
+            f"backend: redis\n  url: redis://:{SECRET}@127.0.0.1:port{SECRET}",
+            "test.yaml:3: store.url: not a URL"
+            " (expected redis://[:password@]host[:port][/db] or rediss://...)",
+            id="bad-port",
+        ),
+        pytest.param(
+            f"backend: redis\n  url: redis://:{SECRET}@127.0.0.1/{SECRET}",
+            "test.yaml:3: store.url: the path must be a database number (/0, /1 ...)",
+            id="bad-db",
+        ),
+        pytest.param(
+            "backend: memcached",
+            "test.yaml:2: store.backend: Input should be 'local' or 'redis'",
+            id="backend",
+        ),
+        pytest.param(
+            "backend: redis\n  url: redis://127.0.0.1\n  lease_ttl: 0.1",
+            "test.yaml:4: store.lease_ttl: Input should be greater than or equal to 0.5",
+            id="lease-ttl",
+        ),
+        pytest.param(
+            "backend: redis\n  url: redis://127.0.0.1\n  key_prefix: 'a b'",
+            "test.yaml:4: store.key_prefix: String should match pattern '^[!-~]+$'",
+            id="key-prefix",
+        ),
+    ],
+)
+def test_a_bad_store_names_its_key_and_never_the_url(store: str, expected: str) -> None:
+    message = config_error(f"store:\n  {store}\n" + OAUTH2)
+    assert message == expected
+    assert SECRET not in message
+
+
+def test_a_redis_store_and_a_state_directory_are_not_used_together(tmp_path: Path) -> None:
+    """Not yet: a replica's own copy of a refresh token may be older than Redis's."""
+    message = config_error(
+        f"state_dir: {tmp_path}\nstore:\n  backend: redis\n  url: redis://127.0.0.1\n" + OAUTH2
+    )
+    assert message.startswith("test.yaml:1: state_dir: not used with store.backend: redis")
+
+
+def test_an_inline_redis_url_in_a_readable_file_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "store:\n  backend: redis\n  url: redis://:pw@127.0.0.1\n" + OAUTH2, encoding="utf-8"
+    )
+    path.chmod(0o644)
+    warnings = inline_secret_warnings(path)
+    assert any(f"{path}: store.url is written inline" in w for w in warnings), warnings
+    assert not any(".url is" in w and "store.url" not in w for w in warnings)
+
+
+def test_the_example_configs_store_block_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.example.yaml shows `store` commented out (it replaces state_dir): uncommented,
+    it is a valid config, with the defaults it states."""
+    example = (ROOT / "config.example.yaml").read_text()
+    block = re.search(r"^#store:\n(?:#  .*\n)+", example, re.MULTILINE)
+    assert block is not None
+    monkeypatch.setenv("BROKER_REDIS_URL", "redis://:pw@redis.internal:6379/0")
+    store = settings_from(re.sub(r"^#", "", block.group(0), flags=re.MULTILINE) + OAUTH2).store
+    assert (store.backend, store.key_prefix, store.lease_ttl) == ("redis", "broker:", 10.0)
+    assert store.url is not None
+    assert store.url.get_secret_value() == "redis://:pw@redis.internal:6379/0"

@@ -9,14 +9,16 @@ import json
 import random
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
 from broker.core.errors import TokenUnavailableError
+from broker.core.tokens import Token
 from broker.engine.manager import TokenManager
+from broker.engine.store import LocalStore, Stored
 from tests.support import FakeClock, settings_from, settle
 
 pytestmark = pytest.mark.anyio
@@ -127,6 +129,58 @@ async def test_rotated_refresh_tokens_are_followed() -> None:
         used = [form.get("refresh_token") for form in idp.forms[1:]]
         assert [f"rt-{n}" for n in range(1, len(idp.forms))] == used
         assert len(idp.forms) >= 5
+
+
+class CountingStore:
+    """A TokenStore of the test's own that counts its loads; *shared* as told (a store of
+    this broker's only, or one that other brokers write to as well)."""
+
+    durable = False
+
+    def __init__(self, *, shared: bool) -> None:
+        self.shared = shared
+        self.loads = 0
+        self._inner = LocalStore()
+
+    async def load(self, provider: str, login: str) -> Stored:
+        self.loads += 1
+        return await self._inner.load(provider, login)
+
+    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
+        await self._inner.save_refresh_token(provider, login, refresh_token)
+
+    async def forget(self, provider: str) -> None:
+        await self._inner.forget(provider)
+
+    async def publish(self, provider: str, login: str, token: Token) -> None:
+        await self._inner.publish(provider, login, token)
+
+    def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
+        return self._inner.lease(provider)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-store", "shared-store"])
+async def test_a_shared_store_is_read_before_every_token_request_an_own_one_once(
+    shared: bool,
+) -> None:
+    """Another broker may have rotated the refresh token in a shared store since the last
+    request; a store only this broker writes to cannot have changed (no read per refresh)."""
+    idp = IdP(expires_in=30)
+    store = CountingStore(shared=shared)
+    clock = FakeClock()
+    transport = httpx.MockTransport(idp)
+    async with httpx.AsyncClient(transport=transport) as client:
+        manager = TokenManager(
+            settings_from(PASSWORD_PROVIDER), client=client, clock=clock, store=store
+        )
+        await manager.start()
+        try:
+            for _ in range(4):
+                await clock.advance(30)
+        finally:
+            await manager.stop()
+    assert len(idp.forms) >= 5
+    assert store.loads == (len(idp.forms) if shared else 1)
 
 
 async def test_refresh_token_kept_when_the_answer_omits_one() -> None:

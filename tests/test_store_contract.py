@@ -1,35 +1,74 @@
 """The contract of :class:`broker.engine.store.TokenStore`: every implementation passes these.
 
-A new store (Redis for replicas, say) joins by adding a factory to ``STORES``: a function
-that opens the store over a place (a directory here) and can open it again there, as a
-restarted broker would.
+A new store joins by adding an opener to ``STORES``: a function that opens the store over a
+:class:`Place` and can open it again there, as a restarted broker would (or another broker
+sharing it). For the state directory the place is a directory; for Redis it is a real
+redis-server (``tests/redisserver.py``) and a key prefix with a Redis user of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 
 from broker.core.tokens import Token, place_token
+from broker.engine.redis_store import RedisStore
 from broker.engine.state import StateStore
 from broker.engine.store import LocalStore, Stored, StoreError, TokenStore
+from tests.redisserver import RedisPlace, RedisServer
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
 
-Opener = Callable[[Path], TokenStore]
-"""Opens a store over the place at the path (the same path again: after a restart)."""
+CLOCK = FakeClock(start=100.0, wall=1_800_000_000.0)
+"""The clock tokens are placed on, by the test and by the stores that place the tokens
+they load (Redis): at 100.0 it is 1_800_000_000.0 on the wall, as :func:`token` says."""
+
+
+class Place:
+    """Where a store keeps what it saves. A directory (*path*), and for the Redis store a
+    prefix on the test process's redis-server, taken only when a store asks for it."""
+
+    def __init__(self, path: Path, request: pytest.FixtureRequest) -> None:
+        self.path = path
+        self._request = request
+        self.opened: list[RedisStore] = []
+        """Stores with connections to close at the end."""
+
+    @functools.cached_property
+    def redis(self) -> RedisPlace:
+        server: RedisServer = self._request.getfixturevalue("redis_server")
+        return server.place()
+
+    def redis_store(self, key: bytes | None = None) -> RedisStore:
+        store = RedisStore(self.redis.url, clock=CLOCK, key_prefix=self.redis.prefix, key=key)
+        self.opened.append(store)
+        return store
+
+    def remove(self) -> None:
+        """Take the place away from under its stores."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if "redis" in self.__dict__:
+            self.redis.remove()
+
+
+Opener = Callable[[Place], TokenStore]
+"""Opens a store over the place (the same place again: after a restart, or another broker)."""
 
 KEY = Fernet.generate_key()
 
 STORES: dict[str, Opener] = {
-    "state-directory": lambda place: LocalStore(StateStore(place)),
-    "encrypted-state-directory": lambda place: LocalStore(StateStore(place, key=KEY)),
+    "state-directory": lambda place: LocalStore(StateStore(place.path)),
+    "encrypted-state-directory": lambda place: LocalStore(StateStore(place.path, key=KEY)),
     "memory-only": lambda place: LocalStore(),
+    "redis": lambda place: place.redis_store(),
+    "encrypted-redis": lambda place: place.redis_store(key=KEY),
 }
 
 LOGIN = "login-fingerprint-1"
@@ -45,27 +84,30 @@ def opener(request: pytest.FixtureRequest) -> Opener:
 
 
 @pytest.fixture
-def place(tmp_path: Path) -> Path:
-    return tmp_path / "store"
+async def place(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Place]:
+    here = Place(tmp_path / "store", request)
+    yield here
+    for store in here.opened:
+        await store.aclose()
 
 
 def token(value: str = "access-token-contract") -> Token:
     return place_token(
         value,
-        sent_at=100.0,
-        sent_at_wall=1_800_000_000.0,
+        sent_at=CLOCK.monotonic(),
+        sent_at_wall=CLOCK.wall(),
         lifetime=300.0,
         etag_key=b"k" * 32,
         serve_min_remaining=1.0,
     )
 
 
-async def test_nothing_is_known_about_a_provider_never_saved(opener: Opener, place: Path) -> None:
+async def test_nothing_is_known_about_a_provider_never_saved(opener: Opener, place: Place) -> None:
     assert await opener(place).load("idp", LOGIN) == Stored()
 
 
 async def test_a_saved_refresh_token_is_loaded_for_its_login_only(
-    opener: Opener, place: Path
+    opener: Opener, place: Place
 ) -> None:
     store = opener(place)
     await store.save_refresh_token("idp", LOGIN, REFRESH)
@@ -78,7 +120,7 @@ async def test_a_saved_refresh_token_is_loaded_for_its_login_only(
     assert (await store.load("other", LOGIN)).refresh_token is None
 
 
-async def test_the_newest_save_wins_and_survives_a_restart(opener: Opener, place: Path) -> None:
+async def test_the_newest_save_wins_and_survives_a_restart(opener: Opener, place: Place) -> None:
     store = opener(place)
     await store.save_refresh_token("idp", LOGIN, REFRESH)
     await store.save_refresh_token("idp", LOGIN, NEWER)
@@ -90,7 +132,7 @@ async def test_the_newest_save_wins_and_survives_a_restart(opener: Opener, place
 
 
 async def test_a_forgotten_refresh_token_is_gone_and_forgetting_twice_is_fine(
-    opener: Opener, place: Path
+    opener: Opener, place: Place
 ) -> None:
     store = opener(place)
     await store.save_refresh_token("idp", LOGIN, REFRESH)
@@ -103,30 +145,33 @@ async def test_a_forgotten_refresh_token_is_gone_and_forgetting_twice_is_fine(
 
 
 async def test_a_published_token_reaches_others_only_through_a_shared_store(
-    opener: Opener, place: Path
+    opener: Opener, place: Place
 ) -> None:
     store = opener(place)
     published = token()
     await store.publish("idp", LOGIN, published)
 
-    seen = (await opener(place).load("idp", LOGIN)).token
-    assert seen == (published if store.shared else None)
+    other = opener(place)
+    assert (await other.load("idp", LOGIN)).token == (published if store.shared else None)
+    # Bound to its provider and login, as a refresh token is.
+    assert (await other.load("idp", OTHER_LOGIN)).token is None
+    assert (await other.load("other", LOGIN)).token is None
 
 
 async def test_a_save_that_fails_raises_store_error_without_the_token(
-    opener: Opener, place: Path
+    opener: Opener, place: Place
 ) -> None:
     store = opener(place)
     if not store.durable:
         pytest.skip("a store that keeps nothing cannot fail to keep something")
-    shutil.rmtree(place)  # the place is gone from under the store
+    place.remove()  # the place is gone from under the store
 
     with pytest.raises(StoreError) as failure:
         await store.save_refresh_token("idp", LOGIN, REFRESH)
     assert REFRESH not in str(failure.value)
 
 
-async def test_a_lease_has_one_holder_at_a_time_per_provider(opener: Opener, place: Path) -> None:
+async def test_a_lease_has_one_holder_at_a_time_per_provider(opener: Opener, place: Place) -> None:
     store = opener(place)
     holding, release, other_in = asyncio.Event(), asyncio.Event(), asyncio.Event()
     order: list[str] = []
@@ -159,7 +204,7 @@ async def test_a_lease_has_one_holder_at_a_time_per_provider(opener: Opener, pla
     assert order.index("first out") < order.index("second in")
 
 
-async def test_a_lease_is_released_when_its_holder_fails(opener: Opener, place: Path) -> None:
+async def test_a_lease_is_released_when_its_holder_fails(opener: Opener, place: Place) -> None:
     store = opener(place)
     with pytest.raises(RuntimeError):
         async with store.lease("idp"):

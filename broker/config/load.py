@@ -177,6 +177,8 @@ def _type_message(kind: str, ctx: dict[str, Any]) -> str:
 
 
 SECRET_KEYS = frozenset({"client_secret", "password", "refresh_token", "key", "state_key"})
+SECRET_PATHS = frozenset({"store.url"})
+"""Secrets whose key name alone says nothing (a provider's ``url`` is none)."""
 
 
 def inline_secret_warnings(path: Path | str) -> list[str]:
@@ -208,7 +210,8 @@ def _inline_secrets(data: object, prefix: str) -> list[str]:
     if isinstance(data, dict):
         for key, value in data.items():
             where = f"{prefix}.{key}" if prefix else str(key)
-            if key in SECRET_KEYS and isinstance(value, str) and value != "":
+            secret = key in SECRET_KEYS or where in SECRET_PATHS
+            if secret and isinstance(value, str) and value != "":
                 found.append(where)
             else:
                 found += _inline_secrets(value, where)

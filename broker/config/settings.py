@@ -27,6 +27,7 @@ from broker.config.providers import (
     ProviderConfig,
 )
 from broker.config.secrets import OptionalSecret, not_text
+from broker.config.store import StoreSettings
 from broker.core.addresses import is_loopback_address
 from broker.core.names import PROVIDER_NAME
 from broker.policy.schedule import RefreshSettings
@@ -170,7 +171,10 @@ class BrokerSettings(BaseModel):
     """Directory where each provider's newest refresh token is kept, crash-safely,
     so a restart resumes the login. Unset: refresh tokens live in memory only."""
     state_key: OptionalSecret = None
-    """Fernet key that encrypts the state directory's files at rest."""
+    """Fernet key that encrypts the state directory's files at rest (and, with
+    ``store.backend: redis``, what the broker writes to Redis)."""
+    store: StoreSettings = StoreSettings()
+    """Where tokens live beyond memory: this broker alone, or a Redis shared by replicas."""
     refresh: RefreshSettings = RefreshSettings()
     clients: dict[ProviderName, ClientConfig] = Field(default_factory=dict)
     """Callers and what they may read. None: only this host's processes may call."""
@@ -212,6 +216,18 @@ class BrokerSettings(BaseModel):
                 if other != name:
                     msg = f"the same unix_uid, unix_gid and unix_exe as client {other!r}"
                     raise FieldProblem(("clients", name, "unix_uid"), msg)
+        return self
+
+    @model_validator(mode="after")
+    def _one_place_for_refresh_tokens(self) -> BrokerSettings:
+        if self.store.backend == "redis" and self.state_dir is not None:
+            # A replica's own copy may be older than Redis's: presenting it when Redis
+            # has lost its copy could trip the identity provider's reuse detection.
+            msg = (
+                "not used with store.backend: redis (yet): refresh tokens are kept in Redis;"
+                " remove state_dir"
+            )
+            raise FieldProblem(("state_dir",), msg)
         return self
 
     @model_validator(mode="after")

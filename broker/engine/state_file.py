@@ -1,6 +1,8 @@
 """The format of one state file: its JSON document, sealed when a key is configured, and
 every check a file must pass before its refresh token is used. No I/O: the state
-directory (:mod:`broker.engine.state`) reads and writes the bytes.
+directory (:mod:`broker.engine.state`) reads and writes the bytes, and the Redis store
+(:mod:`broker.engine.redis_store`) keeps its values in the same documents
+(:meth:`StateCodec.seal`, :meth:`StateCodec.open`), sealed with the same key.
 
 A state file is::
 
@@ -40,6 +42,9 @@ VERSION = 1
 MAX_STATE_FILE_BYTES = 64 * 1024
 """A state file larger than this is corrupt: a real one is well under 4 KiB."""
 
+REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a field name, not a secret)
+"""The field a state file keeps its secret under."""
+
 
 class StateError(BrokerError):
     """The state directory or a state file cannot be used.
@@ -75,24 +80,7 @@ class StateCodec:
 
     def encode(self, provider: str, fingerprint: str, refresh_token: str, saved_at: float) -> bytes:
         """The whole file that saves *refresh_token* for *provider*'s login *fingerprint*."""
-        document: dict[str, Any] = {
-            "version": VERSION,
-            "provider": provider,
-            "fingerprint": fingerprint,
-            "saved_at": saved_at,
-        }
-        if self._fernet is None:
-            document["refresh_token"] = refresh_token
-        else:
-            payload = {
-                "provider": provider,
-                "fingerprint": fingerprint,
-                "saved_at": saved_at,
-                "refresh_token": refresh_token,
-            }
-            sealed = self._fernet.encrypt(json.dumps(payload).encode("utf-8"))
-            document["encrypted"] = sealed.decode("ascii")
-        return (json.dumps(document, indent=1) + "\n").encode("utf-8")
+        return self.seal(provider, fingerprint, REFRESH_TOKEN, refresh_token, saved_at)
 
     def decode(
         self, path: Path, provider: str, fingerprint: str, raw: bytes
@@ -102,9 +90,51 @@ class StateCodec:
         None when it belongs to another login (the fingerprint differs), StateError when
         it is corrupt.
         """
+        opened = self.open(f"state file {path}", provider, fingerprint, REFRESH_TOKEN, raw)
+        if opened is None:
+            return None
+        secret, saved_at = opened
+        return PersistedState(refresh_token=secret, saved_at=saved_at)
+
+    def seal(
+        self, provider: str, fingerprint: str, field: str, secret: str, saved_at: float
+    ) -> bytes:
+        """A document that keeps *secret* under the name *field* for *provider*'s login
+        *fingerprint* (a state file's is ``refresh_token``; a shared store keeps other
+        values, such as the current access token, the same way). Every one of these is
+        bound into the sealed payload, so a document moved to another provider, login or
+        field does not open."""
+        document: dict[str, Any] = {
+            "version": VERSION,
+            "provider": provider,
+            "fingerprint": fingerprint,
+            "saved_at": saved_at,
+        }
+        if self._fernet is None:
+            document[field] = secret
+        else:
+            payload = {
+                "provider": provider,
+                "fingerprint": fingerprint,
+                "saved_at": saved_at,
+                field: secret,
+            }
+            sealed = self._fernet.encrypt(json.dumps(payload).encode("utf-8"))
+            document["encrypted"] = sealed.decode("ascii")
+        return (json.dumps(document, indent=1) + "\n").encode("utf-8")
+
+    def open(
+        self, where: str, provider: str, fingerprint: str, field: str, raw: bytes
+    ) -> tuple[str, float] | None:
+        """The secret kept under *field* in the document *raw* and its ``saved_at``; *where*
+        names the document in messages (``state file /var/lib/...``).
+
+        None when it belongs to another login (the fingerprint differs), StateError when
+        it is corrupt.
+        """
 
         def corrupt(why: str) -> StateError:
-            return StateError(f"state file {path} is unusable: {why}")
+            return StateError(f"{where} is unusable: {why}")
 
         if len(raw) > MAX_STATE_FILE_BYTES:
             raise corrupt(f"larger than {MAX_STATE_FILE_BYTES} bytes")
@@ -125,18 +155,18 @@ class StateCodec:
         saved_at = _timestamp(document.get("saved_at"))
         if saved_at is None:
             raise corrupt("no valid saved_at")
-        plain = document.get("refresh_token")
+        plain = document.get(field)
         sealed = document.get("encrypted")
         if (plain is None) == (sealed is None):
-            raise corrupt("expected exactly one of refresh_token and encrypted")
+            raise corrupt(f"expected exactly one of {field} and encrypted")
         if stored_fingerprint != fingerprint:
             return None
         if self._fernet is None:
             if sealed is not None:
                 raise corrupt("encrypted, but no state encryption key is configured")
             if not isinstance(plain, str) or not plain:
-                raise corrupt("refresh_token is not a non-empty string")
-            return PersistedState(refresh_token=plain, saved_at=saved_at)
+                raise corrupt(f"{field} is not a non-empty string")
+            return plain, saved_at
         if plain is not None:
             raise corrupt("not encrypted, but a state encryption key is configured")
         if not isinstance(sealed, str):
@@ -151,10 +181,10 @@ class StateCodec:
             raise corrupt("the encrypted payload belongs to another provider or login")
         if _timestamp(opened.get("saved_at")) != saved_at:
             raise corrupt("saved_at does not match the encrypted payload")
-        token = opened.get("refresh_token")
-        if not isinstance(token, str) or not token:
-            raise corrupt("the encrypted refresh_token is not a non-empty string")
-        return PersistedState(refresh_token=token, saved_at=saved_at)
+        secret = opened.get(field)
+        if not isinstance(secret, str) or not secret:
+            raise corrupt(f"the encrypted {field} is not a non-empty string")
+        return secret, saved_at
 
 
 def _timestamp(value: object) -> float | None:

@@ -16,8 +16,12 @@ live, and nothing else:
 every implementation must pass. :class:`LocalStore` is the single-broker one: refresh
 tokens in the state directory (:class:`broker.engine.state.StateStore`), or nowhere but the
 engine's memory, the current token in the engine's memory, and an in-process lock as the
-lease. A store
-shared by replicas (Redis) is another implementation of the same interface.
+lease. The store shared by replicas is :class:`broker.engine.redis_store.RedisStore`.
+
+Under a shared store the engine loads before every token request, inside the lease (another
+broker may have rotated the refresh token since), and takes a token another broker
+published instead of asking the identity provider when it is newer than its own; under a
+store of its own it loads once, before the first.
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ class TokenStore(Protocol):
     async def load(self, provider: str, login: str) -> Stored:
         """What is saved for *provider* under *login* (see
         :func:`broker.engine.fingerprint.login_fingerprint`); an empty :class:`Stored` when
-        nothing is, or it belongs to another login."""
+        nothing is, or it belongs to another login. A shared store raises StoreError when
+        it cannot be read: the engine then sends no request, since the refresh token it
+        holds may be one another broker has already rotated."""
         ...
 
     async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
@@ -79,12 +85,13 @@ class TokenStore(Protocol):
         ...
 
     async def publish(self, provider: str, login: str, token: Token) -> None:
-        """Make *token* the current one for the other brokers sharing this store."""
+        """Make *token* the current one for the other brokers sharing this store. Never
+        raises: a token that could not be published is still this broker's to serve."""
         ...
 
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         """Held while one actor talks to the identity provider for *provider*: no two
-        holders at once."""
+        holders at once. Entering it raises StoreError when the lease cannot be taken."""
         ...
 
 

@@ -8,6 +8,7 @@ identity provider's share); a rotated refresh token saved before anything relies
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 
@@ -51,23 +52,66 @@ class TokenRequester:
         # One actor at a time talks to the identity provider for this login (in one
         # broker, single flight already makes it so; a shared store makes it so across).
         async with self._store.lease(provider.name):
-            if not provider.resumed:
-                await self._resume(provider)
+            # Under a shared store another broker may have rotated the refresh token, or
+            # obtained a token, since this one last looked: look again before every
+            # request, inside the lease. A store of this broker's own changes only by it:
+            # once is enough (no read per refresh).
+            if not provider.resumed or self._store.shared:
+                published = await self._resume(provider)
+                if published is not None:
+                    return published
             token = await self._request_token(provider)
             await self._store.publish(provider.name, provider.login_id, token)
             return token
 
-    async def _resume(self, provider: Provider) -> None:
-        """Before the first token request: take what the store kept for this login."""
+    async def _resume(self, provider: Provider) -> Token | None:
+        """Take what the store kept for this login: before the first token request, and
+        under a shared store before each. Returns a token another broker published when
+        it is newer than ours and may still be served: then no request is needed."""
         stored = await self._store.load(provider.name, provider.login_id)
+        first = not provider.resumed
         provider.resumed = True
-        if stored.refresh_token is not None:
+        # After a save that failed, ours is newer than the store's (what ours rotated
+        # from, dead at the identity provider): keep ours until a save succeeds.
+        ours_unsaved = provider.persist_error is not None
+        if stored.refresh_token is not None and (
+            first or (stored.refresh_token != provider.refresh_token and not ours_unsaved)
+        ):
             # A saved refresh token is newer than any seed: it is what the seed (or an
-            # earlier login) rotated into.
+            # earlier login) rotated into; in a shared store, what another broker's did.
             provider.refresh_token = stored.refresh_token
-            log.info(
-                "%s: resuming from the refresh token saved in the state directory", provider.name
+            if first:
+                where = "the shared store" if self._store.shared else "the state directory"
+                log.info("%s: resuming from the refresh token saved in %s", provider.name, where)
+            else:
+                log.info("%s: taking the refresh token another broker saved", provider.name)
+        return self._newer(provider, stored.token)
+
+    def _newer(self, provider: Provider, published: Token | None) -> Token | None:
+        """*published* (another broker's token) with our serving floor, if it may be served
+        now and is newer than ours; else None."""
+        if published is None:
+            return None
+        theirs = dataclasses.replace(
+            published, serve_min_remaining=provider.policy.serve_min_remaining
+        )
+        ours = provider.token
+        # Wall-clock expiries, carried verbatim through the store: compared on the monotonic
+        # clock, our own token read back could look a microsecond newer than itself.
+        if not theirs.servable(self._clock.monotonic()) or (
+            ours is not None
+            and (
+                theirs.access_token == ours.access_token
+                or theirs.expires_at_wall <= ours.expires_at_wall
             )
+        ):
+            return None
+        log.info(
+            "%s: taking the token another broker obtained (valid %.0f s more)",
+            provider.name,
+            theirs.remaining(self._clock.monotonic()),
+        )
+        return theirs
 
     async def _request_token(self, provider: Provider) -> Token:
         protocol = provider.protocol

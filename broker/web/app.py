@@ -28,8 +28,9 @@ from broker import __version__
 from broker.config.settings import BrokerSettings
 from broker.core.clock import Clock, SystemClock
 from broker.engine.manager import TokenManager
+from broker.engine.redis_store import RedisStore
 from broker.engine.state import StateStore
-from broker.engine.store import LocalStore, TokenStore
+from broker.engine.store import LocalStore, StoreError, TokenStore
 from broker.ops import heap
 from broker.ops.audit import AuditTrail
 from broker.ops.logs import add_secret_filter
@@ -63,9 +64,11 @@ def create_app(
     applying *overrides* (the command line's ``--host`` and ``--port``) again;
     ``app.runtime.reloader`` is the :class:`~broker.web.reload.Reloader` then.
     *store* is where tokens live beyond memory (:mod:`broker.engine.store`); by default the
-    state directory of ``settings.state_dir`` (the CLI opens it first to report problems
-    early), or none. *clock*, *rng* (refresh jitter) and *transport* (to the identity
-    providers) exist for tests: a fake clock, a seeded generator, ``httpx.MockTransport``.
+    one ``settings.store`` names: the Redis server of ``backend: redis``
+    (:func:`shared_store`), else the state directory of ``settings.state_dir`` (the CLI
+    opens it first to report problems early), or none. *clock*, *rng* (refresh jitter) and
+    *transport* (to the identity providers) exist for tests: a fake clock, a seeded
+    generator, ``httpx.MockTransport``.
     *registry* takes the metrics (default a registry of their own), *audit* the per-token
     audit lines (default the ``broker.ops.audit`` logger, on *clock*'s wall time).
     *freeze_heap* is for the server process: see :mod:`broker.ops.heap`.
@@ -119,12 +122,15 @@ def create_api(
                 max_keepalive_connections=settings.max_concurrent_requests,
             ),
         ) as client:
+            # A store the app opens itself it also closes (one given to it, its owner does).
+            shared = shared_store(settings, clock) if store is None else None
+            in_use = store if store is not None else shared
             manager = TokenManager(
                 settings,
                 client=client,
                 clock=clock,
                 rng=rng,
-                store=store if store is not None else LocalStore(open_store(settings)),
+                store=in_use if in_use is not None else LocalStore(open_store(settings)),
                 metrics=metrics,
             )
             runtime.manager = manager
@@ -135,7 +141,8 @@ def create_api(
             stop_reloading = _reload_on_sighup(
                 runtime, manager, config_path, overrides, freeze_heap
             )
-            stop_redacting = add_secret_filter(manager.secret_values)
+            store_secrets = shared.secret_values() if shared is not None else []
+            stop_redacting = add_secret_filter(lambda: [*manager.secret_values(), *store_secrets])
             try:
                 yield
             finally:
@@ -143,6 +150,8 @@ def create_api(
                 stop_reloading()
                 await manager.stop()
                 runtime.manager = None
+                if shared is not None:
+                    await shared.aclose()
 
     app = BrokerApp(
         title="credential broker",
@@ -201,8 +210,30 @@ def open_store(settings: BrokerSettings) -> StateStore | None:
     """The state directory from the settings, or None. Raises StateError."""
     if settings.state_dir is None:
         return None
-    key = settings.state_key.get_secret_value().encode() if settings.state_key else None
-    return StateStore(settings.state_dir, key=key)
+    return StateStore(settings.state_dir, key=_state_key(settings))
+
+
+def shared_store(settings: BrokerSettings, clock: Clock) -> RedisStore | None:
+    """The Redis store of ``store.backend: redis`` (not connected yet: it connects at its
+    first command, on the loop that sends it), or None for ``backend: local``. Raises
+    StoreError (a ``state_key`` that is not a Fernet key)."""
+    config = settings.store
+    if config.backend != "redis":
+        return None
+    if config.url is None:  # the config refuses it; this keeps the type checker informed
+        msg = "store.url is required with store.backend: redis"
+        raise StoreError(msg)
+    return RedisStore(
+        config.url.get_secret_value(),
+        clock=clock,
+        key_prefix=config.key_prefix,
+        lease_ttl=config.lease_ttl,
+        key=_state_key(settings),
+    )
+
+
+def _state_key(settings: BrokerSettings) -> bytes | None:
+    return settings.state_key.get_secret_value().encode() if settings.state_key else None
 
 
 def _reload_on_sighup(

@@ -41,6 +41,7 @@ RESTART_KEYS = (
     "max_concurrent_requests",
     "state_dir",
     "state_key",
+    "store",
     "limits",
 )
 """Keys that only take effect at start: the sockets, the log handler, the request slots,
@@ -48,7 +49,7 @@ the state store and the connection limits are set up once."""
 LISTENING_KEYS = ("host", "listen_tcp", "listen_unix")
 """The restart keys other keys are checked against: clients are needed on a network
 address, and clients identified by uid need the Unix socket."""
-SECRET_RESTART_KEYS = frozenset({"state_key"})
+SECRET_RESTART_KEYS = frozenset({"state_key", "store"})
 """Restart keys whose values are never logged."""
 
 

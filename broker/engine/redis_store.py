@@ -1,0 +1,355 @@
+"""The store several brokers share: :class:`broker.engine.store.TokenStore` on one Redis.
+
+Its one job: let replicas of the broker that hold the same login act as one, through a
+Redis server (redis-py's asyncio client). Each provider has three keys under the
+configured prefix (``broker:`` by default):
+
+* ``<prefix><provider>:refresh``: the newest refresh token, as a state file keeps it
+  (:meth:`broker.engine.state_file.StateCodec.seal`): bound to the provider and the login
+  fingerprint, sealed with ``state_key`` when one is set. No expiry.
+* ``<prefix><provider>:token``: the current access token, as the broker that obtained it
+  published it, in the same kind of document. Redis drops it when it expires.
+* ``<prefix><provider>:lease``: held while one broker talks to the identity provider:
+  redis-py's :class:`~redis.asyncio.lock.Lock`, whose value is a random owner token, set
+  with an expiry (``lease_ttl``) only if free, and released by a compare-and-delete Lua
+  script, so a broker never releases a lease another one took after its own expired.
+  While held it is renewed every ``lease_ttl / 3``: a holder that works longer than
+  ``lease_ttl`` keeps it, and a dead holder's lease is free ``lease_ttl`` after its last
+  renewal.
+
+A token crosses processes by its wall-clock expiry and its lifetime, and is placed on the
+reader's monotonic clock when it is loaded; its ETag travels with it, so every replica
+names the same token alike.
+
+The URL (it may hold a password) is never logged, shown in a repr or put in an error
+message: those name the store as ``Redis at <host>:<port>/<db>``, and a message from
+redis-py is scrubbed of the password before it is passed on.
+
+This is the first step of sharing (issue 14): replicas coordinate refreshes through the
+lease and read each other's tokens before refreshing; announcing new tokens to the other
+replicas as they arrive comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+from urllib.parse import quote, quote_plus, unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import LockNotOwnedError, RedisError
+
+from broker.core.clock import Clock
+from broker.core.names import PROVIDER_NAME
+from broker.core.sanitize import one_line, shortened
+from broker.core.tokens import Token
+from broker.engine.state_file import REFRESH_TOKEN, StateCodec, StateError
+from broker.engine.store import Stored, StoreError
+
+log = logging.getLogger("broker.store")
+
+SCHEMES = ("redis", "rediss")
+"""``redis://`` (plain TCP) and ``rediss://`` (TLS)."""
+
+TOKEN = "token"  # noqa: S105 (a field name, not a secret)
+"""The field the published token's document keeps it under."""
+
+LEASE_POLL = 0.05
+"""Seconds between two tries for a lease another broker holds: a wait costs at most this
+much beyond the holder's release, and a waiting broker sends Redis 20 commands a second."""
+
+REASON_LENGTH = 200
+"""How much of a message from redis-py an error passes on."""
+
+
+class RedisStore:
+    """The shared store (see the module text); one per broker process, on its event loop."""
+
+    shared = True
+    durable = True
+    """As durable as the Redis server makes a write (its AOF or RDB settings)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock,
+        key_prefix: str = "broker:",
+        lease_ttl: float = 10.0,
+        key: bytes | None = None,
+    ) -> None:
+        """*url* is ``redis://`` or ``rediss://``, with a password if the server wants one;
+        *clock* places the tokens other brokers published; *key* (a Fernet key, the
+        config's ``state_key``) seals what is written. Raises StoreError (a URL that cannot
+        be used, a key that is not a Fernet key). Connects at the first command."""
+        self._password, self._secrets = _url_secrets(url)
+        where = _where(url)
+        if where is None:
+            msg = (
+                "the Redis store's URL is not redis://[user:password@]host[:port][/db] or"
+                " rediss://... (not shown: it may hold a password)"
+            )
+            raise StoreError(msg)
+        self._where = where
+        self._prefix = key_prefix
+        self._lease_ttl = lease_ttl
+        self._clock = clock
+        try:
+            self._codec = StateCodec(key)
+        except StateError as exc:
+            raise StoreError(f"{self._where}: {exc}") from None
+        # A command that hangs gives up within a third of the lease's life: a renewal
+        # stuck on a dead connection leaves time for another try before the lease expires.
+        timeout = max(lease_ttl / 3, 0.5)
+        try:
+            self._redis = Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # A blip is retried at once; an outage surfaces within a second as a
+                # StoreError, and the engine backs off by itself.
+                retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
+                client_name="broker",
+            )
+        except (ValueError, TypeError):
+            # redis-py's message may quote the URL: say what is wrong without it.
+            msg = f"{self._where}: the URL cannot be used (a query option redis-py refuses?)"
+            raise StoreError(msg) from None
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._where}, key_prefix={self._prefix!r})"
+
+    def secret_values(self) -> list[str]:
+        """The URL's password, for the log filter (which redacts its encoded spellings and
+        pieces by itself); none under 8 characters, as the manager does. Not the whole URL:
+        every piece of it would be redacted, ``127.0.0.1:6`` in any address included."""
+        return [self._password] if self._password is not None and len(self._password) >= 8 else []
+
+    async def aclose(self) -> None:
+        """Close the connections (the broker's lifespan does at shutdown)."""
+        await self._redis.aclose()
+
+    # -- TokenStore ----------------------------------------------------------------------
+
+    async def load(self, provider: str, login: str) -> Stored:
+        """The newest refresh token and the current token saved for *provider*'s *login*,
+        by this broker or another. Raises StoreError when Redis cannot be read, or when the
+        saved refresh token cannot be opened (wrong ``state_key``, altered): a broker that
+        cannot see the shared refresh token must not present an older one of its own."""
+        refresh_key, token_key = self._key(provider, "refresh"), self._key(provider, TOKEN)
+        try:
+            values = await self._redis.mget([refresh_key, token_key])
+        except (RedisError, OSError) as exc:
+            raise self._failed(f"reading {provider}'s tokens", exc) from None
+        # Bytes: the client does not decode answers (redis-py types them as either).
+        raw_refresh, raw_token = (v.encode() if isinstance(v, str) else v for v in values)
+        refresh_token: str | None = None
+        if raw_refresh is not None:
+            try:
+                opened = self._codec.open(
+                    f"{self._where}: key {refresh_key}", provider, login, REFRESH_TOKEN, raw_refresh
+                )
+            except StateError as exc:
+                raise StoreError(str(exc)) from None
+            refresh_token = opened[0] if opened is not None else None
+        token = self._published(raw_token, token_key, provider, login)
+        return Stored(refresh_token, token)
+
+    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
+        key = self._key(provider, "refresh")
+        if not refresh_token:
+            msg = f"{self._where}: refusing to save an empty refresh token for {provider!r}"
+            raise StoreError(msg)
+        data = self._codec.seal(provider, login, REFRESH_TOKEN, refresh_token, self._clock.wall())
+        try:
+            await self._redis.set(key, data)
+        except (RedisError, OSError) as exc:
+            raise self._failed(f"saving {provider}'s refresh token", exc) from None
+
+    async def forget(self, provider: str) -> None:
+        try:
+            await self._redis.delete(self._key(provider, "refresh"))
+        except (RedisError, OSError) as exc:
+            raise self._failed(f"removing {provider}'s refresh token", exc) from None
+
+    async def publish(self, provider: str, login: str, token: Token) -> None:
+        """Make *token* the one other brokers load. Never raises: a token that could not be
+        published is still served by this broker (logged), and the others refresh on their
+        own schedule."""
+        remaining = token.expires_at - self._clock.monotonic()
+        if remaining <= 0:
+            return  # nobody could serve it
+        document = json.dumps(
+            {
+                "access_token": token.access_token,
+                "expires_at_wall": token.expires_at_wall,
+                "lifetime": token.lifetime,
+                "etag": token.etag,
+                "serve_min_remaining": token.serve_min_remaining,
+            }
+        )
+        data = self._codec.seal(provider, login, TOKEN, document, self._clock.wall())
+        try:
+            # Redis drops it when it expires: an expired token is no use to anyone.
+            await self._redis.set(self._key(provider, TOKEN), data, px=math.ceil(remaining * 1000))
+        except (RedisError, OSError) as exc:
+            log.warning("%s: %s", provider, self._failed("publishing the new token", exc))
+
+    def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
+        return self._hold(provider, self._key(provider, "lease"))
+
+    # -- the lease -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _hold(self, provider: str, name: str) -> AsyncIterator[None]:
+        lock = Lock(
+            self._redis,
+            name,
+            timeout=self._lease_ttl,
+            sleep=LEASE_POLL,
+            # One Lock per holding, on the event loop: no thread-local token (two tasks
+            # share a thread, and each must see its own).
+            thread_local=False,
+        )
+        try:
+            await lock.acquire(token=secrets.token_hex(16))
+        except (RedisError, OSError) as exc:
+            raise self._failed(f"taking {provider}'s lease", exc) from None
+        renewal = asyncio.create_task(self._renew(provider, lock), name=f"lease:{provider}")
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            # wait, not await: the renewal's own CancelledError is not this task's.
+            await asyncio.wait({renewal})
+            await self._release(provider, lock)
+
+    async def _renew(self, provider: str, lock: Lock) -> None:
+        """Reset the lease's expiry to lease_ttl every third of it, until cancelled."""
+        while True:
+            # Real time, not the broker's clock: Redis expires the lease on its own clock.
+            await asyncio.sleep(self._lease_ttl / 3)
+            try:
+                await lock.reacquire()
+            except LockNotOwnedError:
+                log.error(
+                    "%s: the lease expired before it could be renewed; another broker may"
+                    " be talking to the identity provider at the same time",
+                    provider,
+                )
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("%s: %s; trying again", provider, self._failed("renewing", exc))
+
+    async def _release(self, provider: str, lock: Lock) -> None:
+        try:
+            await lock.release()
+        except LockNotOwnedError:
+            log.warning(
+                "%s: the lease had expired when it was released (not renewed for %g s)",
+                provider,
+                self._lease_ttl,
+            )
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "%s: %s; it expires by itself within %g s",
+                provider,
+                self._failed("releasing the lease", exc),
+                self._lease_ttl,
+            )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _key(self, provider: str, what: str) -> str:
+        # The provider name is checked so that it cannot reach into another key (a ':').
+        if not PROVIDER_NAME.fullmatch(provider):
+            msg = f"invalid provider name {provider!r} (expected [a-z0-9][a-z0-9_-]{{0,62}})"
+            raise StoreError(msg)
+        return f"{self._prefix}{provider}:{what}"
+
+    def _published(self, raw: bytes | None, key: str, provider: str, login: str) -> Token | None:
+        """The published token in *raw*, placed on this broker's clock; None when there is
+        none, it is another login's, or it cannot be read (logged: it costs only a token
+        request, never the login)."""
+        if raw is None:
+            return None
+        try:
+            opened = self._codec.open(f"{self._where}: key {key}", provider, login, TOKEN, raw)
+            if opened is None:
+                return None
+            return self._place(json.loads(opened[0]))
+        except (StateError, ValueError, TypeError, KeyError) as exc:
+            why = str(exc) if isinstance(exc, StateError) else f"{key}: not a token document"
+            log.warning("%s: ignoring the published token: %s", provider, why)
+            return None
+
+    def _place(self, document: Any) -> Token:
+        """A published token on this broker's monotonic clock; raises ValueError,
+        TypeError or KeyError for a document that is not one."""
+        expires_at_wall = _number(document["expires_at_wall"])
+        lifetime = _number(document["lifetime"])
+        access_token, etag = document["access_token"], document["etag"]
+        if not isinstance(access_token, str) or not access_token or not isinstance(etag, str):
+            raise TypeError
+        expires_at = self._clock.monotonic() + (expires_at_wall - self._clock.wall())
+        return Token(
+            access_token=access_token,
+            obtained_at=expires_at - lifetime,
+            expires_at=expires_at,
+            expires_at_wall=expires_at_wall,
+            etag=etag,
+            serve_min_remaining=_number(document["serve_min_remaining"]),
+        )
+
+    def _failed(self, what: str, exc: BaseException) -> StoreError:
+        reason = str(exc) or type(exc).__name__
+        for secret in self._secrets:
+            reason = reason.replace(secret, "***")
+        reason = shortened(one_line(reason), REASON_LENGTH)
+        return StoreError(f"{self._where}: {what} failed: {reason}")
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError
+    return float(value)
+
+
+def _where(url: str) -> str | None:
+    """``Redis at host:port/db`` (``Redis over TLS at`` for rediss): the URL without its
+    credentials; None for a URL that is not a Redis server's."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    db = parts.path.strip("/") or "0"
+    kind = "Redis over TLS" if parts.scheme == "rediss" else "Redis"
+    return f"{kind} at {host}:{port or 6379}/{db}"
+
+
+def _url_secrets(url: str) -> tuple[str | None, tuple[str, ...]]:
+    """The URL's password (decoded), and what an error message is scrubbed of: the URL and
+    the password as written, decoded and re-encoded (longest first, so the whole URL goes
+    before its parts)."""
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url).password
+        if password:
+            plain = unquote(password)
+            encoded = {quote(plain), quote(plain, safe=""), quote_plus(plain)}
+            spellings = {url, password, plain, *encoded}
+            return plain, tuple(sorted(spellings, key=len, reverse=True))
+    return None, (url,)

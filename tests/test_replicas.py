@@ -1,0 +1,294 @@
+"""Two brokers (replicas) with the same login, sharing one Redis (``store.backend: redis``), in
+front of one identity provider that rotates refresh tokens and detects their reuse: a
+rotated-away refresh token presented again revokes the whole login (RFC 9700 §4.14.2).
+
+Without the shared store the second replica to refresh would present the refresh token the
+first had already rotated and the login would die for both. With it, over several refresh
+cycles no refresh token is ever presented twice, no request fails, the login is made once,
+the identity provider sees one token request per cycle rather than one per replica, and
+both replicas serve valid tokens throughout.
+
+The brokers and the fake run in one event loop on a fake clock (tests/inprocess.py); Redis
+is a real redis-server on real sockets. Two consequences:
+
+- The harness's ``settle()`` sees callbacks, not sockets: while a broker waits for Redis
+  the loop looks idle. So after every step of the clock the test waits, in real time, for
+  the token requests in flight to finish (:func:`quiet`), and only then reads the tokens:
+  the brokers' Redis work never overlaps a move of the clock.
+- A lease's expiry runs on Redis's real clock, not the fake one. A lease is held only
+  while a token request is in flight, a few milliseconds of real time here, and the clock
+  does not move meanwhile (see above); ``lease_ttl`` is 10 real seconds, so a lease never
+  expires under its holder, however far the fake clock goes, and its renewal (every
+  ``lease_ttl / 3`` of real time) does not come into play. The published tokens' expiry
+  in Redis is their remaining life, in real seconds: longer than this test runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import httpx
+import pytest
+
+from broker.engine.manager import TokenManager
+from broker.engine.redis_store import RedisStore
+from broker.fakes import FakeOAuth2, WorldQuirks
+from broker.fakes.server import serve_in_thread
+from tests.inprocess import IdPs, InProcess, in_process
+from tests.redisserver import RedisPlace, RedisServer
+from tests.support import FakeClock, free_port, process, ready, settings_from, settle, wait_for
+
+pytestmark = pytest.mark.anyio
+
+TTL = 30.0
+"""The fake's token lifetime (fake seconds): a refresh about every 20."""
+CYCLES = 6
+"""Token lifetimes to watch."""
+STEP = 1.0
+"""Fake seconds between two looks at what the replicas serve."""
+IDP = "http://127.0.0.1:9001"
+REAL_PATIENCE = 30.0
+"""Real seconds the brokers' token requests may take to finish before the test fails."""
+
+STORE = """
+store:
+  backend: redis
+  url: "{url}"
+  key_prefix: "{prefix}"
+  lease_ttl: 10
+"""
+PROVIDER = """
+providers:
+  p:
+    type: oauth2
+    token_url: "{idp}/oauth/token"
+    client_id: app
+    client_secret: app-secret
+"""
+PASSWORD = "    grant: password\n    username: alice\n    password: alice-pw\n"
+SEED_ONLY = "    grant: refresh_token\n    refresh_token: {seed}\n"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake(clock: FakeClock) -> FakeOAuth2:
+    return FakeOAuth2(
+        clients={"app": "app-secret"},
+        users={"alice": "alice-pw"},
+        ttl=TTL,
+        rotate_refresh_tokens=True,
+        revoke_rotated_refresh_tokens=True,
+        quirks=WorldQuirks(reuse_revokes_family=True),
+        now=clock.wall,
+    )
+
+
+@pytest.fixture
+def place(redis_server: RedisServer) -> RedisPlace:
+    return redis_server.place()
+
+
+def manager(broker: InProcess) -> TokenManager:
+    running = broker.app.runtime.manager
+    assert running is not None
+    return running
+
+
+async def quiet(brokers: list[InProcess]) -> None:
+    """Wait until no broker has a token request in flight (each runs its Redis commands
+    on a real socket, which the fake clock cannot see); the clock does not move."""
+    deadline = time.monotonic() + REAL_PATIENCE
+    while True:
+        await settle()
+        inflight = [
+            provider.inflight
+            for broker in brokers
+            for provider in manager(broker).providers.values()
+            if provider.inflight is not None
+        ]
+        if not inflight:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"token requests still in flight after {REAL_PATIENCE:g} real seconds")
+        await asyncio.wait(inflight, timeout=left)
+
+
+@asynccontextmanager
+async def replicas(
+    clock: FakeClock, fake: FakeOAuth2, config: str, seeds: tuple[int, int]
+) -> AsyncIterator[tuple[list[InProcess], list[IdPs]]]:
+    """Two brokers on *config*, each with its own way to the fake (so the test can tell
+    whose requests reached it) and its refresh jitter drawn from its own seed."""
+    settings = settings_from(config)
+    routes = [IdPs(clock), IdPs(clock)]
+    for idps in routes:
+        idps.serve(IDP, fake.app)
+    async with AsyncExitStack() as stack:
+        brokers = [
+            await stack.enter_async_context(in_process(settings, idps, rng=random.Random(seed)))
+            for idps, seed in zip(routes, seeds, strict=True)
+        ]
+        yield brokers, routes
+
+
+@pytest.mark.parametrize(
+    "login",
+    [
+        pytest.param(PASSWORD, id="password"),
+        pytest.param(SEED_ONLY, id="seeded-refresh-token-only"),
+    ],
+)
+@pytest.mark.parametrize(
+    "seeds",
+    [
+        pytest.param((1, 2), id="apart"),
+        pytest.param((0, 0), id="same-moment"),  # the same jitter: both refresh at once
+    ],
+)
+async def test_replicas_share_one_login_and_never_present_a_refresh_token_twice(
+    clock: FakeClock, fake: FakeOAuth2, place: RedisPlace, login: str, seeds: tuple[int, int]
+) -> None:
+    seed = fake.seed_refresh_token("alice", client_id="app")
+    config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
+    config += login.format(seed=seed)
+    async with replicas(clock, fake, config, seeds) as (brokers, routes):
+        end = clock.monotonic() + CYCLES * TTL
+        served: list[set[str]] = [set(), set()]
+        await quiet(brokers)
+        while clock.monotonic() < end:
+            for broker, tokens in zip(brokers, served, strict=True):
+                answer = await broker.get("/token/p")
+                assert answer.status_code == 200, answer.text
+                token = answer.json()["access_token"]
+                assert fake.is_access_token_valid(token), "served a token the IdP refuses"
+                tokens.add(token)
+            await clock.advance(STEP)
+            await quiet(brokers)
+
+        states = [manager(broker).providers["p"] for broker in brokers]
+        sent = [len(idps.times(IDP, "/oauth/token")) for idps in routes]
+        obtained = [state.refreshes for state in states]
+
+    presented = [r.form["refresh_token"] for r in fake.token_requests("refresh_token") if r.form]
+    assert len(presented) == len(set(presented)), "a refresh token was presented twice"
+    assert fake.is_refresh_token_valid(fake.issued_refresh_tokens[-1]), "the login died"
+    assert [state.failures for state in states] == [0, 0]
+    assert [state.needs_login for state in states] == [False, False]
+    # One login for both (the second replica took the first one's token) ...
+    assert len(fake.token_requests("password")) == (1 if login == PASSWORD else 0)
+    # ... and one token request per refresh interval, not one per replica: the shortest
+    # interval is (ratio - jitter) of the lifetime, (2/3 - 0.1) * 30 s = 17 s.
+    requests = len(fake.token_requests())
+    assert sum(sent) == requests
+    assert requests <= 1 + math.ceil(CYCLES * TTL / ((2 / 3 - 0.1) * TTL))
+    # Each replica had every token the identity provider issued (all but the newest, at
+    # worst, if it came just before the end): the one that did not ask took it from the
+    # other. And both served them.
+    assert min(obtained) >= requests - 1
+    assert len(served[0] & served[1]) >= requests - 1
+
+
+async def refreshes(clock: FakeClock, brokers: list[InProcess], fake: FakeOAuth2, n: int) -> None:
+    """Move the clock, a step at a time, until the fake has seen *n* refresh requests."""
+    deadline = clock.monotonic() + n * TTL
+    while len(fake.token_requests("refresh_token")) < n:
+        assert clock.monotonic() < deadline, "the broker stopped refreshing"
+        await clock.advance(STEP)
+        await quiet(brokers)
+
+
+async def test_a_refresh_token_redis_did_not_take_is_not_replaced_by_its_older_one(
+    clock: FakeClock, fake: FakeOAuth2, place: RedisPlace
+) -> None:
+    """A rotated refresh token whose save to Redis failed lives in the broker's memory only;
+    Redis still holds the one it was rotated from, dead at the identity provider. Reading
+    Redis before the next refresh must not bring that one back: presented again, it would
+    revoke the login (reuse detection)."""
+    config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
+    idps = IdPs(clock)
+    idps.serve(IDP, fake.app)
+    async with in_process(settings_from(config + PASSWORD), idps) as broker:
+        await quiet([broker])
+        state = manager(broker).providers["p"]
+        refresh_key = f"{place.prefix}p:refresh"
+        with place.server.admin() as admin:  # the refresh token may be read, not written
+            admin.acl_setuser(
+                place.user,
+                enabled=True,
+                reset_keys=True,
+                keys=[f"{place.prefix}p:lease", f"{place.prefix}p:token", f"%R~{refresh_key}"],
+            )
+        await refreshes(clock, [broker], fake, 1)
+        unsaved = state.persist_error  # rotated, and kept in memory only
+        assert unsaved is not None
+        assert "saving p's refresh token failed" in unsaved
+        with place.server.admin() as admin:
+            admin.acl_setuser(place.user, enabled=True, reset_keys=True, keys=[f"{place.prefix}*"])
+        await refreshes(clock, [broker], fake, 3)
+        assert state.persist_error is None
+        login = state.login_id
+
+    presented = [r.form["refresh_token"] for r in fake.token_requests("refresh_token") if r.form]
+    assert len(presented) == len(set(presented)), "a refresh token was presented twice"
+    assert presented[1] == fake.issued_refresh_tokens[1]  # the one only memory held
+    assert state.failures == 0
+    assert fake.is_refresh_token_valid(fake.issued_refresh_tokens[-1]), "the login died"
+    reader = RedisStore(place.url, clock=clock, key_prefix=place.prefix)
+    try:
+        assert (await reader.load("p", login)).refresh_token == fake.issued_refresh_tokens[-1]
+    finally:
+        await reader.aclose()
+
+
+# -- a broker process ---------------------------------------------------------------------------
+
+
+@pytest.mark.smoke
+def test_a_broker_process_on_redis_serves_and_never_logs_the_url(
+    tmp_path: Path, place: RedisPlace
+) -> None:
+    """``broker serve`` with the store from the config (its URL from the environment), at
+    log level debug, redis-py's own lines included: it serves, keeps its keys in Redis,
+    reports a Redis it can no longer use, stops cleanly, and no line holds the URL or its
+    password in any spelling."""
+    fake = FakeOAuth2(clients={"app": "app-secret"}, users={"alice": "alice-pw"}, ttl=60)
+    port = free_port()
+    with serve_in_thread(fake.app) as idp:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"port: {port}\nlog_level: debug\n"
+            f"store:\n  backend: redis\n  url: {{env: TEST_REDIS_URL}}\n"
+            f"  key_prefix: '{place.prefix}'\n" + PROVIDER.format(idp=idp) + PASSWORD
+        )
+        config.chmod(0o600)
+        with process("serve", "--config", str(config), env={"TEST_REDIS_URL": place.url}) as broker:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: ready(base, broker.proc), timeout=30)
+            token = httpx.get(f"{base}/token/p", timeout=10).json()["access_token"]
+            assert fake.is_access_token_valid(token)
+            prefix = place.prefix.encode()
+            assert place.stored_keys() == [prefix + b"p:refresh", prefix + b"p:token"]
+            place.remove()  # from now on every command fails
+            httpx.post(f"{base}/token/p/refresh", timeout=10)
+            wait_for(lambda: "taking p's lease failed" in broker.output, timeout=30)
+    for secret in (place.url, *spellings(place.password)):
+        assert secret not in broker.output
+    assert "Redis at 127.0.0.1:" in broker.output
+    # Only the password is redacted: an address that shares a piece with the URL is not.
+    assert f"POST {idp}/oauth/token" in broker.output
+
+
+def spellings(password: str) -> list[str]:
+    return [password, quote(password, safe=""), quote(password), quote_plus(password)]
