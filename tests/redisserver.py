@@ -66,6 +66,11 @@ class RedisPlace:
         with self.server.admin() as admin:
             admin.acl_deluser(self.user)
 
+    def restore(self) -> None:
+        """Give the place back after :meth:`remove` (the same user and password): stores
+        connect again by themselves."""
+        self.server.grant(self)
+
     def stored_keys(self) -> list[bytes]:
         """Every key under the prefix, sorted."""
         with self.server.admin() as admin:
@@ -117,6 +122,11 @@ class RedisServer:
             user=f"user-{tag}",
             password=f"{PASSWORD_CHARACTERS}{secrets.token_hex(8)}",
         )
+        self.grant(place)
+        return place
+
+    def grant(self, place: RedisPlace) -> None:
+        """(Re)create *place*'s user: its password, its keys, every command."""
         with self.admin() as admin:
             admin.acl_setuser(
                 place.user,
@@ -125,7 +135,6 @@ class RedisServer:
                 keys=[f"{place.prefix}*"],
                 commands=["+@all"],
             )
-        return place
 
 
 @contextlib.contextmanager

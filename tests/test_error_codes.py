@@ -18,6 +18,8 @@ from broker.core.errors import (
     ApiError,
     BrokerError,
     ErrorCode,
+    FailureCode,
+    FailureKind,
     TokenUnavailableError,
     UnknownProviderError,
     http_layer_code,
@@ -74,6 +76,27 @@ def test_the_readme_table_documents_every_code_with_its_status() -> None:
         if code != PATTERN and status != str(STATUS[ErrorCode(code)])
     }
     assert not wrong, f"README status vs STATUS: {wrong}"
+
+
+def readme_failure_table(text: str) -> dict[str, str]:
+    """``{code: kind}`` from the table of the broker's own failure codes in the README's
+    "### When things break" (the one whose header is ``| code | kind | when |``)."""
+    section = text.split("\n### When things break\n", 1)[1].split("\n## ", 1)[0]
+    table = section.split("| code | kind | when |", 1)[1].splitlines()[2:]
+    rows: dict[str, str] = {}
+    for line in itertools.takewhile(lambda line: line.startswith("|"), table):
+        code, kind, _ = (cell.strip() for cell in line.strip().strip("|").split("|", 2))
+        rows[code.strip("`")] = kind
+    return rows
+
+
+def test_the_readme_documents_every_failure_code_with_its_kind() -> None:
+    """Each FailureCode once, with the kind it is raised with (a code raised with one kind
+    only: the kinds are read from the README, and checked against FailureKind's values)."""
+    rows = readme_failure_table(README.read_text(encoding="utf-8"))
+    assert set(rows) == {code.value for code in FailureCode}
+    assert set(rows.values()) <= {kind.value for kind in FailureKind}
+    assert rows[FailureCode.STORE_UNAVAILABLE] == FailureKind.TRANSIENT.value
 
 
 def test_the_openapi_document_lists_every_code() -> None:

@@ -169,6 +169,8 @@ class FailureCode(enum.StrEnum):
     UNEXPECTED_REDIRECT = "unexpected_redirect"
     ENDPOINT_NOT_FOUND = "endpoint_not_found"
     NEEDS_LOGIN = "needs_login"
+    STORE_UNAVAILABLE = "store_unavailable"
+    """The token store (Redis) could not be used: no lease, no read. Transient."""
     INTERNAL_ERROR = "internal_error"
 
 

@@ -49,6 +49,20 @@ class TokenRequester:
 
     async def obtain(self, provider: Provider) -> Token:
         """A new token for *provider*; raises TokenEndpointError."""
+        try:
+            return await self._obtain(provider)
+        except StoreError as exc:
+            # The one place a store that cannot be used becomes a failed token request:
+            # an outage of Redis is expected, not a bug (no traceback, no internal_error),
+            # and retrying later can fix it. No request was sent: without the lease, or
+            # without the refresh token the store holds, one could race another broker's.
+            # (A failed save is not one: the token is obtained, see _persist.)
+            msg = f"the token store cannot be used: {exc}"
+            raise TokenEndpointError(
+                msg, code=FailureCode.STORE_UNAVAILABLE, kind=FailureKind.TRANSIENT
+            ) from None
+
+    async def _obtain(self, provider: Provider) -> Token:
         # One actor at a time talks to the identity provider for this login (in one
         # broker, single flight already makes it so; a shared store makes it so across).
         async with self._store.lease(provider.name):
