@@ -22,7 +22,14 @@ from broker.core.errors import ConfigError
 from broker.engine.state_file import StateError
 from broker.engine.store import LocalStore, StoreError
 from broker.ops.logs import configure_logging
-from broker.probe import Outcome, cleartext_warnings, storage_problems, try_logins
+from broker.probe import (
+    Outcome,
+    cleartext_warnings,
+    describe_store,
+    storage_problems,
+    store_facts,
+    try_logins,
+)
 from broker.protocols import build_protocol
 from broker.server.connguard import connection_gate
 from broker.server.listeners import ListenError, close_all, listen_address, open_listeners
@@ -133,7 +140,18 @@ def _check(config_path: str, *, login: bool) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     for warning in cleartext_warnings(settings):
         print(f"warning: {config_path}: {warning}", file=sys.stderr)
+    try:
+        facts = asyncio.run(store_facts(settings))
+    except StoreError as exc:
+        # One line: the message names the store, never its URL.
+        print(f"broker: store error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     _describe(config_path, settings)
+    if facts is not None:
+        line, forgetful = describe_store(facts)
+        print(line)
+        if forgetful is not None:
+            print(f"warning: {forgetful}", file=sys.stderr)
     return _check_logins(settings) if login else 0
 
 

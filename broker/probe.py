@@ -7,6 +7,8 @@ Each check runs the code ``serve`` runs, so its answer cannot drift from what
   directory accept a file now (``StateStore``'s and ``FileSink``'s own start-up
   checks).
 * :func:`cleartext_warnings`: token URLs in plain http to another host.
+* :func:`store_facts`: the shared store (``store.backend: redis``) answers, and whether
+  it keeps what it is given across a restart.
 * :func:`try_logins`: one real token request per provider with its primary
   grant, sent by :func:`broker.engine.exchange.exchange` as the refresh engine sends
   it. Nothing is saved (no state file, no sink file), and a refresh token is
@@ -27,11 +29,12 @@ from broker.core.addresses import is_loopback_address
 from broker.core.clock import SystemClock
 from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.engine.exchange import exchange
+from broker.engine.redis_store import ServerFacts
 from broker.engine.state_file import StateError
 from broker.ops.sinks import FileSink, SinkError
 from broker.protocols import TokenProtocol, build_protocol
 from broker.protocols.presets import ProviderConfig
-from broker.web.app import open_store
+from broker.web.app import open_store, shared_store
 
 # -- storage --------------------------------------------------------------------------
 
@@ -56,6 +59,42 @@ def storage_problems(settings: BrokerSettings) -> list[tuple[str, str]]:
         except SinkError as exc:
             problems.append((f"providers.{name}.sink.path", str(exc)))
     return problems
+
+
+# -- the shared store ---------------------------------------------------------------
+
+
+async def store_facts(settings: BrokerSettings) -> ServerFacts | None:
+    """The Redis server of ``store.backend: redis`` as serve would open it (None for
+    ``local``): connected once, nothing written. Raises StoreError."""
+    store = shared_store(settings, SystemClock())
+    if store is None:
+        return None
+    try:
+        return await store.server_facts()
+    finally:
+        await store.aclose()
+
+
+def describe_store(facts: ServerFacts) -> tuple[str, str | None]:
+    """The line ``check`` prints for the store, and a warning when it persists nothing."""
+    kept = []
+    if facts.aof:
+        kept.append("AOF on")
+    if facts.save_points:
+        kept.append(f"RDB save points {facts.save_points}")
+    if facts.save_points is None:
+        kept.append("RDB save points unknown (CONFIG GET refused)")
+    line = f"store: {facts.where}, Redis {facts.version}, persistence: {', '.join(kept) or 'none'}"
+    warning = None
+    if facts.persists is False:
+        # Without the refresh tokens every replica needs a new login, and a provider that
+        # lives on a seeded refresh token alone is lost.
+        warning = (
+            f"store: {facts.where} persists nothing (appendonly no, no save points): a"
+            " restarted Redis forgets every refresh token; set appendonly yes"
+        )
+    return line, warning
 
 
 # -- plain http -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A real ``redis-server`` for the tests (Debian's ``redis-server``; ``scripts/test``
 installs it when it is missing): started on a free 127.0.0.1 port in a temporary
-directory, with no persistence, and stopped at the end. Never a mock.
+directory, with no persistence (or an AOF, for ``broker check``'s report), and stopped at
+the end. Never a mock.
 
 Each test that uses it takes a :class:`RedisPlace` of its own: a key prefix and a Redis
 user (ACL) that may touch only the keys under it, so that tests sharing the server cannot
@@ -138,13 +139,15 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def run_redis_server(directory: Path) -> Iterator[RedisServer]:
-    """Run ``redis-server`` on a free 127.0.0.1 port in *directory* until the end."""
+def run_redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+    """Run ``redis-server`` on a free 127.0.0.1 port in *directory* until the end; with
+    *appendonly* it keeps an AOF there (and still no RDB save points)."""
     program = require_redis_server()
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    args += ["no", "--dir", str(directory), "--logfile", str(directory / "redis.log")]
+    args += ["yes" if appendonly else "no", "--dir", str(directory)]
+    args += ["--logfile", str(directory / "redis.log")]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     server = RedisServer(port, directory, process)
     try:

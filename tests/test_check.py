@@ -20,8 +20,10 @@ from broker.fakes import hiro, hub
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.hub import FakeHub
 from broker.fakes.server import serve_in_thread
+from tests.redisserver import RedisPlace, RedisServer, run_redis_server
 from tests.support import BROKER, ROOT, free_port
 from tests.test_cli import run
+from tests.test_replicas import spellings
 
 pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
 
@@ -330,3 +332,85 @@ def test_ctrl_c_during_a_test_login_is_one_line_not_a_traceback(tmp_path: Path) 
     assert proc.returncode == 130
     assert "broker: interrupted" in stderr
     assert "Traceback" not in stderr
+
+
+# -- the shared store (store.backend: redis) ----------------------------------------------
+
+
+def redis_config(tmp_path: Path, prefix: str) -> Path:
+    """A broker on Redis; the URL (with its password) from the environment, as advised."""
+    return write_config(
+        tmp_path,
+        f"store:\n  backend: redis\n  url: {{env: TEST_REDIS_URL}}\n  key_prefix: '{prefix}'\n"
+        "providers:\n" + hub_provider("hub", "https://hub.example.com"),
+    )
+
+
+def no_secret_of(place: RedisPlace, output: str) -> None:
+    for secret in (place.url, *spellings(place.password)):
+        assert secret not in output
+
+
+def test_check_reports_a_redis_that_persists_nothing_with_a_warning(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    place = redis_server.place()
+    with redis_server.admin() as admin:
+        version = admin.info("server")["redis_version"]
+    config = redis_config(tmp_path, place.prefix)
+    result = run("check", "--config", str(config), env={"TEST_REDIS_URL": place.url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    where = f"Redis at 127.0.0.1:{redis_server.port}/0"
+    assert f"store: {where}, Redis {version}, persistence: none" in result.stdout.splitlines()
+    assert result.stderr.splitlines() == [
+        f"warning: store: {where} persists nothing (appendonly no, no save points): a"
+        " restarted Redis forgets every refresh token; set appendonly yes"
+    ]
+    no_secret_of(place, result.stdout + result.stderr)
+    assert place.stored_keys() == []  # nothing written
+
+
+def test_check_reports_a_redis_with_an_aof_without_a_warning(tmp_path: Path) -> None:
+    with run_redis_server(tmp_path / "redis", appendonly=True) as server:
+        place = server.place()
+        config = redis_config(tmp_path, place.prefix)
+        result = run("check", "--config", str(config), env={"TEST_REDIS_URL": place.url})
+        with server.admin() as admin:
+            version = admin.info("server")["redis_version"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = f"store: Redis at 127.0.0.1:{server.port}/0, Redis {version}, persistence: AOF on"
+    assert line in result.stdout.splitlines()
+    assert result.stderr == ""
+    no_secret_of(place, result.stdout)
+
+
+def test_check_fails_in_one_line_when_redis_refuses_the_user(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    place = redis_server.place()
+    place.remove()
+    config = redis_config(tmp_path, place.prefix)
+    result = run("check", "--config", str(config), env={"TEST_REDIS_URL": place.url})
+    assert result.returncode == 2
+    assert "OK" not in result.stdout
+    assert result.stderr.splitlines() == [
+        f"broker: store error: Redis at 127.0.0.1:{redis_server.port}/0: connecting failed:"
+        " invalid username-password pair or user is disabled."
+    ]
+    no_secret_of(place, result.stdout + result.stderr)
+
+
+def test_check_fails_in_one_line_when_redis_cannot_be_reached(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    place = redis_server.place()
+    port = free_port()  # nothing listens there
+    url = place.url.replace(f":{redis_server.port}/", f":{port}/")
+    config = redis_config(tmp_path, place.prefix)
+    result = run("check", "--config", str(config), env={"TEST_REDIS_URL": url})
+    assert result.returncode == 2
+    assert "OK" not in result.stdout
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"broker: store error: Redis at 127.0.0.1:{port}/0: connecting failed:")
+    assert "Connect" in line or "refused" in line
+    no_secret_of(place, result.stdout + result.stderr)

@@ -40,6 +40,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
@@ -47,7 +48,7 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import LockNotOwnedError, RedisError
+from redis.exceptions import LockNotOwnedError, RedisError, ResponseError
 
 from broker.core.clock import Clock
 from broker.core.names import PROVIDER_NAME
@@ -70,6 +71,27 @@ much beyond the holder's release, and a waiting broker sends Redis 20 commands a
 
 REASON_LENGTH = 200
 """How much of a message from redis-py an error passes on."""
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What ``broker check`` reports about the Redis server."""
+
+    where: str
+    """``Redis at host:port/db``: no credentials."""
+    version: str
+    aof: bool
+    """Whether the append-only file is on."""
+    save_points: str | None
+    """The RDB save points (``3600 1 300 100``), ``""`` for none; None when the server
+    does not let this user read its configuration (managed Redis often refuses CONFIG)."""
+
+    @property
+    def persists(self) -> bool | None:
+        """Whether a restart keeps what was written; None when it cannot be told."""
+        if self.aof or self.save_points:
+            return True
+        return None if self.save_points is None else False
 
 
 class RedisStore:
@@ -134,6 +156,27 @@ class RedisStore:
         pieces by itself); none under 8 characters, as the manager does. Not the whole URL:
         every piece of it would be redacted, ``127.0.0.1:6`` in any address included."""
         return [self._password] if self._password is not None and len(self._password) >= 8 else []
+
+    async def server_facts(self) -> ServerFacts:
+        """Connect and read the server's version and persistence settings. Raises
+        StoreError when it cannot be reached, or refuses this user or an INFO."""
+        try:
+            server = await self._redis.info("server")
+            persistence = await self._redis.info("persistence")
+        except (RedisError, OSError) as exc:
+            raise self._failed("connecting", exc) from None
+        try:
+            save: str | None = str((await self._redis.config_get("save")).get("save", ""))
+        except ResponseError:
+            save = None  # CONFIG refused (an ACL, a managed Redis): unknown, not "none"
+        except (RedisError, OSError) as exc:
+            raise self._failed("reading the configuration", exc) from None
+        return ServerFacts(
+            where=self._where,
+            version=str(server.get("redis_version", "unknown")),
+            aof=bool(int(persistence.get("aof_enabled", 0))),
+            save_points=save.strip() if save is not None else None,
+        )
 
     async def aclose(self) -> None:
         """Close the connections (the broker's lifespan does at shutdown)."""
