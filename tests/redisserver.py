@@ -127,13 +127,15 @@ class RedisServer:
         return place
 
     def grant(self, place: RedisPlace) -> None:
-        """(Re)create *place*'s user: its password, its keys, every command."""
+        """(Re)create *place*'s user: its password, its keys and pub/sub channels, every
+        command."""
         with self.admin() as admin:
             admin.acl_setuser(
                 place.user,
                 enabled=True,
                 passwords=[f"+{place.password}"],
                 keys=[f"{place.prefix}*"],
+                channels=[f"{place.prefix}*"],
                 commands=["+@all"],
             )
 

@@ -8,7 +8,7 @@ import itertools
 import json
 import random
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import parse_qs
 
@@ -157,6 +157,9 @@ class CountingStore:
 
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         return self._inner.lease(provider)
+
+    def announcements(self) -> AsyncGenerator[str, None]:
+        return self._inner.announcements()  # none: the loads counted are the requests'
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-store", "shared-store"])

@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet
 from broker.core.tokens import Token, place_token
 from broker.engine.redis_store import RedisStore
 from broker.engine.state import StateStore
-from broker.engine.store import LocalStore, Stored, StoreError, TokenStore
+from broker.engine.store import EVERY_PROVIDER, LocalStore, Stored, StoreError, TokenStore
 from tests.redisserver import RedisPlace, RedisServer
 from tests.support import FakeClock
 
@@ -212,3 +212,30 @@ async def test_a_lease_is_released_when_its_holder_fails(opener: Opener, place: 
 
     async with asyncio.timeout(5), store.lease("idp"):
         pass
+
+
+async def test_a_publish_is_announced_to_the_others_sharing_the_store_and_only_there(
+    opener: Opener, place: Place
+) -> None:
+    """A shared store announces a publish to another instance (after saying it has just
+    subscribed, so the listener reads what it may have missed), naming only the provider;
+    a store of one broker's own announces nothing and costs nothing: its iterator ends."""
+    listener, publisher = opener(place), opener(place)
+    heard = listener.announcements()
+    try:
+        async with asyncio.timeout(5):
+            if not listener.shared:
+                await publisher.publish("idp", LOGIN, token())
+                assert [name async for name in heard] == []
+                return
+            assert await anext(heard) == EVERY_PROVIDER  # subscribed: read everything
+            await publisher.publish("idp", LOGIN, token("access-token-announced"))
+            assert await anext(heard) == "idp"
+            # What it announced is in the store, for the listener to load.
+            assert (await listener.load("idp", LOGIN)).token == token("access-token-announced")
+            # Its own publish is not announced back to the store that made it.
+            await listener.publish("mine", LOGIN, token("access-token-mine"))
+            await publisher.publish("idp", LOGIN, token("access-token-later"))
+            assert await anext(heard) == "idp"
+    finally:
+        await heard.aclose()

@@ -9,6 +9,9 @@ configured prefix (``broker:`` by default):
   fingerprint, sealed with ``state_key`` when one is set. No expiry.
 * ``<prefix><provider>:token``: the current access token, as the broker that obtained it
   published it, in the same kind of document. Redis drops it when it expires.
+* ``<prefix>announce``: not a key, a pub/sub channel. After publishing a token a broker
+  sends ``<provider> <ETag>`` on it: no token, not even sealed, crosses it (a subscriber
+  reads the token from its key, sealed as above). The ETag lets a broker skip its own.
 * ``<prefix><provider>:lease``: held while one broker talks to the identity provider:
   redis-py's :class:`~redis.asyncio.lock.Lock`, whose value is a random owner token, set
   with an expiry (``lease_ttl``) only if free, and released by a compare-and-delete Lua
@@ -25,9 +28,9 @@ The URL (it may hold a password) is never logged, shown in a repr or put in an e
 message: those name the store as ``Redis at <host>:<port>/<db>``, and a message from
 redis-py is scrubbed of the password before it is passed on.
 
-This is the first step of sharing (issue 14): replicas coordinate refreshes through the
-lease and read each other's tokens before refreshing; announcing new tokens to the other
-replicas as they arrive comes next.
+Replicas coordinate refreshes through the lease, read each other's tokens before
+refreshing, and take a token another one published as soon as it is announced (issue 14).
+A Redis user restricted by ACL needs the channel too (``&<prefix>*``), not only the keys.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +58,7 @@ from broker.core.names import PROVIDER_NAME
 from broker.core.sanitize import one_line, shortened
 from broker.core.tokens import Token
 from broker.engine.state_file import REFRESH_TOKEN, StateCodec, StateError
-from broker.engine.store import Stored, StoreError
+from broker.engine.store import EVERY_PROVIDER, Stored, StoreError
 
 log = logging.getLogger("broker.store")
 
@@ -68,6 +71,13 @@ TOKEN = "token"  # noqa: S105 (a field name, not a secret)
 LEASE_POLL = 0.05
 """Seconds between two tries for a lease another broker holds: a wait costs at most this
 much beyond the holder's release, and a waiting broker sends Redis 20 commands a second."""
+
+CHANNEL = "announce"
+"""The pub/sub channel under the prefix that new tokens are announced on."""
+
+HEARTBEAT = 5.0
+"""Real seconds of silence after which a listener pings Redis; a ping still unanswered
+after as long again means a dead connection (a stalled one raises no error by itself)."""
 
 REASON_LENGTH = 200
 """How much of a message from redis-py an error passes on."""
@@ -126,6 +136,9 @@ class RedisStore:
         self._prefix = key_prefix
         self._lease_ttl = lease_ttl
         self._clock = clock
+        self._announced: dict[str, str] = {}
+        """The ETag of the token this store last announced per provider: its own
+        announcement comes back to it, and need not be loaded."""
         try:
             self._codec = StateCodec(key)
         except StateError as exc:
@@ -247,6 +260,61 @@ class RedisStore:
             await self._redis.set(self._key(provider, TOKEN), data, px=math.ceil(remaining * 1000))
         except (RedisError, OSError) as exc:
             log.warning("%s: %s", provider, self._failed("publishing the new token", exc))
+            return
+        # Announced only once it can be read: a listener loads it on hearing of it.
+        self._announced[provider] = token.etag
+        try:
+            await self._redis.publish(self._channel, f"{provider} {token.etag}")
+        except (RedisError, OSError) as exc:
+            # The others take it at their next refresh (they read the store first).
+            log.warning("%s: %s", provider, self._failed("announcing the new token", exc))
+
+    async def announcements(self) -> AsyncGenerator[str, None]:
+        pubsub = self._redis.pubsub()
+        try:
+            try:
+                await pubsub.subscribe(self._channel)
+            except (RedisError, OSError) as exc:
+                raise self._failed("subscribing to announcements", exc) from None
+            pinged = False
+            while True:
+                try:
+                    message = await pubsub.get_message(timeout=HEARTBEAT)
+                    if message is None and not pinged:
+                        await pubsub.ping()
+                except (RedisError, OSError) as exc:
+                    raise self._failed("listening for announcements", exc) from None
+                if message is None:
+                    if pinged:
+                        msg = f"{self._where}: no answer to a ping for {HEARTBEAT:g} s"
+                        raise StoreError(msg)
+                    pinged = True
+                    continue
+                pinged = False
+                heard = self._heard(message)
+                if heard is not None:
+                    yield heard
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+    def _heard(self, message: dict[str, Any]) -> str | None:
+        """What a pub/sub message announces, or None (a pong, our own announcement, or
+        one that is not an announcement: logged)."""
+        kind = message.get("type")
+        if kind == "subscribe":
+            # Made, or remade by redis-py after a reconnection: whatever was announced
+            # while it was away is lost.
+            return EVERY_PROVIDER
+        if kind != "message":
+            return None
+        data = message.get("data")
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        provider, _, etag = text.partition(" ")
+        if not PROVIDER_NAME.fullmatch(provider):
+            log.warning("ignoring an announcement that names no provider: %r", shortened(text, 80))
+            return None
+        return None if self._announced.get(provider) == etag else provider
 
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         return self._hold(provider, self._key(provider, "lease"))
@@ -312,6 +380,10 @@ class RedisStore:
             )
 
     # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def _channel(self) -> str:
+        return f"{self._prefix}{CHANNEL}"
 
     def _key(self, provider: str, what: str) -> str:
         # The provider name is checked so that it cannot reach into another key (a ':').

@@ -10,7 +10,9 @@ live, and nothing else:
   one may already be dead at the identity provider), and **forget** one that was refused;
 * **publish** a new access token, for the other brokers sharing the store;
 * hold a per-provider **lease** while talking to the identity provider, so that one actor
-  at a time does (two presenting the same rotating refresh token would kill the login).
+  at a time does (two presenting the same rotating refresh token would kill the login);
+* in a shared store, **announce** what another broker published, so that every broker
+  takes a new token as soon as it exists rather than at its own next refresh.
 
 :class:`TokenStore` is that interface; ``tests/test_store_contract.py`` is the contract
 every implementation must pass. :class:`LocalStore` is the single-broker one: refresh
@@ -27,7 +29,7 @@ store of its own it loads once, before the first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +38,10 @@ from broker.core.errors import BrokerError
 from broker.core.tokens import Token
 from broker.engine.state import StateStore
 from broker.engine.state_file import StateError
+
+EVERY_PROVIDER = "*"
+"""Announced when anything may have changed unseen (a subscription (re)made: what was
+announced meanwhile is lost): read every provider again. Not a provider name."""
 
 
 class StoreError(BrokerError):
@@ -94,6 +100,15 @@ class TokenStore(Protocol):
         holders at once. Entering it raises StoreError when the lease cannot be taken."""
         ...
 
+    def announcements(self) -> AsyncGenerator[str, None]:
+        """The names of the providers another broker published a token for, as they come,
+        and :data:`EVERY_PROVIDER` whenever announcements may have been missed (first
+        when the subscription is made, then after every reconnection). An announcement
+        carries no token: the listener loads it. Raises StoreError when the store can no
+        longer be listened to (the listener starts again, after a pause); ends at once
+        for a store no other broker writes."""
+        ...
+
 
 class LocalStore:
     """One broker's store: a state directory (or memory only) and an in-process lease."""
@@ -142,6 +157,13 @@ class LocalStore:
 
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         return self._hold(self._leases.setdefault(provider, asyncio.Lock()))
+
+    async def announcements(self) -> AsyncGenerator[str, None]:
+        """Nothing, at once: no other broker writes this store. (The engine does not even
+        listen to a store that is not shared.)"""
+        nothing: tuple[str, ...] = ()  # an async generator that yields nothing
+        for name in nothing:
+            yield name
 
     @asynccontextmanager
     async def _hold(self, lock: asyncio.Lock) -> AsyncIterator[None]:
