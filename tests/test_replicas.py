@@ -37,8 +37,12 @@ from urllib.parse import quote, quote_plus
 import httpx
 import pytest
 
+from broker.core.tokens import Token
 from broker.engine.manager import TokenManager
+from broker.engine.provider import Provider
 from broker.engine.redis_store import RedisStore
+from broker.engine.store import Stored
+from broker.engine.token_request import TokenRequester
 from broker.fakes import FakeOAuth2, WorldQuirks
 from broker.fakes.server import serve_in_thread
 from tests.inprocess import IdPs, InProcess, in_process
@@ -292,3 +296,142 @@ def test_a_broker_process_on_redis_serves_and_never_logs_the_url(
 
 def spellings(password: str) -> list[str]:
     return [password, quote(password, safe=""), quote(password), quote_plus(password)]
+
+
+# -- publish, then serve from memory ---------------------------------------------------------
+
+ANNOUNCE_PATIENCE = 5.0
+"""Real seconds an announced token has to reach the other replica before the test fails (a
+limit for failing; the delays measured are printed)."""
+
+
+def served_now(brokers: list[InProcess]) -> list[str | None]:
+    """The token each broker would serve now, read from its memory as a GET does."""
+    tokens = [manager(broker).current("p") for broker in brokers]
+    return [token.access_token if token is not None else None for token in tokens]
+
+
+async def converged(brokers: list[InProcess]) -> float:
+    """Wait, in real time, until every broker holds the same token; return how long that
+    took (real seconds). The clock does not move meanwhile."""
+    started = time.perf_counter()
+    while len(set(served_now(brokers))) != 1:
+        if time.perf_counter() - started > ANNOUNCE_PATIENCE:
+            pytest.fail(f"the replicas hold different tokens: {served_now(brokers)}")
+        # Real time for the listener's Redis round trip (a socket the fake clock cannot see).
+        await asyncio.sleep(0.0005)
+    return time.perf_counter() - started
+
+
+@pytest.fixture
+def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Real seconds from each token's publication (its announcement goes out at once) to
+    its install by another broker (when it takes the token: nothing awaited in between)."""
+    published: dict[str, float] = {}
+    measured: list[float] = []
+    publish, adopt = RedisStore.publish, TokenRequester.adopt
+
+    async def publishing(store: RedisStore, provider: str, login: str, token: Token) -> None:
+        await publish(store, provider, login, token)
+        published[token.access_token] = time.perf_counter()
+
+    def adopting(requester: TokenRequester, provider: Provider, stored: Stored) -> Token | None:
+        token = adopt(requester, provider, stored)
+        if token is not None and token.access_token in published:
+            measured.append(time.perf_counter() - published[token.access_token])
+        return token
+
+    monkeypatch.setattr(RedisStore, "publish", publishing)
+    monkeypatch.setattr(TokenRequester, "adopt", adopting)
+    return measured
+
+
+def report(what: str, delays: list[float]) -> None:
+    ordered = sorted(delays)
+    p50, worst = ordered[len(ordered) // 2], ordered[-1]
+    print(
+        f"\n{what}: {len(delays)} announcements, p50 {p50 * 1000:.2f} ms, max {worst * 1000:.2f} ms"
+    )
+
+
+async def test_a_token_one_replica_obtains_is_served_by_the_other_without_a_request(
+    clock: FakeClock, fake: FakeOAuth2, place: RedisPlace, delays: list[float]
+) -> None:
+    config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
+    async with replicas(clock, fake, config + PASSWORD, (1, 2)) as (brokers, routes):
+        await quiet(brokers)
+        await converged(brokers)
+        for _ in range(5):
+            # A token obtained a moment later expires later: that is how B tells it newer.
+            await clock.advance(STEP)
+            await quiet(brokers)
+            sent = [len(idps.times(IDP, "/oauth/token")) for idps in routes]
+            answer = await brokers[0].client.post("/token/p/refresh")  # A alone asks
+            assert answer.status_code == 200, answer.text
+            new = answer.json()["access_token"]
+            # A published and announced it before answering: from here, B's listener.
+            await converged(brokers)
+            after = (await brokers[1].get("/token/p")).json()["access_token"]
+            assert after == new, "B does not serve the token A obtained"
+            now = [len(idps.times(IDP, "/oauth/token")) for idps in routes]
+            assert now == [sent[0] + 1, sent[1]], "B asked the identity provider itself"
+    report("announcement to install (forced refresh on A)", delays)
+
+
+async def test_over_many_cycles_one_token_request_per_cycle_and_one_token_everywhere(
+    clock: FakeClock, fake: FakeOAuth2, place: RedisPlace, delays: list[float]
+) -> None:
+    config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
+    async with replicas(clock, fake, config + PASSWORD, (1, 2)) as (brokers, routes):
+        await quiet(brokers)
+        await converged(brokers)
+        requests, changes = len(fake.token_requests()), 0
+        current = served_now(brokers)[0]
+        end = clock.monotonic() + CYCLES * TTL
+        while clock.monotonic() < end:
+            await clock.advance(STEP)
+            await quiet(brokers)
+            await converged(brokers)  # both serve the same token at every step
+            now = len(fake.token_requests())
+            assert now - requests in (0, 1), "more than one token request in one cycle"
+            if served_now(brokers)[0] != current:
+                assert now == requests + 1, "a new token without a request, or the reverse"
+                changes += 1
+                current = served_now(brokers)[0]
+            requests = now
+        sent = [len(idps.times(IDP, "/oauth/token")) for idps in routes]
+    # One login, then exactly one request per refresh cycle, whoever of the two sent it.
+    assert requests == 1 + changes == sum(sent)
+    assert changes >= CYCLES  # a refresh about every 2/3 of the lifetime: ~9 in 6 lifetimes
+    assert len(fake.token_requests("password")) == 1
+    report(f"announcement to install over {changes} refresh cycles", delays)
+
+
+async def test_a_garbage_token_value_is_logged_and_the_current_token_kept(
+    clock: FakeClock, fake: FakeOAuth2, place: RedisPlace, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
+    async with replicas(clock, fake, config + PASSWORD, (1, 2)) as (brokers, _routes):
+        await quiet(brokers)
+        await converged(brokers)
+        await clock.advance(STEP)  # A's next token (below) expires later than the current one
+        await quiet(brokers)
+        before = served_now(brokers)[1]
+        with place.server.admin() as admin:
+            admin.set(f"{place.prefix}p:token", b"\x00not a token document\xff")
+            admin.publish(f"{place.prefix}announce", "p some-etag")
+            admin.publish(f"{place.prefix}announce", "../not a provider")
+        deadline = time.perf_counter() + ANNOUNCE_PATIENCE
+        ignoring = "p: ignoring the published token"
+        while sum(ignoring in r.getMessage() for r in caplog.records) < 2:  # A's and B's
+            assert time.perf_counter() < deadline, "the announcement was not handled"
+            await asyncio.sleep(0.0005)
+        answer = await brokers[1].get("/token/p")
+        assert answer.status_code == 200
+        assert answer.json()["access_token"] == before
+        assert [len(manager(b).background.named("announcements")) for b in brokers] == [1, 1]
+        # Still listening: A's next token reaches B.
+        new = (await brokers[0].client.post("/token/p/refresh")).json()["access_token"]
+        await converged(brokers)
+        assert served_now(brokers) == [new, new]
+        assert manager(brokers[1]).providers["p"].failures == 0

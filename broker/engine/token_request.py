@@ -19,7 +19,7 @@ from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.core.tokens import Token, place_token
 from broker.engine.exchange import exchange
 from broker.engine.provider import Provider
-from broker.engine.store import StoreError, TokenStore
+from broker.engine.store import Stored, StoreError, TokenStore
 from broker.ops.metrics import Metrics
 
 log = logging.getLogger("broker.manager")
@@ -82,7 +82,13 @@ class TokenRequester:
         """Take what the store kept for this login: before the first token request, and
         under a shared store before each. Returns a token another broker published when
         it is newer than ours and may still be served: then no request is needed."""
-        stored = await self._store.load(provider.name, provider.login_id)
+        return self.adopt(provider, await self._store.load(provider.name, provider.login_id))
+
+    def adopt(self, provider: Provider, stored: Stored) -> Token | None:
+        """Take from *stored* (what the store holds for this login) its refresh token when
+        it is newer than ours, and return its published token when it may be served and is
+        newer than ours (else None). Inside the lease before a request, and when another
+        broker's token is announced (the engine installs the token returned)."""
         first = not provider.resumed
         provider.resumed = True
         # After a save that failed, ours is newer than the store's (what ours rotated
