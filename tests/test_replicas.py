@@ -346,6 +346,15 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return measured
 
 
+async def logged(caplog: pytest.LogCaptureFixture, text: str, count: int) -> None:
+    """Wait, in real time, until *count* log lines hold *text* (the brokers' listeners act
+    on Redis's sockets, which the fake clock cannot see)."""
+    deadline = time.perf_counter() + ANNOUNCE_PATIENCE
+    while sum(text in record.getMessage() for record in caplog.records) < count:
+        assert time.perf_counter() < deadline, f"not logged {count} times: {text!r}"
+        await asyncio.sleep(0.0005)
+
+
 def report(what: str, delays: list[float]) -> None:
     ordered = sorted(delays)
     p50, worst = ordered[len(ordered) // 2], ordered[-1]
@@ -421,11 +430,7 @@ async def test_a_garbage_token_value_is_logged_and_the_current_token_kept(
             admin.set(f"{place.prefix}p:token", b"\x00not a token document\xff")
             admin.publish(f"{place.prefix}announce", "p some-etag")
             admin.publish(f"{place.prefix}announce", "../not a provider")
-        deadline = time.perf_counter() + ANNOUNCE_PATIENCE
-        ignoring = "p: ignoring the published token"
-        while sum(ignoring in r.getMessage() for r in caplog.records) < 2:  # A's and B's
-            assert time.perf_counter() < deadline, "the announcement was not handled"
-            await asyncio.sleep(0.0005)
+        await logged(caplog, "p: ignoring the published token", 2)  # A's and B's
         answer = await brokers[1].get("/token/p")
         assert answer.status_code == 200
         assert answer.json()["access_token"] == before
@@ -435,3 +440,34 @@ async def test_a_garbage_token_value_is_logged_and_the_current_token_kept(
         await converged(brokers)
         assert served_now(brokers) == [new, new]
         assert manager(brokers[1]).providers["p"].failures == 0
+
+
+async def test_a_listener_that_lost_redis_listens_again_and_reads_what_it_missed(
+    clock: FakeClock, fake: FakeOAuth2, place: RedisPlace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The channel is taken away (Redis drops its subscribers) while A obtains a new token:
+    its announcement is lost. When the channel is back, B's listener, retrying on its
+    backoff, subscribes again and reads every provider: it takes A's token, no request."""
+    config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
+    async with replicas(clock, fake, config + PASSWORD, (1, 2)) as (brokers, routes):
+        await quiet(brokers)
+        await converged(brokers)
+        old = served_now(brokers)[1]
+        with place.server.admin() as admin:  # the keys stay, the channel goes
+            admin.acl_setuser(place.user, enabled=True, reset_channels=True)
+        # Both listeners see it in real time, then wait on the broker's clock to retry.
+        await logged(caplog, "listening again in", 2)
+        await clock.advance(STEP)
+        await quiet(brokers)
+        new = (await brokers[0].client.post("/token/p/refresh")).json()["access_token"]
+        assert any("announcing the new token failed" in r.getMessage() for r in caplog.records)
+        assert served_now(brokers) == [new, old]  # B missed it
+        sent = len(routes[1].times(IDP, "/oauth/token"))
+        place.server.grant(place)
+        for _ in range(3):  # the listener's backoff runs on the broker's clock
+            await clock.advance(STEP)
+            await quiet(brokers)
+        await converged(brokers)
+        assert served_now(brokers) == [new, new]
+        assert len(routes[1].times(IDP, "/oauth/token")) == sent
+        assert any("listening again in" in r.getMessage() for r in caplog.records)
