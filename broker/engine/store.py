@@ -22,8 +22,10 @@ lease. The store shared by replicas is :class:`broker.engine.redis_store.RedisSt
 
 Under a shared store the engine loads before every token request, inside the lease (another
 broker may have rotated the refresh token since), and takes a token another broker
-published instead of asking the identity provider when it is newer than its own; under a
-store of its own it loads once, before the first.
+published instead of asking the identity provider when it is newer than its own; and one
+listener loads whatever :meth:`TokenStore.announcements` names, installing it by the same
+rule, so that every broker serves the newest token without waiting for its own refresh.
+Under a store of its own it loads once, before the first.
 """
 
 from __future__ import annotations
