@@ -29,7 +29,7 @@ from broker.core.addresses import is_loopback_address
 from broker.core.clock import SystemClock
 from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.engine.exchange import exchange
-from broker.engine.redis_store import ServerFacts
+from broker.engine.redis_values import ServerFacts
 from broker.engine.state_file import StateError
 from broker.ops.sinks import FileSink, SinkError
 from broker.protocols import TokenProtocol, build_protocol

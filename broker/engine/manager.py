@@ -37,12 +37,13 @@ from broker.core.errors import (
 )
 from broker.core.sanitize import one_line, shortened
 from broker.core.tokens import Token, matches_etag
+from broker.engine.announcements import AnnouncementListener
 from broker.engine.outcomes import OutcomeRecorder
 from broker.engine.pacer import StartCalendar
 from broker.engine.provider import Provider, max_shift, new_provider, next_delay
 from broker.engine.refusals import rate_limited, unavailable, unsatisfiable
 from broker.engine.sink_keeper import SinkKeeper
-from broker.engine.store import EVERY_PROVIDER, LocalStore, StoreError, TokenStore
+from broker.engine.store import LocalStore, TokenStore
 from broker.engine.tasks import Background
 from broker.engine.token_request import TokenRequester
 from broker.ops.metrics import Metrics, ProviderSnapshot
@@ -50,11 +51,6 @@ from broker.policy.schedule import RefreshSettings
 from broker.policy.states import CallerBucket
 
 log = logging.getLogger("broker.manager")
-
-LISTEN_BACKOFF = (0.5, 30.0)
-"""Seconds before listening again to a store that failed: the first pause, doubled at each
-failure in a row up to the second. Missed announcements cost nothing but a later take-over
-(the next refresh reads the store first), so a dead Redis is not hammered."""
 
 SHOWN_NAME_LENGTH = 64
 """How much of an unknown provider name an error echoes: a real name has at most 63 characters."""
@@ -106,7 +102,15 @@ class TokenManager:
         if self._store.shared:
             # One listener for all providers: what another broker publishes is served here
             # within milliseconds, and this broker's next refresh starts from it.
-            self.background.spawn(self._listen(), name="announcements")
+            listener = AnnouncementListener(
+                store=self._store,
+                clock=self._clock,
+                providers=lambda: self.providers,
+                requester=self._requester,
+                outcomes=self._outcomes,
+                sinks=self._sinks,
+            )
+            self.background.spawn(listener.run(), name="announcements")
 
     def _start_task(self, provider: Provider) -> None:
         provider.refresh_loop = self.background.spawn(
@@ -373,54 +377,6 @@ class TokenManager:
             # A failure is recorded and logged by _fetch; the next delay is its backoff.
             with contextlib.suppress(TokenUnavailableError):
                 await self._join_or_start(provider, reason="scheduled", bounded=False)
-
-    # -- what other brokers publish --------------------------------------------
-
-    async def _listen(self) -> None:
-        """Take every token another broker announces; listen again after a failure, with
-        backoff; runs until cancelled (or the store has nothing to announce)."""
-        failures = 0
-        while True:
-            try:
-                async for name in self._store.announcements():
-                    failures = 0
-                    if name == EVERY_PROVIDER:
-                        for provider in list(self.providers.values()):
-                            await self._take_announced(provider)
-                    elif (named := self.providers.get(name)) is not None:
-                        await self._take_announced(named)
-                return
-            except StoreError as exc:
-                failures += 1
-                pause = min(LISTEN_BACKOFF[0] * 2 ** (failures - 1), LISTEN_BACKOFF[1])
-                log.warning("announcements: %s; listening again in %.1f s", exc, pause)
-                await self._clock.sleep(pause)
-
-    async def _take_announced(self, provider: Provider) -> None:
-        """Install the token the store holds for *provider* if it is newer than ours (and
-        its refresh token), and replan the provider's refresh from it. Never raises for a
-        store or a value it cannot read: ours stays in use (logged)."""
-        try:
-            stored = await self._store.load(provider.name, provider.login_id)
-        except StoreError as exc:
-            log.warning("%s: cannot read the announced token: %s", provider.name, exc)
-            return
-        except Exception:
-            # A bug must not end the listener: the other providers' announcements matter.
-            log.exception("%s: unexpected error while reading the announced token", provider.name)
-            return
-        # Nothing awaited from here on, so neither can change before the install: a
-        # provider retired by a reload meanwhile is left alone, and a token request in flight
-        # reads the store itself inside the lease (installing now would make it look as if
-        # ours were the newest, and it would ask the identity provider again).
-        if self.providers.get(provider.name) is not provider or provider.inflight is not None:
-            return
-        token = self._requester.adopt(provider, stored)
-        if token is None:
-            return
-        self._outcomes.success(provider, token, "announced", 0.0)
-        provider.wake.set()  # plan the next refresh from the new token
-        await self._sinks.write(provider, token)
 
     # -- one token request ----------------------------------------------------
 

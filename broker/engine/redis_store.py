@@ -43,9 +43,7 @@ import math
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
@@ -57,16 +55,18 @@ from broker.core.clock import Clock
 from broker.core.names import PROVIDER_NAME
 from broker.core.sanitize import one_line, shortened
 from broker.core.tokens import Token
+from broker.engine.redis_values import (
+    TOKEN,
+    ServerFacts,
+    placed,
+    token_document,
+    url_secrets,
+    where_of,
+)
 from broker.engine.state_file import REFRESH_TOKEN, StateCodec, StateError
 from broker.engine.store import EVERY_PROVIDER, Stored, StoreError
 
 log = logging.getLogger("broker.store")
-
-SCHEMES = ("redis", "rediss")
-"""``redis://`` (plain TCP) and ``rediss://`` (TLS)."""
-
-TOKEN = "token"  # noqa: S105 (a field name, not a secret)
-"""The field the published token's document keeps it under."""
 
 LEASE_POLL = 0.05
 """Seconds between two tries for a lease another broker holds: a wait costs at most this
@@ -81,27 +81,6 @@ after as long again means a dead connection (a stalled one raises no error by it
 
 REASON_LENGTH = 200
 """How much of a message from redis-py an error passes on."""
-
-
-@dataclass(frozen=True)
-class ServerFacts:
-    """What ``broker check`` reports about the Redis server."""
-
-    where: str
-    """``Redis at host:port/db``: no credentials."""
-    version: str
-    aof: bool
-    """Whether the append-only file is on."""
-    save_points: str | None
-    """The RDB save points (``3600 1 300 100``), ``""`` for none; None when the server
-    does not let this user read its configuration (managed Redis often refuses CONFIG)."""
-
-    @property
-    def persists(self) -> bool | None:
-        """Whether a restart keeps what was written; None when it cannot be told."""
-        if self.aof or self.save_points:
-            return True
-        return None if self.save_points is None else False
 
 
 class RedisStore:
@@ -124,8 +103,8 @@ class RedisStore:
         *clock* places the tokens other brokers published; *key* (a Fernet key, the
         config's ``state_key``) seals what is written. Raises StoreError (a URL that cannot
         be used, a key that is not a Fernet key). Connects at the first command."""
-        self._password, self._secrets = _url_secrets(url)
-        where = _where(url)
+        self._password, self._secrets = url_secrets(url)
+        where = where_of(url)
         if where is None:
             msg = (
                 "the Redis store's URL is not redis://[user:password@]host[:port][/db] or"
@@ -245,15 +224,7 @@ class RedisStore:
         remaining = token.expires_at - self._clock.monotonic()
         if remaining <= 0:
             return  # nobody could serve it
-        document = json.dumps(
-            {
-                "access_token": token.access_token,
-                "expires_at_wall": token.expires_at_wall,
-                "lifetime": token.lifetime,
-                "etag": token.etag,
-                "serve_min_remaining": token.serve_min_remaining,
-            }
-        )
+        document = token_document(token)
         data = self._codec.seal(provider, login, TOKEN, document, self._clock.wall())
         try:
             # Redis drops it when it expires: an expired token is no use to anyone.
@@ -402,29 +373,11 @@ class RedisStore:
             opened = self._codec.open(f"{self._where}: key {key}", provider, login, TOKEN, raw)
             if opened is None:
                 return None
-            return self._place(json.loads(opened[0]))
+            return placed(json.loads(opened[0]), self._clock)
         except (StateError, ValueError, TypeError, KeyError) as exc:
             why = str(exc) if isinstance(exc, StateError) else f"{key}: not a token document"
             log.warning("%s: ignoring the published token: %s", provider, why)
             return None
-
-    def _place(self, document: Any) -> Token:
-        """A published token on this broker's monotonic clock; raises ValueError,
-        TypeError or KeyError for a document that is not one."""
-        expires_at_wall = _number(document["expires_at_wall"])
-        lifetime = _number(document["lifetime"])
-        access_token, etag = document["access_token"], document["etag"]
-        if not isinstance(access_token, str) or not access_token or not isinstance(etag, str):
-            raise TypeError
-        expires_at = self._clock.monotonic() + (expires_at_wall - self._clock.wall())
-        return Token(
-            access_token=access_token,
-            obtained_at=expires_at - lifetime,
-            expires_at=expires_at,
-            expires_at_wall=expires_at_wall,
-            etag=etag,
-            serve_min_remaining=_number(document["serve_min_remaining"]),
-        )
 
     def _failed(self, what: str, exc: BaseException) -> StoreError:
         reason = str(exc) or type(exc).__name__
@@ -432,39 +385,3 @@ class RedisStore:
             reason = reason.replace(secret, "***")
         reason = shortened(one_line(reason), REASON_LENGTH)
         return StoreError(f"{self._where}: {what} failed: {reason}")
-
-
-def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError
-    return float(value)
-
-
-def _where(url: str) -> str | None:
-    """``Redis at host:port/db`` (``Redis over TLS at`` for rediss): the URL without its
-    credentials; None for a URL that is not a Redis server's."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in SCHEMES or not parts.hostname:
-        return None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    db = parts.path.strip("/") or "0"
-    kind = "Redis over TLS" if parts.scheme == "rediss" else "Redis"
-    return f"{kind} at {host}:{port or 6379}/{db}"
-
-
-def _url_secrets(url: str) -> tuple[str | None, tuple[str, ...]]:
-    """The URL's password (decoded), and what an error message is scrubbed of: the URL and
-    the password as written, decoded and re-encoded (longest first, so the whole URL goes
-    before its parts)."""
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password:
-            plain = unquote(password)
-            encoded = {quote(plain), quote(plain, safe=""), quote_plus(plain)}
-            spellings = {url, password, plain, *encoded}
-            return plain, tuple(sorted(spellings, key=len, reverse=True))
-    return None, (url,)
