@@ -6,12 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.ops.metrics import (
-    Metrics,
-    ProviderSnapshot,
-    client_label,
-    code_label,
-)
+from broker.ops.metrics import Metrics, ProviderSnapshot
+from broker.ops.metrics_labels import client_label, code_label
 from broker.policy.states import PROVIDER_STATES
 
 SECRET = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.sig-8f3e"

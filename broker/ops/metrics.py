@@ -29,7 +29,6 @@ same thread that mutates provider state, so a callback reads consistent values.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -39,37 +38,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from broker.core.names import PROVIDER_NAME
+from broker.ops.metrics_labels import client_label, code_label, name_label
+from broker.ops.store_metrics import StoreMetrics
 from broker.policy.states import PROVIDER_STATES
 
 log = logging.getLogger("broker.metrics")
 
 
-OTHER: Final = "other"
-"""The label value used when a value is not a safe identifier."""
-
 REQUEST_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Token request latency buckets (seconds): a few ms locally up to the 10 s default timeout."""
-
-_CODE = re.compile(r"[a-z0-9_]{1,40}")
-_CLIENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
-
-
-def code_label(value: str) -> str:
-    """*value* if it is a short identifier (``[a-z0-9_]{1,40}``), else ``other``."""
-    return value if _CODE.fullmatch(value) else OTHER
-
-
-def name_label(value: str) -> str:
-    """*value* if it looks like a provider name, else ``other``."""
-    return value if PROVIDER_NAME.fullmatch(value) else OTHER
-
-
-def client_label(value: str | None) -> str:
-    """A configured client name, ``anonymous`` for None, ``other`` when it is not a plain name."""
-    if value is None:
-        return "anonymous"
-    return value if _CLIENT.fullmatch(value) else OTHER
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +221,8 @@ class Metrics:
         r.register(self._providers)
         self._series_lock = threading.Lock()
         self._series: dict[str, set[tuple[Counter | Histogram, tuple[str, ...]]]] = {}
+        self.store = StoreMetrics(r, self._track)
+        """The shared store's metrics (Redis): counted only by a broker that has one."""
         self._served_series: dict[tuple[str, str | None], Counter] = {}
 
     # -- events -----------------------------------------------------------------
