@@ -1442,12 +1442,13 @@ def test_a_bad_store_names_its_key_and_never_the_url(store: str, expected: str) 
     assert SECRET not in message
 
 
-def test_a_redis_store_and_a_state_directory_are_not_used_together(tmp_path: Path) -> None:
-    """Not yet: a replica's own copy of a refresh token may be older than Redis's."""
-    message = config_error(
+def test_a_redis_store_and_a_state_directory_go_together(tmp_path: Path) -> None:
+    """The state directory is then each replica's own copy (broker.engine.local_copy)."""
+    settings = settings_from(
         f"state_dir: {tmp_path}\nstore:\n  backend: redis\n  url: redis://127.0.0.1\n" + OAUTH2
     )
-    assert message.startswith("test.yaml:1: state_dir: not used with store.backend: redis")
+    assert settings.state_dir == tmp_path
+    assert settings.store.backend == "redis"
 
 
 def test_an_inline_redis_url_in_a_readable_file_is_warned_about(tmp_path: Path) -> None:

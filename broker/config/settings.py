@@ -169,7 +169,9 @@ class BrokerSettings(BaseModel):
     min_valid, forced refresh) before getting a 503."""
     state_dir: Path | None = None
     """Directory where each provider's newest refresh token is kept, crash-safely,
-    so a restart resumes the login. Unset: refresh tokens live in memory only."""
+    so a restart resumes the login. Unset: refresh tokens live in memory only. With
+    ``store.backend: redis``, this replica's own copy, used only when Redis answers but
+    has lost the refresh token (restarted empty)."""
     state_key: OptionalSecret = None
     """Fernet key that encrypts the state directory's files at rest (and, with
     ``store.backend: redis``, what the broker writes to Redis)."""
@@ -216,18 +218,6 @@ class BrokerSettings(BaseModel):
                 if other != name:
                     msg = f"the same unix_uid, unix_gid and unix_exe as client {other!r}"
                     raise FieldProblem(("clients", name, "unix_uid"), msg)
-        return self
-
-    @model_validator(mode="after")
-    def _one_place_for_refresh_tokens(self) -> BrokerSettings:
-        if self.store.backend == "redis" and self.state_dir is not None:
-            # A replica's own copy may be older than Redis's: presenting it when Redis
-            # has lost its copy could trip the identity provider's reuse detection.
-            msg = (
-                "not used with store.backend: redis (yet): refresh tokens are kept in Redis;"
-                " remove state_dir"
-            )
-            raise FieldProblem(("state_dir",), msg)
         return self
 
     @model_validator(mode="after")
