@@ -72,6 +72,14 @@ class RedisPlace:
         connect again by themselves."""
         self.server.grant(self)
 
+    def empty(self) -> None:
+        """Delete every key under the prefix: what a Redis restarted without its data (no
+        AOF, no RDB, a new node) looks like to the stores using this place."""
+        with self.server.admin() as admin:
+            keys = admin.keys(f"{self.prefix}*")
+            if keys:
+                admin.delete(*keys)
+
     def stored_keys(self) -> list[bytes]:
         """Every key under the prefix, sorted."""
         with self.server.admin() as admin:

@@ -199,6 +199,16 @@ def test_providers_status() -> None:
         assert body["failures"] == 0
         assert body["next_refresh_in"] > 30
         assert body["last_error"] is None
+        # No state_dir, no Redis: tokens live in memory only, and nothing is shared.
+        assert client.get("/providers").json()["store"] == {
+            "backend": "memory",
+            "where": None,
+            "connected": None,
+            "leases_held": [],
+            "last_announcement": None,
+            "last_error": None,
+        }
+        assert client.get("/readyz").json()["store"] == {"backend": "memory", "connected": None}
         text = client.get("/providers").text + client.get("/readyz").text
         assert SECRET not in text
         assert fake.issued_access_tokens[-1] not in text

@@ -40,7 +40,10 @@ IDLE_CONNECTIONS = 1100
 SLOW_CONNECTIONS = 500
 CALLS = 50
 CALL_INTERVAL = 0.06
-LATENCY_BOUND = 0.100
+LATENCY_BOUND = 0.5
+"""A starved caller waits for a slot at least HEADER_TIMEOUT (1 s), or forever; a served one
+takes milliseconds. Half a second tells the two apart on a machine busy with other tests
+(at 0.1 s, a 106 ms call on a loaded two-core machine failed it)."""
 HEADER_TIMEOUT = 1.0
 TOKEN_TTL = 2.0
 REOPEN_AFTER = 0.5

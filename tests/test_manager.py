@@ -18,7 +18,7 @@ import pytest
 from broker.core.errors import TokenUnavailableError
 from broker.core.tokens import Token
 from broker.engine.manager import TokenManager
-from broker.engine.store import LocalStore, Stored
+from broker.engine.store import LocalStore, Replacing, Stored, StoreStatus
 from tests.support import FakeClock, settings_from, settle
 
 pytestmark = pytest.mark.anyio
@@ -146,8 +146,10 @@ class CountingStore:
         self.loads += 1
         return await self._inner.load(provider, login)
 
-    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
-        await self._inner.save_refresh_token(provider, login, refresh_token)
+    async def save_refresh_token(
+        self, provider: str, login: str, refresh_token: str, *, replacing: Replacing | None = None
+    ) -> None:
+        await self._inner.save_refresh_token(provider, login, refresh_token, replacing=replacing)
 
     async def forget(self, provider: str) -> None:
         await self._inner.forget(provider)
@@ -160,6 +162,9 @@ class CountingStore:
 
     def announcements(self) -> AsyncGenerator[str, None]:
         return self._inner.announcements()  # none: the loads counted are the requests'
+
+    def status(self) -> StoreStatus:
+        return self._inner.status()
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-store", "shared-store"])

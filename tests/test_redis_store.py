@@ -26,7 +26,8 @@ from cryptography.fernet import Fernet
 
 from broker.core.tokens import Token, place_token
 from broker.engine.redis_store import RedisStore
-from broker.engine.store import StoreError
+from broker.engine.store import Replacing, StoreConflict, StoreError
+from broker.ops.metrics import Metrics
 from tests.redisserver import RedisPlace, RedisServer
 from tests.support import ROOT, FakeClock, free_port
 
@@ -62,6 +63,14 @@ async def open_store(place: RedisPlace) -> AsyncIterator[Open]:
     yield open_
     for store in opened:
         await store.aclose()
+
+
+def leases(metrics: Metrics, how: str) -> float:
+    """How many leases on ``idp`` the broker with *metrics* took *how*."""
+    value = metrics.registry.get_sample_value(
+        "broker_store_lease_acquisitions_total", {"provider": "idp", "how": how}
+    )
+    return value or 0.0
 
 
 def token(clock: FakeClock, value: str = ACCESS, lifetime: float = 300.0) -> Token:
@@ -168,7 +177,8 @@ async def test_an_unreadable_published_token_is_ignored(
 async def test_two_brokers_never_hold_a_providers_lease_at_once(open_store: Open) -> None:
     """Two stores (two replicas, each with its connections), three tasks each, all after
     the same lease: one holder at any moment, and every one gets its turn."""
-    replicas = [open_store(), open_store()]
+    metrics = [Metrics(), Metrics()]
+    replicas = [open_store(metrics=m.store) for m in metrics]
     holding: list[str] = []
     most = 0
     turns = 0
@@ -190,6 +200,10 @@ async def test_two_brokers_never_hold_a_providers_lease_at_once(open_store: Open
         )
     assert most == 1
     assert turns == 2 * 3 * 5
+    # Every holder released its lease: some were free, the rest waited; none taken over.
+    assert sum(leases(m, "free") + leases(m, "waited") for m in metrics) == turns
+    assert sum(leases(m, "waited") for m in metrics) > 0
+    assert sum(leases(m, "takeover") for m in metrics) == 0
 
 
 @pytest.mark.smoke  # real time: Redis's own expiry is the thing under test
@@ -199,7 +213,11 @@ async def test_a_holder_working_longer_than_the_lease_ttl_keeps_it(
     """Renewed every third of lease_ttl, even across a cut connection (the renewal
     reconnects): another broker waits the whole time, and gets it once it is released.
     Takes 2.5 lease_ttl of real time: the expiry it outlives is Redis's."""
-    holder, other = open_store(lease_ttl=SHORT_TTL), open_store(lease_ttl=SHORT_TTL)
+    seen = Metrics()
+    holder, other = (
+        open_store(lease_ttl=SHORT_TTL),
+        open_store(lease_ttl=SHORT_TTL, metrics=seen.store),
+    )
     events: list[str] = []
     held = asyncio.Event()
 
@@ -223,6 +241,7 @@ async def test_a_holder_working_longer_than_the_lease_ttl_keeps_it(
         await asyncio.gather(hold(), wait_for_it())
     assert events == ["holder in", "holder out", "other in"]
     assert time.monotonic() - started >= 2.5 * SHORT_TTL
+    assert (leases(seen, "waited"), leases(seen, "takeover")) == (1, 0)  # it was released
 
 
 HOLD_AND_HANG = """
@@ -262,15 +281,51 @@ async def test_a_dead_holders_lease_is_free_after_the_lease_ttl(
         killed = time.monotonic()
         assert place.pttl(f"{place.prefix}idp:lease") > 0  # nobody released it
 
-        async with asyncio.timeout(3 * SHORT_TTL), open_store(lease_ttl=SHORT_TTL).lease("idp"):
+        seen = Metrics()
+        survivor = open_store(lease_ttl=SHORT_TTL, metrics=seen.store)
+        async with asyncio.timeout(3 * SHORT_TTL), survivor.lease("idp"):
             waited = time.monotonic() - killed
     finally:
         if child.returncode is None:
             child.kill()
             await child.wait()
     # Freed by its expiry: no later than lease_ttl after the kill (plus the waiting
-    # broker's polling interval and some scheduling slack).
+    # broker's polling interval and some scheduling slack); counted as a takeover.
     assert waited <= SHORT_TTL + 0.5
+    assert (leases(seen, "takeover"), leases(seen, "waited")) == (1, 0)
+
+
+# -- the fence ------------------------------------------------------------------------------
+
+
+async def test_a_fenced_save_never_overwrites_what_another_broker_saved(
+    open_store: Open,
+) -> None:
+    """A broker whose lease expired under it (Redis out for longer than lease_ttl) read
+    ``old`` inside it; meanwhile the next holder saved ``theirs``. Its own save must not
+    replace theirs: it fails as a conflict, counted, and theirs stays."""
+    seen = Metrics()
+    late, next_holder = open_store(metrics=seen.store), open_store()
+    old, theirs, ours = "rt-old-0123456789", "rt-theirs-0123456789", "rt-ours-0123456789"
+    await next_holder.save_refresh_token("idp", LOGIN, old)
+    await next_holder.save_refresh_token("idp", LOGIN, theirs, replacing=Replacing(old))
+    with pytest.raises(StoreConflict) as conflict:
+        await late.save_refresh_token("idp", LOGIN, ours, replacing=Replacing(old))
+    assert "another broker saved a newer refresh token for idp" in str(conflict.value)
+    assert ours not in str(conflict.value)
+    assert theirs not in str(conflict.value)
+    assert (await late.load("idp", LOGIN)).refresh_token == theirs
+    value = seen.registry.get_sample_value("broker_store_conflicts_total", {"provider": "idp"})
+    assert value == 1
+    # What it read is what is there: saved. And nothing read, nothing there: saved too
+    # (a Redis restarted empty is repopulated).
+    await late.save_refresh_token("idp", LOGIN, ours, replacing=Replacing(theirs))
+    assert (await late.load("idp", LOGIN)).refresh_token == ours
+    await late.forget("idp")
+    await late.save_refresh_token("idp", LOGIN, theirs, replacing=Replacing(None))
+    assert (await late.load("idp", LOGIN)).refresh_token == theirs
+    with pytest.raises(StoreConflict):
+        await late.save_refresh_token("idp", LOGIN, ours, replacing=Replacing(None))
 
 
 # -- secrets --------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.policy.schedule import RefreshSettings, backoff_delay, refresh_delay
+from broker.policy.schedule import RefreshSettings, alone_from, backoff_delay, refresh_delay
 
 DEFAULT = RefreshSettings()
 """ratio 2/3, jitter 0.1, margin 60 s, min_delay 1 s, backoff 1 s .. 300 s."""
@@ -85,6 +85,38 @@ def test_fresh_token_refreshes_within_its_life(
     latest = lifetime - min(policy.margin, lifetime / 3)
     assert earliest - 1e-9 <= delay <= latest + 1e-9
     assert 0 < delay < lifetime
+
+
+@pytest.mark.parametrize(
+    ("obtained_at", "expires_at", "margin", "expected"),
+    [
+        pytest.param(0, 3600, 60, 3540, id="hour-token-last-margin"),
+        pytest.param(100, 3700, 60, 3640, id="offset"),
+        pytest.param(0, 180, 60, 120, id="three-margins"),
+        pytest.param(0, 90, 60, 60, id="short-token-last-third"),
+        pytest.param(0, 3, 60, 2, id="three-seconds"),
+        pytest.param(0, 3600, 0, 3600, id="no-margin-at-expiry"),
+        pytest.param(10, 10, 60, 10, id="zero-lifetime"),
+        pytest.param(10, 5, 60, 5, id="negative-lifetime"),
+    ],
+)
+def test_alone_from_is_where_a_refresh_is_planned_at_the_latest(
+    obtained_at: float, expires_at: float, margin: float, expected: float
+) -> None:
+    """The last part of a token's life starts margin before expiry (a third for short ones):
+    exactly the latest refresh_delay ever plans, so a planned refresh is never alone."""
+    policy = RefreshSettings(margin=margin, jitter=0.0, ratio=0.99)
+    start = alone_from(obtained_at=obtained_at, expires_at=expires_at, policy=policy)
+    assert start == pytest.approx(expected)
+    if expires_at - obtained_at > 2:
+        planned = refresh_delay(
+            now=obtained_at,
+            obtained_at=obtained_at,
+            expires_at=expires_at,
+            policy=policy,
+            draw=0.999,
+        )
+        assert obtained_at + planned <= start + 1e-9
 
 
 @pytest.mark.parametrize(

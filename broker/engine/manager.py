@@ -43,7 +43,7 @@ from broker.engine.pacer import StartCalendar
 from broker.engine.provider import Provider, max_shift, new_provider, next_delay
 from broker.engine.refusals import rate_limited, unavailable, unsatisfiable
 from broker.engine.sink_keeper import SinkKeeper
-from broker.engine.store import LocalStore, TokenStore
+from broker.engine.store import LocalStore, StoreStatus, TokenStore
 from broker.engine.tasks import Background
 from broker.engine.token_request import TokenRequester
 from broker.ops.metrics import Metrics, ProviderSnapshot
@@ -221,6 +221,10 @@ class TokenManager:
 
     def wall(self) -> float:
         return self._clock.wall()
+
+    def store_status(self) -> StoreStatus:
+        """Where the token store stands (for the status endpoints)."""
+        return self._store.status()
 
     @property
     def settings(self) -> BrokerSettings:

@@ -8,9 +8,9 @@ import logging
 import random
 
 from broker.core.clock import Clock
-from broker.core.errors import FailureKind, TokenEndpointError
+from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.core.tokens import Token
-from broker.engine.provider import Provider
+from broker.engine.provider import Provider, alone_from_at
 from broker.policy.schedule import backoff_delay
 from broker.policy.states import ProviderState
 
@@ -70,7 +70,12 @@ class OutcomeRecorder:
                 draw=self._rng.random(),
                 retry_after=exc.retry_after,
             )
-        provider.retry_at = self._clock.monotonic() + delay
+        now = self._clock.monotonic()
+        if exc.code == FailureCode.STORE_UNAVAILABLE and provider.protocol.can_login:
+            # The shared store is out, and this provider may log in without it once its
+            # token is in the last part of its life: retry no later than that.
+            delay = min(delay, max(alone_from_at(provider) - now, 0.0))
+        provider.retry_at = now + delay
         servable = provider.servable(self._clock.monotonic())
         log.warning(
             "%s: token request failed: %s [%s]; retry in %.1f s%s",

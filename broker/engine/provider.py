@@ -14,7 +14,7 @@ from broker.core.tokens import Token
 from broker.engine.fingerprint import login_fingerprint
 from broker.ops.metrics import ProviderSnapshot
 from broker.ops.sinks import FileSink
-from broker.policy.schedule import RefreshSettings, refresh_delay
+from broker.policy.schedule import RefreshSettings, alone_from, refresh_delay
 from broker.policy.states import CallerBucket, Outcome, ProviderState, provider_state
 from broker.protocols import TokenProtocol, build_protocol
 
@@ -56,6 +56,14 @@ class Provider:
     """Why the newest refresh token could not be saved, if it could not."""
     resumed: bool = False
     """Whether what the store kept for this login has been taken (before the first request)."""
+    store_holds: str | None = field(default=None, repr=False)
+    """The refresh token a shared store held when last read inside the lease: the fence of
+    the next save (another broker may have saved a newer one since, if ours expired)."""
+    private_refresh: bool = False
+    """The refresh token is this broker's own: from a login made alone while the shared
+    store could not be used, or one the store refused to take (another broker's was newer).
+    No other broker knows it, so it may be used without the lease; the store's, once it can
+    be read, is preferred to it."""
     sink: FileSink | None = field(default=None, repr=False)
     sink_error: str | None = None
     """Why the newest token could not be written to the sink file, if it could not."""
@@ -80,6 +88,8 @@ class Provider:
         values = list(self.protocol.secret_values())
         if self.refresh_token:
             values.append(self.refresh_token)
+        if self.store_holds:
+            values.append(self.store_holds)
         if self.token is not None:
             values.append(self.token.access_token)
         return values
@@ -148,4 +158,28 @@ def next_delay(provider: Provider, now: float) -> float:
         expires_at=token.serve_until,
         policy=provider.policy,
         draw=provider.jitter_draw,
+    )
+
+
+def may_go_alone(provider: Provider, now: float) -> bool:
+    """Whether the provider may log in without the shared store's lease when the store
+    cannot be used: only with a primary grant (never the shared refresh token), and only
+    once its token is in the last part of its life (:func:`broker.policy.schedule.alone_from`)
+    or gone."""
+    if not provider.protocol.can_login:
+        return False
+    token = provider.token
+    if token is None or not token.servable(now):
+        return True
+    return now >= alone_from_at(provider)
+
+
+def alone_from_at(provider: Provider) -> float:
+    """When the provider's token enters the last part of its life (monotonic); now if it
+    has none."""
+    token = provider.token
+    if token is None:
+        return -math.inf
+    return alone_from(
+        obtained_at=token.obtained_at, expires_at=token.serve_until, policy=provider.policy
     )

@@ -12,13 +12,15 @@ configured prefix (``broker:`` by default):
 * ``<prefix>announce``: not a key, a pub/sub channel. After publishing a token a broker
   sends ``<provider> <ETag>`` on it: no token, not even sealed, crosses it (a subscriber
   reads the token from its key, sealed as above). The ETag lets a broker skip its own.
-* ``<prefix><provider>:lease``: held while one broker talks to the identity provider:
-  redis-py's :class:`~redis.asyncio.lock.Lock`, whose value is a random owner token, set
-  with an expiry (``lease_ttl``) only if free, and released by a compare-and-delete Lua
-  script, so a broker never releases a lease another one took after its own expired.
-  While held it is renewed every ``lease_ttl / 3``: a holder that works longer than
-  ``lease_ttl`` keeps it, and a dead holder's lease is free ``lease_ttl`` after its last
-  renewal.
+* ``<prefix><provider>:lease``: held while one broker talks to the identity provider
+  (:mod:`broker.engine.redis_lease`: redis-py's Lock, renewed every ``lease_ttl / 3``): a
+  holder that works longer than ``lease_ttl`` keeps it, and a dead holder's lease is free
+  ``lease_ttl`` after its last renewal.
+
+A lease can still expire under a holder that lost Redis for longer than ``lease_ttl``.
+The refresh token it then obtained is saved only if the key still holds what the holder
+read inside its lease (an optimistic transaction, ``WATCH``/``MULTI``): a newer one, saved
+by the broker that took over, is never overwritten by an older branch of the login.
 
 A token crosses processes by its wall-clock expiry and its lifetime, and is placed on the
 reader's monotonic clock when it is loaded; its ETag travels with it, so every replica
@@ -35,26 +37,24 @@ A Redis user restricted by ACL needs the channel too (``&<prefix>*``), not only 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import math
-import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import LockNotOwnedError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from broker.core.clock import Clock
 from broker.core.names import PROVIDER_NAME
 from broker.core.sanitize import one_line, shortened
 from broker.core.tokens import Token
+from broker.engine.redis_lease import RedisLease
 from broker.engine.redis_values import (
     TOKEN,
     ServerFacts,
@@ -64,13 +64,17 @@ from broker.engine.redis_values import (
     where_of,
 )
 from broker.engine.state_file import REFRESH_TOKEN, StateCodec, StateError
-from broker.engine.store import EVERY_PROVIDER, Stored, StoreError
+from broker.engine.store import (
+    EVERY_PROVIDER,
+    Replacing,
+    StoreConflict,
+    Stored,
+    StoreError,
+    StoreStatus,
+)
+from broker.ops.store_metrics import StoreMetrics
 
 log = logging.getLogger("broker.store")
-
-LEASE_POLL = 0.05
-"""Seconds between two tries for a lease another broker holds: a wait costs at most this
-much beyond the holder's release, and a waiting broker sends Redis 20 commands a second."""
 
 CHANNEL = "announce"
 """The pub/sub channel under the prefix that new tokens are announced on."""
@@ -98,10 +102,12 @@ class RedisStore:
         key_prefix: str = "broker:",
         lease_ttl: float = 10.0,
         key: bytes | None = None,
+        metrics: StoreMetrics | None = None,
     ) -> None:
         """*url* is ``redis://`` or ``rediss://``, with a password if the server wants one;
         *clock* places the tokens other brokers published; *key* (a Fernet key, the
-        config's ``state_key``) seals what is written. Raises StoreError (a URL that cannot
+        config's ``state_key``) seals what is written; *metrics* (the broker's, enabled
+        here) count leases, announcements and errors. Raises StoreError (a URL that cannot
         be used, a key that is not a Fernet key). Connects at the first command."""
         self._password, self._secrets = url_secrets(url)
         where = where_of(url)
@@ -112,6 +118,10 @@ class RedisStore:
             )
             raise StoreError(msg)
         self._where = where
+        self._status = StoreStatus(backend="redis", where=where)
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.enable()
         self._prefix = key_prefix
         self._lease_ttl = lease_ttl
         self._clock = clock
@@ -156,13 +166,13 @@ class RedisStore:
             server = await self._redis.info("server")
             persistence = await self._redis.info("persistence")
         except (RedisError, OSError) as exc:
-            raise self._failed("connecting", exc) from None
+            raise self._failed("check", "connecting", exc) from None
         try:
             save: str | None = str((await self._redis.config_get("save")).get("save", ""))
         except ResponseError:
             save = None  # CONFIG refused (an ACL, a managed Redis): unknown, not "none"
         except (RedisError, OSError) as exc:
-            raise self._failed("reading the configuration", exc) from None
+            raise self._failed("check", "reading the configuration", exc) from None
         return ServerFacts(
             where=self._where,
             version=str(server.get("redis_version", "unknown")),
@@ -176,6 +186,9 @@ class RedisStore:
 
     # -- TokenStore ----------------------------------------------------------------------
 
+    def status(self) -> StoreStatus:
+        return self._status
+
     async def load(self, provider: str, login: str) -> Stored:
         """The newest refresh token and the current token saved for *provider*'s *login*,
         by this broker or another. Raises StoreError when Redis cannot be read, or when the
@@ -185,37 +198,65 @@ class RedisStore:
         try:
             values = await self._redis.mget([refresh_key, token_key])
         except (RedisError, OSError) as exc:
-            raise self._failed(f"reading {provider}'s tokens", exc) from None
+            raise self._failed("load", f"reading {provider}'s tokens", exc) from None
+        self._reached()
         # Bytes: the client does not decode answers (redis-py types them as either).
-        raw_refresh, raw_token = (v.encode() if isinstance(v, str) else v for v in values)
-        refresh_token: str | None = None
-        if raw_refresh is not None:
-            try:
-                opened = self._codec.open(
-                    f"{self._where}: key {refresh_key}", provider, login, REFRESH_TOKEN, raw_refresh
-                )
-            except StateError as exc:
-                raise StoreError(str(exc)) from None
-            refresh_token = opened[0] if opened is not None else None
+        raw_refresh, raw_token = (_raw(v) for v in values)
+        refresh_token = self._refresh_token_in(raw_refresh, refresh_key, provider, login)
         token = self._published(raw_token, token_key, provider, login)
         return Stored(refresh_token, token)
 
-    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
+    async def save_refresh_token(
+        self, provider: str, login: str, refresh_token: str, *, replacing: Replacing | None = None
+    ) -> None:
+        """Save *refresh_token*; with *replacing*, only if the key still holds that refresh
+        token (raises StoreConflict when another broker saved a different one meanwhile)."""
         key = self._key(provider, "refresh")
         if not refresh_token:
             msg = f"{self._where}: refusing to save an empty refresh token for {provider!r}"
             raise StoreError(msg)
         data = self._codec.seal(provider, login, REFRESH_TOKEN, refresh_token, self._clock.wall())
         try:
-            await self._redis.set(key, data)
+            if replacing is None:
+                await self._redis.set(key, data)
+            else:
+                await self._save_fenced(key, provider, login, data, replacing)
         except (RedisError, OSError) as exc:
-            raise self._failed(f"saving {provider}'s refresh token", exc) from None
+            raise self._failed("save", f"saving {provider}'s refresh token", exc) from None
+        self._reached()
+
+    async def _save_fenced(
+        self, key: str, provider: str, login: str, data: bytes, replacing: Replacing
+    ) -> None:
+        # Optimistic: WATCH makes the SET fail if anyone writes the key between the read
+        # and the EXEC, so the check and the write are one step for every other client.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            current = self._refresh_token_in(_raw(await pipe.get(key)), key, provider, login)
+            if current != replacing.refresh_token:
+                self._conflict(provider)  # leaving the block unwatches
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            pipe.set(key, data)
+            try:
+                await pipe.execute()
+            except WatchError:
+                self._conflict(provider)
+
+    def _conflict(self, provider: str) -> None:
+        if self._metrics is not None:
+            self._metrics.conflict(provider)
+        msg = (
+            f"{self._where}: another broker saved a newer refresh token for {provider} while"
+            " this one's lease had expired; keeping theirs"
+        )
+        raise StoreConflict(msg)
 
     async def forget(self, provider: str) -> None:
         try:
             await self._redis.delete(self._key(provider, "refresh"))
         except (RedisError, OSError) as exc:
-            raise self._failed(f"removing {provider}'s refresh token", exc) from None
+            raise self._failed("forget", f"removing {provider}'s refresh token", exc) from None
+        self._reached()
 
     async def publish(self, provider: str, login: str, token: Token) -> None:
         """Make *token* the one other brokers load. Never raises: a token that could not be
@@ -230,7 +271,9 @@ class RedisStore:
             # Redis drops it when it expires: an expired token is no use to anyone.
             await self._redis.set(self._key(provider, TOKEN), data, px=math.ceil(remaining * 1000))
         except (RedisError, OSError) as exc:
-            log.warning("%s: %s", provider, self._failed("publishing the new token", exc))
+            log.warning(
+                "%s: %s", provider, self._failed("publish", "publishing the new token", exc)
+            )
             return
         # Announced only once it can be read: a listener loads it on hearing of it.
         self._announced[provider] = token.etag
@@ -238,7 +281,12 @@ class RedisStore:
             await self._redis.publish(self._channel, f"{provider} {token.etag}")
         except (RedisError, OSError) as exc:
             # The others take it at their next refresh (they read the store first).
-            log.warning("%s: %s", provider, self._failed("announcing the new token", exc))
+            failure = self._failed("announce", "announcing the new token", exc)
+            log.warning("%s: %s", provider, failure)
+            return
+        self._reached()
+        if self._metrics is not None:
+            self._metrics.announcement("sent")
 
     async def announcements(self) -> AsyncGenerator[str, None]:
         pubsub = self._redis.pubsub()
@@ -246,7 +294,7 @@ class RedisStore:
             try:
                 await pubsub.subscribe(self._channel)
             except (RedisError, OSError) as exc:
-                raise self._failed("subscribing to announcements", exc) from None
+                raise self._failed("listen", "subscribing to announcements", exc) from None
             pinged = False
             while True:
                 try:
@@ -254,14 +302,16 @@ class RedisStore:
                     if message is None and not pinged:
                         await pubsub.ping()
                 except (RedisError, OSError) as exc:
-                    raise self._failed("listening for announcements", exc) from None
+                    raise self._failed("listen", "listening for announcements", exc) from None
                 if message is None:
                     if pinged:
                         msg = f"{self._where}: no answer to a ping for {HEARTBEAT:g} s"
+                        self._unreached(msg, "listen")
                         raise StoreError(msg)
                     pinged = True
                     continue
                 pinged = False
+                self._reached()
                 heard = self._heard(message)
                 if heard is not None:
                     yield heard
@@ -285,7 +335,12 @@ class RedisStore:
         if not PROVIDER_NAME.fullmatch(provider):
             log.warning("ignoring an announcement that names no provider: %r", shortened(text, 80))
             return None
-        return None if self._announced.get(provider) == etag else provider
+        if self._announced.get(provider) == etag:
+            return None
+        self._status.last_announcement_wall = self._clock.wall()
+        if self._metrics is not None:
+            self._metrics.announcement("received")
+        return provider
 
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         return self._hold(provider, self._key(provider, "lease"))
@@ -294,59 +349,56 @@ class RedisStore:
 
     @asynccontextmanager
     async def _hold(self, provider: str, name: str) -> AsyncIterator[None]:
-        lock = Lock(
+        lease = RedisLease(
             self._redis,
             name,
-            timeout=self._lease_ttl,
-            sleep=LEASE_POLL,
-            # One Lock per holding, on the event loop: no thread-local token (two tasks
-            # share a thread, and each must see its own).
-            thread_local=False,
+            provider,
+            ttl=self._lease_ttl,
+            on_lost=lambda: self._lost(provider),
+            on_renew_error=lambda exc: log.warning(
+                "%s: %s; trying again", provider, self._failed("renew", "renewing", exc)
+            ),
         )
         try:
-            await lock.acquire(token=secrets.token_hex(16))
+            how = await lease.acquire()
         except (RedisError, OSError) as exc:
-            raise self._failed(f"taking {provider}'s lease", exc) from None
-        renewal = asyncio.create_task(self._renew(provider, lock), name=f"lease:{provider}")
+            raise self._failed("lease", f"taking {provider}'s lease", exc) from None
+        self._reached()
+        self._status.leases.add(provider)
+        if self._metrics is not None:
+            self._metrics.lease_acquired(provider, how)
+        if how == "takeover":
+            log.warning(
+                "%s: taking over from a broker whose lease expired (it stopped renewing)",
+                provider,
+            )
         try:
             yield
         finally:
-            renewal.cancel()
-            # wait, not await: the renewal's own CancelledError is not this task's.
-            await asyncio.wait({renewal})
-            await self._release(provider, lock)
+            self._status.leases.discard(provider)
+            await self._release(provider, lease)
 
-    async def _renew(self, provider: str, lock: Lock) -> None:
-        """Reset the lease's expiry to lease_ttl every third of it, until cancelled."""
-        while True:
-            # Real time, not the broker's clock: Redis expires the lease on its own clock.
-            await asyncio.sleep(self._lease_ttl / 3)
-            try:
-                await lock.reacquire()
-            except LockNotOwnedError:
-                log.error(
-                    "%s: the lease expired before it could be renewed; another broker may"
-                    " be talking to the identity provider at the same time",
-                    provider,
-                )
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("%s: %s; trying again", provider, self._failed("renewing", exc))
+    def _lost(self, provider: str) -> None:
+        self._status.leases.discard(provider)
+        if self._metrics is not None:
+            self._metrics.lease_lost(provider)
 
-    async def _release(self, provider: str, lock: Lock) -> None:
+    async def _release(self, provider: str, lease: RedisLease) -> None:
         try:
-            await lock.release()
-        except LockNotOwnedError:
-            log.warning(
-                "%s: the lease had expired when it was released (not renewed for %g s)",
-                provider,
-                self._lease_ttl,
-            )
+            released = await lease.release()
         except (RedisError, OSError) as exc:
             log.warning(
                 "%s: %s; it expires by itself within %g s",
                 provider,
-                self._failed("releasing the lease", exc),
+                self._failed("release", "releasing the lease", exc),
+                self._lease_ttl,
+            )
+            return
+        if not released:
+            self._lost(provider)
+            log.warning(
+                "%s: the lease had expired when it was released (not renewed for %g s)",
+                provider,
                 self._lease_ttl,
             )
 
@@ -379,9 +431,48 @@ class RedisStore:
             log.warning("%s: ignoring the published token: %s", provider, why)
             return None
 
-    def _failed(self, what: str, exc: BaseException) -> StoreError:
+    def _refresh_token_in(
+        self, raw: bytes | None, key: str, provider: str, login: str
+    ) -> str | None:
+        """The refresh token in *raw* (None: none, or another login's). Raises StoreError
+        when it cannot be opened: a wrong ``state_key``, an altered value."""
+        if raw is None:
+            return None
+        try:
+            opened = self._codec.open(
+                f"{self._where}: key {key}", provider, login, REFRESH_TOKEN, raw
+            )
+        except StateError as exc:
+            raise StoreError(str(exc)) from None
+        return opened[0] if opened is not None else None
+
+    def _reached(self) -> None:
+        """A command succeeded: Redis is reachable."""
+        if self._status.connected is not True:
+            self._status.connected = True
+            if self._metrics is not None:
+                self._metrics.connected(True)
+
+    def _unreached(self, message: str, operation: str) -> None:
+        self._status.connected = False
+        self._status.last_error = message
+        self._status.last_error_wall = self._clock.wall()
+        if self._metrics is not None:
+            self._metrics.connected(False)
+            self._metrics.error(operation)
+
+    def _failed(self, operation: str, what: str, exc: BaseException) -> StoreError:
+        """The StoreError for a command that failed (no secret in it), recorded in the
+        status and the metrics under *operation*."""
         reason = str(exc) or type(exc).__name__
         for secret in self._secrets:
             reason = reason.replace(secret, "***")
         reason = shortened(one_line(reason), REASON_LENGTH)
-        return StoreError(f"{self._where}: {what} failed: {reason}")
+        message = f"{self._where}: {what} failed: {reason}"
+        self._unreached(message, operation)
+        return StoreError(message)
+
+
+def _raw(value: bytes | str | None) -> bytes | None:
+    """A value as Redis returned it, as bytes (redis-py types answers as either)."""
+    return value.encode() if isinstance(value, str) else value

@@ -50,6 +50,38 @@ class StoreError(BrokerError):
     """A store could not do what was asked; the message names the place, never a secret."""
 
 
+class StoreConflict(StoreError):
+    """A fenced save found another refresh token than the one it was to replace: another
+    broker saved one meanwhile (it took the lease after this broker's had expired)."""
+
+
+@dataclass(frozen=True)
+class Replacing:
+    """The fence of a save: what the store held when it was read inside the lease (None:
+    nothing). A shared store saves only if it still holds that, so that a broker whose
+    lease expired under it cannot overwrite what the next holder saved."""
+
+    refresh_token: str | None = field(repr=False)
+
+
+@dataclass
+class StoreStatus:
+    """What ``/providers`` and ``/readyz`` show of the store (no secret: never its URL)."""
+
+    backend: str
+    """``redis``, ``state_dir`` (a local state directory) or ``memory``."""
+    where: str | None = None
+    """Which server, as ``Redis at <host>:<port>/<db>``; None for a local store."""
+    connected: bool | None = None
+    """Whether the last command to a shared store succeeded (None: none was sent yet)."""
+    last_error: str | None = None
+    last_error_wall: float | None = None
+    last_announcement_wall: float | None = None
+    """When another broker's announcement last arrived (wall clock)."""
+    leases: set[str] = field(default_factory=set)
+    """The providers whose lease this broker holds now."""
+
+
 @dataclass(frozen=True)
 class Stored:
     """What a store knows about one provider's login."""
@@ -58,6 +90,9 @@ class Stored:
     """The newest refresh token saved for the login, if any."""
     token: Token | None = None
     """A current access token another broker published (shared stores only)."""
+    fence: Replacing | None = None
+    """What the next save must find in the store, when that is not :attr:`refresh_token`
+    (a refresh token offered from a replica's own copy, which Redis does not hold)."""
 
 
 class TokenStore(Protocol):
@@ -82,9 +117,13 @@ class TokenStore(Protocol):
         holds may be one another broker has already rotated."""
         ...
 
-    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
+    async def save_refresh_token(
+        self, provider: str, login: str, refresh_token: str, *, replacing: Replacing | None = None
+    ) -> None:
         """Keep *refresh_token* durably; when this returns it survives a crash. Raises
-        StoreError (the engine then serves from memory and says so)."""
+        StoreError (the engine then serves from memory and says so). A shared store given
+        *replacing* saves only if it still holds that refresh token, and raises
+        StoreConflict when it does not; a store of one broker needs no fence."""
         ...
 
     async def forget(self, provider: str) -> None:
@@ -100,6 +139,10 @@ class TokenStore(Protocol):
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         """Held while one actor talks to the identity provider for *provider*: no two
         holders at once. Entering it raises StoreError when the lease cannot be taken."""
+        ...
+
+    def status(self) -> StoreStatus:
+        """Where the store stands now, for the status endpoints."""
         ...
 
     def announcements(self) -> AsyncGenerator[str, None]:
@@ -135,7 +178,10 @@ class LocalStore:
         persisted = await asyncio.to_thread(self.state.load, provider, login)
         return Stored(persisted.refresh_token if persisted is not None else None)
 
-    async def save_refresh_token(self, provider: str, login: str, refresh_token: str) -> None:
+    async def save_refresh_token(
+        self, provider: str, login: str, refresh_token: str, *, replacing: Replacing | None = None
+    ) -> None:
+        # No fence: only this broker writes here, under its own lease.
         if self.state is None:
             return
         try:
@@ -159,6 +205,9 @@ class LocalStore:
 
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         return self._hold(self._leases.setdefault(provider, asyncio.Lock()))
+
+    def status(self) -> StoreStatus:
+        return StoreStatus(backend="memory" if self.state is None else "state_dir")
 
     async def announcements(self) -> AsyncGenerator[str, None]:
         """Nothing, at once: no other broker writes this store. (The engine does not even

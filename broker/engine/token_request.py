@@ -18,8 +18,8 @@ from broker.core.clock import Clock
 from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
 from broker.core.tokens import Token, place_token
 from broker.engine.exchange import exchange
-from broker.engine.provider import Provider
-from broker.engine.store import Stored, StoreError, TokenStore
+from broker.engine.provider import Provider, may_go_alone
+from broker.engine.store import Replacing, StoreConflict, Stored, StoreError, TokenStore
 from broker.ops.metrics import Metrics
 
 log = logging.getLogger("broker.manager")
@@ -52,11 +52,14 @@ class TokenRequester:
         try:
             return await self._obtain(provider)
         except StoreError as exc:
+            # No request was sent: without the lease, or without the refresh token the
+            # store holds, one could race another broker's. (A failed save is not one: the
+            # token is obtained, see _persist.)
+            if self._store.shared and may_go_alone(provider, self._clock.monotonic()):
+                return await self._alone(provider, exc)
             # The one place a store that cannot be used becomes a failed token request:
             # an outage of Redis is expected, not a bug (no traceback, no internal_error),
-            # and retrying later can fix it. No request was sent: without the lease, or
-            # without the refresh token the store holds, one could race another broker's.
-            # (A failed save is not one: the token is obtained, see _persist.)
+            # and retrying later can fix it.
             msg = f"the token store cannot be used: {exc}"
             raise TokenEndpointError(
                 msg, code=FailureCode.STORE_UNAVAILABLE, kind=FailureKind.TRANSIENT
@@ -71,18 +74,50 @@ class TokenRequester:
             # request, inside the lease. A store of this broker's own changes only by it:
             # once is enough (no read per refresh).
             if not provider.resumed or self._store.shared:
-                published = await self._resume(provider)
+                stored = await self._store.load(provider.name, provider.login_id)
+                fence = (
+                    stored.fence if stored.fence is not None else Replacing(stored.refresh_token)
+                )
+                provider.store_holds = fence.refresh_token
+                published = self.adopt(provider, stored)
                 if published is not None:
                     return published
+            presented = provider.refresh_token
             token = await self._request_token(provider)
+            if (
+                self._store.shared
+                and provider.refresh_token is not None
+                and provider.refresh_token == presented
+                and provider.refresh_token != provider.store_holds
+            ):
+                # Not rotated, and the store does not hold it: Redis lost it (restarted
+                # empty), or it is our own from a login made alone. Give it to the others.
+                await self._persist(provider, provider.refresh_token)
             await self._store.publish(provider.name, provider.login_id, token)
             return token
 
-    async def _resume(self, provider: Provider) -> Token | None:
-        """Take what the store kept for this login: before the first token request, and
-        under a shared store before each. Returns a token another broker published when
-        it is newer than ours and may still be served: then no request is needed."""
-        return self.adopt(provider, await self._store.load(provider.name, provider.login_id))
+    async def _alone(self, provider: Provider, cause: StoreError) -> Token:
+        """A token obtained without the shared store, which cannot be used (*cause*), as the
+        provider's token runs out: with our own refresh token if we have one (no other
+        broker does), else with the primary grant. Never with the shared refresh token: the
+        others may present it as soon as the store is back, and one of the two would then
+        have been a reuse."""
+        log.warning(
+            "%s: the shared store cannot be used (%s) and the token runs out: logging in"
+            " without it",
+            provider.name,
+            cause,
+        )
+        self.metrics.store.alone_login(provider.name)
+        protocol = provider.protocol
+        own = provider.refresh_token if provider.private_refresh else None
+        if own is not None:
+            try:
+                return await self._send(provider, protocol.refresh_request(own), True, alone=True)
+            except TokenEndpointError as exc:
+                if not exc.refresh_token_rejected:
+                    raise
+        return await self._send(provider, protocol.login_request(), False, alone=True)
 
     def adopt(self, provider: Provider, stored: Stored) -> Token | None:
         """Take from *stored* (what the store holds for this login) its refresh token when
@@ -92,14 +127,16 @@ class TokenRequester:
         first = not provider.resumed
         provider.resumed = True
         # After a save that failed, ours is newer than the store's (what ours rotated
-        # from, dead at the identity provider): keep ours until a save succeeds.
-        ours_unsaved = provider.persist_error is not None
+        # from, dead at the identity provider): keep ours until a save succeeds. Our own
+        # (private) one is not: the store's is the one every other broker uses.
+        ours_unsaved = provider.persist_error is not None and not provider.private_refresh
         if stored.refresh_token is not None and (
             first or (stored.refresh_token != provider.refresh_token and not ours_unsaved)
         ):
             # A saved refresh token is newer than any seed: it is what the seed (or an
             # earlier login) rotated into; in a shared store, what another broker's did.
             provider.refresh_token = stored.refresh_token
+            provider.private_refresh = False
             if first:
                 where = "the shared store" if self._store.shared else "the state directory"
                 log.info("%s: resuming from the refresh token saved in %s", provider.name, where)
@@ -169,11 +206,13 @@ class TokenRequester:
             raise TokenEndpointError(msg, code=FailureCode.NEEDS_LOGIN, kind=FailureKind.REJECTED)
         return await self._send(provider, protocol.login_request(), False)
 
-    async def _send(self, provider: Provider, request: httpx.Request, refreshing: bool) -> Token:
+    async def _send(
+        self, provider: Provider, request: httpx.Request, refreshing: bool, *, alone: bool = False
+    ) -> Token:
         grant = "refresh_token" if refreshing else "login"
         started = self._clock.monotonic()
         try:
-            token = await self._send_once(provider, request, refreshing)
+            token = await self._send_once(provider, request, refreshing, alone)
         except TokenEndpointError as exc:
             took = self._clock.monotonic() - started
             self.metrics.token_request(provider.name, grant, exc.code, took)
@@ -184,7 +223,7 @@ class TokenRequester:
         return token
 
     async def _send_once(
-        self, provider: Provider, request: httpx.Request, refreshing: bool
+        self, provider: Provider, request: httpx.Request, refreshing: bool, alone: bool
     ) -> Token:
         host = self._sending_to.setdefault(
             request.url.netloc.decode("ascii"), asyncio.Semaphore(self._per_host_limit)
@@ -208,7 +247,14 @@ class TokenRequester:
             raise TokenEndpointError(
                 msg, code=FailureCode.EXPIRED_ON_ARRIVAL, kind=FailureKind.TRANSIENT
             )
-        if grant.refresh_token is not None and grant.refresh_token != provider.refresh_token:
+        if alone:
+            # Ours alone: not saved to the store we could not use (nor, were it back by
+            # now, without its lease); offered to it under the next lease if it holds none.
+            if grant.refresh_token is not None:
+                provider.refresh_token = grant.refresh_token
+                provider.private_refresh = True
+                provider.persist_error = None
+        elif grant.refresh_token is not None and grant.refresh_token != provider.refresh_token:
             # Rotation: the old refresh token may already be dead at the provider,
             # so the new one goes to disk before anything relies on it.
             await self._persist(provider, grant.refresh_token)
@@ -226,7 +272,18 @@ class TokenRequester:
         if not self._store.durable:
             return
         try:
-            await self._store.save_refresh_token(provider.name, provider.login_id, refresh_token)
+            await self._store.save_refresh_token(
+                provider.name,
+                provider.login_id,
+                refresh_token,
+                replacing=Replacing(provider.store_holds),
+            )
+        except StoreConflict as exc:
+            # Another broker took the lease after ours expired and saved its own: the one
+            # every other broker now uses. Ours stays ours until the next lease takes theirs.
+            provider.persist_error = None
+            provider.private_refresh = True
+            log.warning("%s: %s", provider.name, exc)
         except StoreError as exc:
             # Serving goes on from memory; a restart would need a new login.
             provider.persist_error = str(exc)
@@ -234,6 +291,8 @@ class TokenRequester:
             log.error("%s: cannot save the new refresh token: %s", provider.name, exc)
         else:
             provider.persist_error = None
+            provider.private_refresh = False
+            provider.store_holds = refresh_token
             self.metrics.refresh_token_saved(provider.name, ok=True)
 
     async def _forget(self, provider: Provider) -> None:
@@ -241,3 +300,5 @@ class TokenRequester:
             await self._store.forget(provider.name)
         except StoreError as exc:
             log.error("%s: cannot remove the dead refresh token's state: %s", provider.name, exc)
+        else:
+            provider.store_holds = None

@@ -71,6 +71,20 @@ def refresh_delay(
     return max(at, earliest) - now
 
 
+def alone_from(*, obtained_at: float, expires_at: float, policy: RefreshSettings) -> float:
+    """When a token enters the last part of its life, where a broker that cannot reach the
+    store it shares with other brokers may log in on its own (see
+    :class:`broker.engine.token_request.TokenRequester`).
+
+    That part begins where :func:`refresh_delay` plans a refresh at the latest: ``margin``
+    before expiry, a third of the lifetime for short tokens. Until then a shared store's
+    outage only delays the refresh (the token is still good); from then on, waiting for the
+    store would let the token run out while the identity provider would answer.
+    """
+    lifetime = max(expires_at - obtained_at, 0.0)
+    return expires_at - min(policy.margin, lifetime / 3.0)
+
+
 def backoff_delay(
     *,
     failures: int,

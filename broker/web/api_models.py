@@ -51,10 +51,43 @@ class ProviderBrief(BaseModel):
     error: ProviderError | None
 
 
+class StoreBrief(BaseModel):
+    backend: str = Field(
+        description="redis (shared by replicas), state_dir (this broker's own directory) or"
+        " memory (nothing kept across restarts)."
+    )
+    connected: bool | None = Field(
+        description="Whether the last command to a shared store succeeded; null for a local"
+        " store, and before the first command."
+    )
+
+
+class StoreError(BaseModel):
+    message: str
+    at: str | None
+
+
+class StoreStatus(StoreBrief):
+    where: str | None = Field(description="Redis at host:port/db (never the URL: no password).")
+    leases_held: list[str] = Field(
+        description="Providers whose lease this broker holds now (it is talking to their"
+        " identity providers)."
+    )
+    last_announcement: str | None = Field(
+        description="When another broker's new token was last announced to this one."
+    )
+    last_error: StoreError | None
+
+
 class ReadyBody(BaseModel):
     ready: bool
     providers: dict[str, ProviderBrief] | None = Field(
         None, description="Only for callers allowed to read status (all, without clients)."
+    )
+    store: StoreBrief | None = Field(
+        None,
+        description="Only for callers allowed to read status. Readiness does not depend"
+        " on it: tokens are served from memory while a shared store is out.",
     )
 
 
@@ -79,6 +112,7 @@ class ProviderStatus(BaseModel):
 
 class ProvidersBody(BaseModel):
     providers: dict[str, ProviderStatus]
+    store: StoreStatus
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 from broker import __version__
 from broker.config.settings import BrokerSettings
 from broker.core.clock import Clock, SystemClock
+from broker.engine.local_copy import LocalCopy
 from broker.engine.manager import TokenManager
 from broker.engine.state import StateStore
 from broker.engine.store import LocalStore, StoreError, TokenStore
@@ -125,8 +126,11 @@ def create_api(
             ),
         ) as client:
             # A store the app opens itself it also closes (one given to it, its owner does).
-            shared = shared_store(settings, clock) if store is None else None
-            in_use = store if store is not None else shared
+            shared = shared_store(settings, clock, metrics) if store is None else None
+            in_use: TokenStore | None = store if store is not None else shared
+            copy = open_store(settings) if shared is not None else None
+            if shared is not None and copy is not None:
+                in_use = LocalCopy(shared, copy)  # this replica's copy beside Redis
             manager = TokenManager(
                 settings,
                 client=client,
@@ -215,10 +219,12 @@ def open_store(settings: BrokerSettings) -> StateStore | None:
     return StateStore(settings.state_dir, key=_state_key(settings))
 
 
-def shared_store(settings: BrokerSettings, clock: Clock) -> RedisStore | None:
+def shared_store(
+    settings: BrokerSettings, clock: Clock, metrics: Metrics | None = None
+) -> RedisStore | None:
     """The Redis store of ``store.backend: redis`` (not connected yet: it connects at its
     first command, on the loop that sends it), or None for ``backend: local``. Raises
-    StoreError (a ``state_key`` that is not a Fernet key)."""
+    StoreError (a ``state_key`` that is not a Fernet key). *metrics* get its series."""
     config = settings.store
     if config.backend != "redis":
         return None
@@ -235,6 +241,7 @@ def shared_store(settings: BrokerSettings, clock: Clock) -> RedisStore | None:
         key_prefix=config.key_prefix,
         lease_ttl=config.lease_ttl,
         key=_state_key(settings),
+        metrics=metrics.store if metrics is not None else None,
     )
 
 

@@ -26,7 +26,7 @@ from broker.web.api_models import (
 )
 from broker.web.runtime import Runtime
 from broker.web.security import Denied, Guard
-from broker.web.status import brief, status
+from broker.web.status import brief, status, store_status
 
 MAX_MIN_VALID = 86400
 
@@ -134,6 +134,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         try:
             guard.authorize(request.headers.get("authorization"), None, "status")
             body["providers"] = providers
+            body["store"] = store_status(manager.store_status(), brief=True)
         except Denied:
             pass  # a health checker without a key learns ready or not, nothing more
         return JSONResponse(body, status_code=200 if ready else 503, headers=NO_STORE)
@@ -148,7 +149,10 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         manager = runtime.engine()
         now = manager.now()
         wall = manager.wall()
-        body = {"providers": {name: status(p, now, wall) for name, p in manager.providers.items()}}
+        body = {
+            "providers": {name: status(p, now, wall) for name, p in manager.providers.items()},
+            "store": store_status(manager.store_status()),
+        }
         return JSONResponse(body, headers=NO_STORE)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from broker.core.tokens import rfc3339
 from broker.engine.provider import Provider
+from broker.engine.store import StoreStatus
 
 
 def brief(provider: Provider, now: float) -> dict[str, Any]:
@@ -55,3 +56,26 @@ def _error_body(provider: Provider) -> dict[str, Any] | None:
     if error is None or provider.consecutive_failures == 0:
         return None
     return {"code": error.code, "message": error.message}
+
+
+def store_status(store: StoreStatus, *, brief: bool = False) -> dict[str, Any]:
+    """Where the token store stands: its backend and, for a shared one, whether it answers,
+    which leases this broker holds, its last error and the last announcement heard.
+    *brief* (``/readyz``): the backend and whether it answers only."""
+    if brief:
+        return {"backend": store.backend, "connected": store.connected}
+    return {
+        "backend": store.backend,
+        "where": store.where,
+        "connected": store.connected,
+        "leases_held": sorted(store.leases),
+        "last_announcement": rfc3339(store.last_announcement_wall)
+        if store.last_announcement_wall is not None
+        else None,
+        "last_error": None
+        if store.last_error is None
+        else {
+            "message": store.last_error,
+            "at": rfc3339(store.last_error_wall) if store.last_error_wall is not None else None,
+        },
+    }
