@@ -363,6 +363,14 @@ def report(what: str, delays: list[float]) -> None:
     )
 
 
+def sample(exposition: str, series: str) -> float:
+    """The value of *series* (name and labels, as exposed) in a Prometheus text page."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {series} in the metrics")
+
+
 async def test_a_token_one_replica_obtains_is_served_by_the_other_without_a_request(
     clock: FakeClock, fake: FakeOAuth2, place: RedisPlace, delays: list[float]
 ) -> None:
@@ -384,6 +392,13 @@ async def test_a_token_one_replica_obtains_is_served_by_the_other_without_a_requ
             assert after == new, "B does not serve the token A obtained"
             now = [len(idps.times(IDP, "/oauth/token")) for idps in routes]
             assert now == [sent[0] + 1, sent[1]], "B asked the identity provider itself"
+        # Each side counts what it sent and heard, and B says when it last heard.
+        metrics = [(await broker.get("/metrics")).text for broker in brokers]
+        store_b = (await brokers[1].get("/providers")).json()["store"]
+    assert sample(metrics[0], 'broker_store_announcements_total{direction="sent"}') >= 5
+    assert sample(metrics[1], 'broker_store_announcements_total{direction="received"}') >= 5
+    assert store_b["last_announcement"] is not None
+    assert store_b["connected"] is True
     report("announcement to install (forced refresh on A)", delays)
 
 

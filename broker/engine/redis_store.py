@@ -37,13 +37,11 @@ A Redis user restricted by ACL needs the channel too (``&<prefix>*``), not only 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -52,8 +50,9 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 
 from broker.core.clock import Clock
 from broker.core.names import PROVIDER_NAME
-from broker.core.sanitize import one_line, shortened
 from broker.core.tokens import Token
+from broker.engine.redis_channel import listen
+from broker.engine.redis_health import RedisHealth
 from broker.engine.redis_lease import RedisLease
 from broker.engine.redis_values import (
     TOKEN,
@@ -65,7 +64,6 @@ from broker.engine.redis_values import (
 )
 from broker.engine.state_file import REFRESH_TOKEN, StateCodec, StateError
 from broker.engine.store import (
-    EVERY_PROVIDER,
     Replacing,
     StoreConflict,
     Stored,
@@ -78,13 +76,6 @@ log = logging.getLogger("broker.store")
 
 CHANNEL = "announce"
 """The pub/sub channel under the prefix that new tokens are announced on."""
-
-HEARTBEAT = 5.0
-"""Real seconds of silence after which a listener pings Redis; a ping still unanswered
-after as long again means a dead connection (a stalled one raises no error by itself)."""
-
-REASON_LENGTH = 200
-"""How much of a message from redis-py an error passes on."""
 
 
 class RedisStore:
@@ -118,10 +109,7 @@ class RedisStore:
             )
             raise StoreError(msg)
         self._where = where
-        self._status = StoreStatus(backend="redis", where=where)
-        self._metrics = metrics
-        if metrics is not None:
-            metrics.enable()
+        self._health = RedisHealth(where, secrets=self._secrets, clock=clock, metrics=metrics)
         self._prefix = key_prefix
         self._lease_ttl = lease_ttl
         self._clock = clock
@@ -166,13 +154,13 @@ class RedisStore:
             server = await self._redis.info("server")
             persistence = await self._redis.info("persistence")
         except (RedisError, OSError) as exc:
-            raise self._failed("check", "connecting", exc) from None
+            raise self._health.failed("check", "connecting", exc) from None
         try:
             save: str | None = str((await self._redis.config_get("save")).get("save", ""))
         except ResponseError:
             save = None  # CONFIG refused (an ACL, a managed Redis): unknown, not "none"
         except (RedisError, OSError) as exc:
-            raise self._failed("check", "reading the configuration", exc) from None
+            raise self._health.failed("check", "reading the configuration", exc) from None
         return ServerFacts(
             where=self._where,
             version=str(server.get("redis_version", "unknown")),
@@ -187,7 +175,7 @@ class RedisStore:
     # -- TokenStore ----------------------------------------------------------------------
 
     def status(self) -> StoreStatus:
-        return self._status
+        return self._health.status
 
     async def load(self, provider: str, login: str) -> Stored:
         """The newest refresh token and the current token saved for *provider*'s *login*,
@@ -198,8 +186,8 @@ class RedisStore:
         try:
             values = await self._redis.mget([refresh_key, token_key])
         except (RedisError, OSError) as exc:
-            raise self._failed("load", f"reading {provider}'s tokens", exc) from None
-        self._reached()
+            raise self._health.failed("load", f"reading {provider}'s tokens", exc) from None
+        self._health.reached()
         # Bytes: the client does not decode answers (redis-py types them as either).
         raw_refresh, raw_token = (_raw(v) for v in values)
         refresh_token = self._refresh_token_in(raw_refresh, refresh_key, provider, login)
@@ -222,8 +210,8 @@ class RedisStore:
             else:
                 await self._save_fenced(key, provider, login, data, replacing)
         except (RedisError, OSError) as exc:
-            raise self._failed("save", f"saving {provider}'s refresh token", exc) from None
-        self._reached()
+            raise self._health.failed("save", f"saving {provider}'s refresh token", exc) from None
+        self._health.reached()
 
     async def _save_fenced(
         self, key: str, provider: str, login: str, data: bytes, replacing: Replacing
@@ -243,8 +231,7 @@ class RedisStore:
                 self._conflict(provider)
 
     def _conflict(self, provider: str) -> None:
-        if self._metrics is not None:
-            self._metrics.conflict(provider)
+        self._health.metrics.conflict(provider)
         msg = (
             f"{self._where}: another broker saved a newer refresh token for {provider} while"
             " this one's lease had expired; keeping theirs"
@@ -255,8 +242,10 @@ class RedisStore:
         try:
             await self._redis.delete(self._key(provider, "refresh"))
         except (RedisError, OSError) as exc:
-            raise self._failed("forget", f"removing {provider}'s refresh token", exc) from None
-        self._reached()
+            raise self._health.failed(
+                "forget", f"removing {provider}'s refresh token", exc
+            ) from None
+        self._health.reached()
 
     async def publish(self, provider: str, login: str, token: Token) -> None:
         """Make *token* the one other brokers load. Never raises: a token that could not be
@@ -272,7 +261,7 @@ class RedisStore:
             await self._redis.set(self._key(provider, TOKEN), data, px=math.ceil(remaining * 1000))
         except (RedisError, OSError) as exc:
             log.warning(
-                "%s: %s", provider, self._failed("publish", "publishing the new token", exc)
+                "%s: %s", provider, self._health.failed("publish", "publishing the new token", exc)
             )
             return
         # Announced only once it can be read: a listener loads it on hearing of it.
@@ -281,66 +270,16 @@ class RedisStore:
             await self._redis.publish(self._channel, f"{provider} {token.etag}")
         except (RedisError, OSError) as exc:
             # The others take it at their next refresh (they read the store first).
-            failure = self._failed("announce", "announcing the new token", exc)
+            failure = self._health.failed("announce", "announcing the new token", exc)
             log.warning("%s: %s", provider, failure)
             return
-        self._reached()
-        if self._metrics is not None:
-            self._metrics.announcement("sent")
+        self._health.reached()
+        self._health.metrics.announcement("sent")
 
-    async def announcements(self) -> AsyncGenerator[str, None]:
-        pubsub = self._redis.pubsub()
-        try:
-            try:
-                await pubsub.subscribe(self._channel)
-            except (RedisError, OSError) as exc:
-                raise self._failed("listen", "subscribing to announcements", exc) from None
-            pinged = False
-            while True:
-                try:
-                    message = await pubsub.get_message(timeout=HEARTBEAT)
-                    if message is None and not pinged:
-                        await pubsub.ping()
-                except (RedisError, OSError) as exc:
-                    raise self._failed("listen", "listening for announcements", exc) from None
-                if message is None:
-                    if pinged:
-                        msg = f"{self._where}: no answer to a ping for {HEARTBEAT:g} s"
-                        self._unreached(msg, "listen")
-                        raise StoreError(msg)
-                    pinged = True
-                    continue
-                pinged = False
-                self._reached()
-                heard = self._heard(message)
-                if heard is not None:
-                    yield heard
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-
-    def _heard(self, message: dict[str, Any]) -> str | None:
-        """What a pub/sub message announces, or None (a pong, our own announcement, or
-        one that is not an announcement: logged)."""
-        kind = message.get("type")
-        if kind == "subscribe":
-            # Made, or remade by redis-py after a reconnection: whatever was announced
-            # while it was away is lost.
-            return EVERY_PROVIDER
-        if kind != "message":
-            return None
-        data = message.get("data")
-        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-        provider, _, etag = text.partition(" ")
-        if not PROVIDER_NAME.fullmatch(provider):
-            log.warning("ignoring an announcement that names no provider: %r", shortened(text, 80))
-            return None
-        if self._announced.get(provider) == etag:
-            return None
-        self._status.last_announcement_wall = self._clock.wall()
-        if self._metrics is not None:
-            self._metrics.announcement("received")
-        return provider
+    def announcements(self) -> AsyncGenerator[str, None]:
+        return listen(
+            self._redis, self._channel, health=self._health, clock=self._clock, ours=self._announced
+        )
 
     def lease(self, provider: str) -> AbstractAsyncContextManager[None]:
         return self._hold(provider, self._key(provider, "lease"))
@@ -356,17 +295,16 @@ class RedisStore:
             ttl=self._lease_ttl,
             on_lost=lambda: self._lost(provider),
             on_renew_error=lambda exc: log.warning(
-                "%s: %s; trying again", provider, self._failed("renew", "renewing", exc)
+                "%s: %s; trying again", provider, self._health.failed("renew", "renewing", exc)
             ),
         )
         try:
             how = await lease.acquire()
         except (RedisError, OSError) as exc:
-            raise self._failed("lease", f"taking {provider}'s lease", exc) from None
-        self._reached()
-        self._status.leases.add(provider)
-        if self._metrics is not None:
-            self._metrics.lease_acquired(provider, how)
+            raise self._health.failed("lease", f"taking {provider}'s lease", exc) from None
+        self._health.reached()
+        self._health.status.leases.add(provider)
+        self._health.metrics.lease_acquired(provider, how)
         if how == "takeover":
             log.warning(
                 "%s: taking over from a broker whose lease expired (it stopped renewing)",
@@ -375,13 +313,12 @@ class RedisStore:
         try:
             yield
         finally:
-            self._status.leases.discard(provider)
+            self._health.status.leases.discard(provider)
             await self._release(provider, lease)
 
     def _lost(self, provider: str) -> None:
-        self._status.leases.discard(provider)
-        if self._metrics is not None:
-            self._metrics.lease_lost(provider)
+        self._health.status.leases.discard(provider)
+        self._health.metrics.lease_lost(provider)
 
     async def _release(self, provider: str, lease: RedisLease) -> None:
         try:
@@ -390,7 +327,7 @@ class RedisStore:
             log.warning(
                 "%s: %s; it expires by itself within %g s",
                 provider,
-                self._failed("release", "releasing the lease", exc),
+                self._health.failed("release", "releasing the lease", exc),
                 self._lease_ttl,
             )
             return
@@ -445,32 +382,6 @@ class RedisStore:
         except StateError as exc:
             raise StoreError(str(exc)) from None
         return opened[0] if opened is not None else None
-
-    def _reached(self) -> None:
-        """A command succeeded: Redis is reachable."""
-        if self._status.connected is not True:
-            self._status.connected = True
-            if self._metrics is not None:
-                self._metrics.connected(True)
-
-    def _unreached(self, message: str, operation: str) -> None:
-        self._status.connected = False
-        self._status.last_error = message
-        self._status.last_error_wall = self._clock.wall()
-        if self._metrics is not None:
-            self._metrics.connected(False)
-            self._metrics.error(operation)
-
-    def _failed(self, operation: str, what: str, exc: BaseException) -> StoreError:
-        """The StoreError for a command that failed (no secret in it), recorded in the
-        status and the metrics under *operation*."""
-        reason = str(exc) or type(exc).__name__
-        for secret in self._secrets:
-            reason = reason.replace(secret, "***")
-        reason = shortened(one_line(reason), REASON_LENGTH)
-        message = f"{self._where}: {what} failed: {reason}"
-        self._unreached(message, operation)
-        return StoreError(message)
 
 
 def _raw(value: bytes | str | None) -> bytes | None:
