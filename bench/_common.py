@@ -157,6 +157,17 @@ def stop(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> int | Non
     return proc.wait(timeout=timeout)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One token answer of the fake IdP, as it recorded it once written to the socket."""
+
+    monotonic: float
+    wall: float
+    status: int
+    access_token: str | None
+    grant: str
+
+
 @dataclass
 class Idp:
     """A fake OAuth2 identity provider process (``python -m bench._idp``)."""
@@ -176,6 +187,15 @@ class Idp:
         """Token requests as (arrival wall time, client_id, grant_type), oldest first."""
         body = self.client.get("/_bench/log", params={"since": since}).json()
         return [(float(a), str(c), str(g)) for a, c, g in body["requests"]]
+
+    def answers(self, start: int = 0) -> list[Answer]:
+        """Token answers from the *start*-th on; CLOCK_MONOTONIC is one clock for the
+        whole host."""
+        body = self.client.get("/_bench/answers", params={"from": start}).json()
+        return [
+            Answer(float(m), float(w), int(s), None if a is None else str(a), str(g))
+            for m, w, s, a, g in body["answers"]
+        ]
 
     def set(self, **values: float | bool) -> None:
         """Change the fake at run time: delay (s), ttl (s), gate (open: bool)."""
@@ -201,10 +221,12 @@ def start_idp(
     clients: int = 1,
     delay: float = 0.0,
     gated: bool = False,
+    reuse_detection: bool = False,
     cpus: str | None = None,
 ) -> Idp:
     cmd = [PYTHON, "-m", "bench._idp", "--ttl", str(ttl), "--clients", str(clients)]
     cmd += ["--delay", str(delay)] + (["--gated"] if gated else [])
+    cmd += ["--reuse-detection"] if reuse_detection else []
     proc = subprocess.Popen(
         pinned(cmd, cpus), cwd=REPO, env=env_with(), stdout=subprocess.PIPE, text=True
     )

@@ -8,7 +8,16 @@ work never competes with the bench's measuring client for one GIL, behind a laye
 * delays token requests by ``--delay`` seconds (a realistic identity provider answers in
   tens of milliseconds; the in-process fake in microseconds);
 * with ``--gated``, holds token requests until the bench opens the gate;
+* records every token answer: ``time.monotonic()`` and ``time.time()`` once its last byte
+  was handed to the socket, the status, the access token issued (if any) and the grant
+  (``/_bench/answers``). CLOCK_MONOTONIC is one clock for every process of the host, so a
+  bench can compare these times with its own;
+* answers ``/_bench/wait?count=K&timeout=T`` once more than K token requests have arrived
+  (or after T seconds): a bench can get ready before the answer goes out;
 * serves ``/_bench/log``, ``/_bench/set`` (delay, ttl, gate) and ``/_bench/expiries``.
+
+``--reuse-detection`` makes a rotated-away refresh token presented again revoke the whole
+login (``reuse_revokes_family``): replicas that raced each other would show as errors.
 
 Prints ``READY <base url>`` once listening; stops on SIGTERM or when its parent goes away.
 """
@@ -44,6 +53,10 @@ class BenchLayer:
         if not gated:
             self.gate.set()
         self.log: list[tuple[float, str, str]] = []
+        self.answers: list[tuple[float, float, int, str | None, str]] = []
+        """(monotonic and wall time the answer was sent, status, access token or None,
+        grant)."""
+        self._arrived = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +72,10 @@ class BenchLayer:
         arrived = time.time()
         body = await _body(receive)
         form = dict(parse_qsl(body.decode("latin-1")))
-        self.log.append((arrived, _client_id(scope, form), form.get("grant_type", "")))
+        grant = form.get("grant_type", "")
+        self.log.append((arrived, _client_id(scope, form), grant))
+        self._arrived.set()
+        self._arrived = asyncio.Event()
         await self.gate.wait()
         if self.delay > 0:
             await asyncio.sleep(self.delay)
@@ -67,7 +83,21 @@ class BenchLayer:
         async def replay() -> Message:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        status = 0
+        chunks: list[bytes] = []
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                sent = (time.monotonic(), time.time())
+                self.answers.append((*sent, status, _access_token(chunks), grant))
+
+        await self.app(scope, replay, recording_send)
 
     async def _admin(self, scope: Scope, body: bytes, send: Send) -> None:
         path: str = scope["path"]
@@ -76,6 +106,18 @@ class BenchLayer:
             query = parse_qs(scope.get("query_string", b"").decode())
             since = float(query.get("since", ["0"])[0])
             answer = {"now": time.time(), "requests": [r for r in self.log if r[0] >= since]}
+        elif path == "/_bench/answers":
+            query = parse_qs(scope.get("query_string", b"").decode())
+            start = int(query.get("from", ["0"])[0])
+            answer = {"now": time.monotonic(), "answers": self.answers[start:]}
+        elif path == "/_bench/wait":
+            query = parse_qs(scope.get("query_string", b"").decode())
+            count = int(query.get("count", ["0"])[0])
+            deadline = time.monotonic() + float(query.get("timeout", ["1"])[0])
+            while len(self.log) <= count and (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), left)
+            answer = {"count": len(self.log)}
         elif path == "/_bench/set":
             values = json.loads(body)
             if "delay" in values:
@@ -106,6 +148,13 @@ async def _body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def _access_token(chunks: list[bytes]) -> str | None:
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        token = json.loads(b"".join(chunks)).get("access_token")
+        return token if isinstance(token, str) else None
+    return None
+
+
 def _client_id(scope: Scope, form: dict[str, str]) -> str:
     if "client_id" in form:
         return form["client_id"]
@@ -120,7 +169,12 @@ def _client_id(scope: Scope, form: dict[str, str]) -> str:
 async def _run(args: argparse.Namespace) -> None:
     clients = {f"c{i}": "s" for i in range(args.clients)}
     clients["bench"] = "bench-secret"
-    fake = FakeOAuth2(clients=clients, users={"bench-user": "bench-pw"}, ttl=args.ttl)
+    fake = FakeOAuth2(
+        clients=clients,
+        users={"bench-user": "bench-pw"},
+        ttl=args.ttl,
+        reuse_revokes_family=args.reuse_detection,
+    )
     layer = BenchLayer(fake, args.delay, args.gated)
     server = FakeServer(layer, args.host, args.port)
     url = await server.start()
@@ -146,6 +200,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--gated", action="store_true")
+    parser.add_argument("--reuse-detection", action="store_true")
     asyncio.run(_run(parser.parse_args()))
     return 0
 

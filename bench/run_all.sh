@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Run every performance bench once, in sequence, with moderate defaults (about 12 minutes
+# Run every performance bench once, in sequence, with moderate defaults (about 21 minutes
 # on 2 cores). Plain-text reports go to stdout and to $OUT/<bench>.txt, JSON documents to
 # $OUT/<bench>.json. Everything targets 127.0.0.1 and stops by itself.
 #
 #   bench/run_all.sh                 # OUT defaults to /tmp/broker-bench/<timestamp>
 #   OUT=/some/dir bench/run_all.sh
 #
-# Needs: wrk (apt-get install -y wrk), authlib and py-spy in the venv
+# Needs: wrk (apt-get install -y wrk), redis-server (apt-get install -y redis-server, for
+# replicas), authlib and py-spy in the venv
 # (pip install authlib py-spy). The "standard" serving variant (uvloop + httptools, what
 # uvicorn[standard] installs) uses a pip --target directory so the venv keeps its default stack.
 set -uo pipefail
@@ -48,6 +49,8 @@ run scale scale --providers 10,100,1000,10000 --ready-timeout 45
 run scale_staged scale --providers 1000 --stage 100
 run startup startup --providers 1,1000 --repeat 3 --timeout 30
 run vs_inprocess vs_inprocess --workers 50 --window 60 --short-ttl 20
+run replicas replicas --replicas 1,3,10 --ttl 4 --window 45 --propagation 3,10 \
+    --propagation-window 60 --conns 1,16,256 --seconds 5
 run redact redact --secrets 10000
 run name_timing name_timing --rounds 20000 --http-rounds 5000
 
