@@ -34,7 +34,7 @@ from broker.config.load import parse_config
 from broker.config.settings import BrokerSettings
 from broker.core.tokens import place_token
 from broker.engine.redis_store import RedisStore
-from broker.engine.store import StoreError
+from broker.engine.store import Replacing, StoreError
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.server import serve_in_thread
 from tests.redisserver import require_redis_server
@@ -510,13 +510,23 @@ async def test_the_deployed_acl_lets_the_broker_do_everything_it_does(
                 etag_key=b"k" * 32,
                 serve_min_remaining=1.0,
             )
+            async def wait_for_the_lease() -> None:
+                async with other.lease("hiro"):  # waits, asking how long it has left
+                    pass
+
             async with one.lease("hiro"):
+                waiting = asyncio.create_task(wait_for_the_lease())
                 await asyncio.sleep(0.5)
                 await one.publish("hiro", "login", token)
+                # The fenced save of a rotated refresh token (WATCH, MULTI, EXEC).
+                await one.save_refresh_token(
+                    "hiro", "login", "rt-1123456789", replacing=Replacing("rt-0123456789")
+                )
+            await asyncio.wait_for(waiting, 5)
             assert await anext(listening) == "hiro"
             await listening.aclose()
             stored = await other.load("hiro", "login")
-            assert stored.refresh_token == "rt-0123456789"
+            assert stored.refresh_token == "rt-1123456789"
             assert stored.token is not None
             assert stored.token.etag == token.etag
             await one.forget("hiro")
