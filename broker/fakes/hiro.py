@@ -246,7 +246,7 @@ class FakeHiro(LoginProvider):
         # Known clients only: an unknown id without a secret must not match as None == None.
         if not isinstance(client_id, str) or client_id not in self.clients:
             return False
-        return bool(self.clients[client_id] == client_secret)
+        return isinstance(client_secret, str) and self.clients[client_id] == client_secret
 
     def _login(self, client_id: str, username: str) -> tuple[AccessGrant, str]:
         access = self._issue_access(client_id=client_id, username=username)
