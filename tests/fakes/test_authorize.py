@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import httpx
@@ -124,6 +126,9 @@ def test_the_whole_login_and_the_id_token(connect: Connect, clock: Clock) -> Non
     assert claims["iat"] == int(clock())
     assert claims["exp"] == int(clock()) + 600
     assert claims["auth_time"] == int(clock()) - 5
+    # OIDC Core §3.1.3.6: the left half of SHA-256 of the access token.
+    digest = hashlib.sha256(body["access_token"].encode()).digest()
+    assert claims["at_hash"] == base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
     assert discovery["issuer"] == str(client.base_url).rstrip("/")
     me = client.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.json()["sub"] == "alice"
@@ -247,6 +252,19 @@ def test_wrong_verifier_is_invalid_grant(connect: Connect) -> None:
     assert_grant_error(redeem(client, code, "short"), "invalid_grant")
     assert f.issued_access_tokens == []
     assert redeem(client, code, verifier).status_code == 200
+
+
+@pytest.mark.parametrize("verifier", ["a" * 42, "a" * 129, "+" * 43, "ä" * 43])
+def test_a_verifier_outside_rfc_7636_is_refused_even_if_it_hashes_right(
+    connect: Connect, verifier: str
+) -> None:
+    """§4.1: 43 to 128 unreserved characters, whatever the challenge."""
+    client = connect(fake().app)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    response = redeem(client, get_code(client, request_params(challenge)), verifier)
+    assert_grant_error(response, "invalid_grant")
+    assert response.json()["error_description"] == "code_verifier is malformed"
 
 
 def test_a_verifier_without_a_challenge_is_a_downgrade(connect: Connect) -> None:
