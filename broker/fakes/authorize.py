@@ -226,18 +226,19 @@ class LoginProvider(FakeProvider):
     # -- the authorization endpoint (called with the lock held) --------------------------------
 
     def _authorize(self, request: Request, record: RecordedRequest) -> Response:
-        """``GET``: the login form; ``POST``: the person's answer."""
-        if request.method == "GET":
+        """``GET`` (and ``HEAD``): the login form; ``POST``: the person's answer."""
+        answering = request.method == "POST"
+        if answering:
+            params, repeated = record.form or {}, set()
+        else:
             params = record.query
             names = [k for k, _ in request.query_params.multi_items()]
             repeated = {k for k in names if names.count(k) > 1}
-        else:
-            params, repeated = record.form or {}, set()
         try:
             auth = self._authorization_request(params, repeated)
-            if request.method == "GET":
-                return self._login_form(request, auth)
-            return self._answer(request, auth, params)
+            if answering:
+                return self._answer(request, auth, params)
+            return self._login_form(request, auth)
         except _Refusal as refusal:
             if refusal.redirect_uri is None:
                 return refused_page(refusal.description)

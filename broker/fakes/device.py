@@ -175,7 +175,7 @@ class DeviceProvider(LoginProvider):
 
     def _verification(self, request: Request, record: RecordedRequest) -> Response:
         """``GET``: the form (``?user_code=`` prefills it); ``POST``: approve or deny."""
-        if request.method == "GET":
+        if request.method != "POST":  # GET, and HEAD (Starlette routes it with GET)
             return self._device_form(record.query.get("user_code", ""))
         form = record.form or {}
         typed = form.get("user_code", "")

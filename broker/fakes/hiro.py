@@ -360,7 +360,7 @@ class FakeHiro(LoginProvider):
 
     def _ui(self, request: Request, record: RecordedRequest) -> Response:
         """The UI flow: a login form, then ``302 <redirect_url>#accessoken=<token>``."""
-        params = record.query if request.method == "GET" else record.form or {}
+        params = (record.form or {}) if request.method == "POST" else record.query
         client_id, url = params.get("client_id", ""), params.get("redirect_url", "")
         if not self._client_known(client_id):
             return refused_page(f"Unknown application {client_id!r}")

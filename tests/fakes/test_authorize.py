@@ -490,3 +490,10 @@ def test_authorize_requests_can_fail_on_demand(connect: Connect) -> None:
 )
 def test_redirect_allowed(uri: str, registered: list[str] | None, allowed: bool) -> None:
     assert redirect_allowed(uri, registered) is allowed
+
+
+def test_head_is_answered_like_get(connect: Connect) -> None:
+    client = connect(fake().app)
+    _, challenge = pkce()
+    assert client.head("/authorize", params=request_params(challenge)).status_code == 200
+    assert client.head("/device").status_code == 200
