@@ -43,15 +43,9 @@ REVOKE_PATH = "/oauth/revoke"
 AUTHORIZE_PATH = "/authorize"
 DEVICE_AUTHORIZATION_PATH = "/device_authorization"
 JWKS_PATH = "/jwks"
-GRANT_TYPES = (
-    "authorization_code",
-    "client_credentials",
-    "password",
-    "refresh_token",
-    DEVICE_CODE_GRANT,
-)
 PUBLIC_GRANTS = ("authorization_code", "refresh_token", DEVICE_CODE_GRANT)
 """The grants a public client (no secret) may use; others are ``unauthorized_client``."""
+GRANT_TYPES = ("client_credentials", "password", *PUBLIC_GRANTS)
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
