@@ -19,7 +19,11 @@ The fakes
     string by default); ``POST /revoke`` → ``200 {}``; ``GET /me/account``. Dead or unknown
     refresh tokens and bad credentials → HTTP 401 ``{"error": {"message", "code"}}``, which is
     what makes arago's Python client fall back from ``/refresh`` to ``/app``. Refresh tokens
-    rotate by default (6.6). Demo: ``demo@example.com`` / ``demo-password`` and client
+    rotate by default (6.6). A person logs in with the 6.6 code flow (``GET``/``POST
+    /authorize``, then ``/token`` ``grant_type=authorization_code`` with ``code``,
+    ``code_verifier``, ``redirect_uri`` and the client) or the UI flow (``GET
+    /ui/?client_id=..&redirect_url=..``, the form, then ``302 <redirect_url>#accessoken=<token>``,
+    the seed doc's spelling). Demo: ``demo@example.com`` / ``demo-password`` and client
     ``hiro.DEMO_CLIENT_ID`` / ``demo-client-secret``.
 
 ``FakeAerion`` (:mod:`broker.fakes.aerion`), Aerion (ex CoffeeCup), node-oauth2-server 2.x style
@@ -37,8 +41,15 @@ The fakes
     (``access_type=offline`` adds a refresh token), ``refresh_token`` (never rotates: the
     response omits ``refresh_token`` and the old one keeps working). Scopes are service ids.
     ``GET /api/rest/users/me``, ``/api/rest/services/me``, OIDC discovery, admin refresh-token
-    removal. Demo: service ``hub.DEMO_SERVICE_ID`` / ``demo-service-secret``, user ``demo`` /
-    ``demo-password``, scope ``0-0-0-0-0``.
+    removal. A person logs in at ``/api/rest/oauth2/auth``: authorization code with PKCE
+    (``access_type=offline`` adds a refresh token; an untrusted service redeems with
+    ``client_id`` alone) or implicit (``response_type=token`` →
+    ``#access_token=..&token_type=Bearer&expires_in=..&scope=..&state=..``); ``openid`` adds
+    an ID token (JWKS at ``/api/rest/oauth2/keys``). ``POST /api/rest/services?fields=id,secret``
+    with ``Authorization: Bearer <admin_token>`` registers a service (``name``, ``homeUrl``,
+    ``redirectUris``, ``trusted``, the flow switches, ...) that can log in at once. Demo:
+    service ``hub.DEMO_SERVICE_ID`` / ``demo-service-secret``, user ``demo`` /
+    ``demo-password``, scope ``0-0-0-0-0``, admin token ``demo-admin-token``.
 
 ``FakeOAuth2`` (:mod:`broker.fakes.oauth2`), a strict RFC 6749 server
     ``POST /oauth/token`` (``token_path``, taken verbatim: ``"/o/token/"`` serves only the
@@ -47,8 +58,14 @@ The fakes
     required extra parameters or headers. ``redirect_token_path_to`` (a path or URL) with
     ``redirect_status`` (default 308) makes the token path answer a redirect instead; a local
     target path then serves the token endpoint. ``GET /userinfo`` and ``/me``,
-    ``POST /oauth/revoke``, RFC 8414 metadata (its ``token_endpoint`` is the path served). Demo:
-    ``demo-client`` / ``demo-secret``, ``demo@example.com`` / ``demo-password``.
+    ``POST /oauth/revoke``, RFC 8414 metadata (its ``token_endpoint`` is the path served), the
+    same document at ``/.well-known/openid-configuration``. A person logs in with
+    ``GET``/``POST /authorize`` (authorization code + PKCE, ``openid`` → an RS256 ``id_token``,
+    JWKS at ``/jwks``) or the RFC 8628 device grant (``POST /device_authorization``, the
+    person at ``GET``/``POST /device``, polling with
+    ``grant_type=urn:ietf:params:oauth:grant-type:device_code``). Demo: ``demo-client`` /
+    ``demo-secret``, the public client ``demo-public-client``, ``demo@example.com`` /
+    ``demo-password``.
 
 Common surface (:class:`broker.fakes.base.FakeProvider`)
 ========================================================
@@ -69,10 +86,58 @@ fake's clock, default ``time.time``). Tokens die exactly at issue time + ``ttl``
   would (Aerion: ``tenant=``; Hub and OAuth2: ``client_id=``, ``scope=``).
 - ``.revoke_refresh_token(rt)``, ``.revoke_access_token(t)``.
 - ``.fail_next(count, status, body=None, headers=None, *, target="token")``: canned answers for
-  the next requests to the token endpoint (or, with ``target="api"``, the "me" endpoints);
+  the next requests to the token endpoint (or, with ``target="api"``, the "me" endpoints;
+  ``"authorize"`` and ``"device"``, the login endpoints below);
   ``body=None`` sends the provider's own error body; ``.recover(target="token")`` drops the
   canned answers not yet sent.
 - ``.quirks`` and one attribute per switch: the wider world, below.
+
+A person's login (:mod:`broker.fakes.authorize`, :mod:`broker.fakes.device`)
+===========================================================================
+
+FakeOAuth2, FakeHub and FakeHiro serve an authorization endpoint (RFC 6749 §4.1 with RFC 7636
+PKCE). ``GET`` validates the request and answers a small HTML login form (no scripts, no
+external resources; ``#username``, ``#password``, buttons ``#allow`` and ``#deny``; the request
+rides along in hidden fields); ``POST`` answers ``302`` to ``redirect_uri?code=..&state=..``,
+``?error=access_denied&state=..`` on Deny, the RFC's error redirect for a bad request, and a
+``400`` page (never a redirect) for an unknown ``client_id`` or a ``redirect_uri`` that is not
+registered. A wrong password shows the form again with ``401``. ``prompt=none`` is
+``login_required`` (the fakes keep no session). Codes are single use, bound to the client,
+the ``redirect_uri`` and the challenge, and expire after ``code_ttl`` seconds of ``now``.
+Options (constructor keywords and mutable attributes):
+
+``redirect_uris``
+    client id → registered redirect URIs (Hub: each ``HubService.redirect_uris``). Not listed:
+    any loopback URI with a port (``http://127.0.0.1:<port>/...``, ``localhost``, ``[::1]``).
+    A registered ``127.0.0.1`` URI matches on any port (RFC 8252 §7.3).
+``public_clients``
+    Client ids without a secret (FakeOAuth2 default ``demo-public-client``, FakeHiro none; on
+    Hub, untrusted services): ``client_id`` in the body, PKCE always, only the code, device
+    and refresh grants.
+``code_ttl`` (60), ``require_pkce`` (on), ``allow_plain_pkce`` (off)
+    A missing ``code_challenge_method`` means ``plain``, so it needs ``allow_plain_pkce`` too.
+``code_reuse_revokes`` (on)
+    A code presented again is ``invalid_grant`` and revokes every token issued from it, as
+    RFC 6749 §4.1.2 recommends; off, it is only refused.
+``issuer``
+    ``iss`` of ID tokens and discovery; default the URL the request came to (Hub: with its
+    ``base_path``). ID tokens (``openid`` in the scope; not HIRO) are RS256 JWTs from a key
+    each fake generates on first use: ``iss``, ``sub`` (OAuth2: the username; Hub: the user
+    id), ``aud`` (the client id), ``exp`` (issue time + ``ttl``), ``iat``, ``auth_time``,
+    ``nonce`` (when the request had one) and ``at_hash``.
+``device_code_ttl`` (600), ``device_interval`` (5), FakeOAuth2 only
+    RFC 8628: user codes like ``BCDF-GHJK`` (typed in any case, dashes optional);
+    ``authorization_pending`` until the person answers, ``slow_down`` (and 5 s more interval)
+    when polled sooner than the interval after the previous poll, ``expired_token``,
+    ``access_denied``, the tokens once. The page has ``#user_code``, ``#username``,
+    ``#password``, ``#approve`` and ``#deny``.
+``admin_token`` (``demo-admin-token``), FakeHub only
+    The Bearer token service registration needs; another valid token is 403, none 401.
+
+Helpers: ``.authorize_requests()`` (every request to an authorization endpoint, form and
+answer), ``.issued_codes``, ``.jwks()``; FakeOAuth2 also ``.approve_device(user_code,
+username)``, ``.deny_device(user_code)`` and ``.device_requests()``. ``fail_next(...,
+target="authorize")`` (or ``"device"``) cans the answers of those endpoints.
 
 Routing is strict on every fake: the other trailing-slash spelling of a path is the provider's
 JSON 404 (recorded), never a redirect. HIRO and Aerion (Express) serve both spellings, as the

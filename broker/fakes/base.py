@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from email.utils import formatdate
-from typing import Any, ClassVar, Literal, Unpack
+from typing import Any, ClassVar, Literal, Unpack, get_args
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,8 +30,9 @@ from broker.fakes.recording import RecordedRequest, capture
 from broker.fakes.tokens import AccessGrant, RefreshGrant, TokenState, TokenStore, new_family
 from broker.fakes.wire import JSON, BasicCredentials, json_response, raw_response, read_basic
 
-Target = Literal["token", "api"]
-"""Which endpoints a canned failure applies to: the token endpoint(s) or the protected "me" API."""
+Target = Literal["token", "api", "authorize", "device"]
+"""Which endpoints a canned failure applies to: the token endpoint(s), the protected "me" API,
+the authorization endpoint(s) a person's browser visits, or the device authorization endpoint."""
 
 Handler = Callable[[Request, RecordedRequest], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -89,7 +90,7 @@ class FakeProvider:
         """The fake's clock (epoch seconds). Replace it to simulate skew or the passing of time."""
         self._lock = threading.RLock()
         self._log: list[_Entry] = []
-        self._failures: dict[Target, deque[_Canned]] = {"token": deque(), "api": deque()}
+        self._failures: dict[Target, deque[_Canned]] = {t: deque() for t in get_args(Target)}
         self._tokens = TokenStore()
         self._app: Starlette | None = None
         self.quirks = replace(quirks or NO_QUIRKS, **switches)
@@ -203,7 +204,8 @@ class FakeProvider:
 
         ``body`` may be bytes, text or a dict (sent as JSON); ``None`` sends the provider's own
         error body for ``status``. The requests are still recorded. ``target="api"`` applies
-        the failures to the protected "me" endpoints instead.
+        the failures to the protected "me" endpoints instead, ``"authorize"`` to the
+        authorization endpoint(s) (login pages), ``"device"`` to the device authorization one.
         """
         with self._lock:
             for _ in range(count):

@@ -54,11 +54,13 @@ def demo_credentials(kind: FakeKind, *, quirks: WorldQuirks = NO_QUIRKS) -> dict
             "client_id": hub.DEMO_SERVICE_ID,
             "client_secret": hub.DEMO_SERVICE_SECRET,
             "scope": hub.HUB_SERVICE_ID,
+            "admin_token": hub.DEMO_ADMIN_TOKEN,
         }
     return {
         "username": oauth2.DEMO_USERNAME,
         "password": oauth2.DEMO_PASSWORD,
         "client_id": oauth2.DEMO_CLIENT_ID,
         "client_secret": oauth2.DEMO_CLIENT_SECRET,
+        "public_client_id": oauth2.DEMO_PUBLIC_CLIENT_ID,
         "token_path": oauth2.FakeOAuth2(quirks=quirks).served_token_path,
     }

@@ -6,7 +6,12 @@ Serves ``GET /api/version`` and, under ``/api/auth/<auth_version>`` (plus ``/api
 - ``POST /app``      JSON password login → ``{_TOKEN, _APPLICATION, _IDENTITY, _IDENTITY_ID,
   expires-at (int ms), refresh_token, type}``
 - ``POST /refresh``  JSON refresh, same response shape; rotation configurable
-- ``POST /token``    6.6 OAuth2-style form endpoint (client via Basic or body)
+- ``POST /token``    6.6 OAuth2-style form endpoint (client via Basic or body): ``password``,
+  ``refresh_token`` and ``authorization_code`` (``code``, ``code_verifier``, ``redirect_uri``)
+- ``GET``/``POST /authorize``  6.6 code flow with PKCE: the login form, then
+  ``302 redirect_uri?code=..&state=..`` (:mod:`broker.fakes.authorize`)
+- ``GET``/``POST /ui/``  the UI (implicit) flow: ``?client_id=..&redirect_url=..``, the login
+  form, then ``302 <redirect_url>#accessoken=<token>`` (the seed doc's spelling)
 - ``POST /revoke``   JSON, both body shapes, always ``200 {}``
 - ``GET  /me/account`` (and ``/me/profile``, ``/me/roles``, ``/me/teams``) with a Bearer token
 
@@ -17,17 +22,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Unpack
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import FakeProvider, GrantOf, Handler, Target, form_grant
-from broker.fakes.hiro_tokens import hiro_id, make_token
+from broker.fakes.authorize import GrantError, Login, LoginProvider, refused_page
+from broker.fakes.base import GrantOf, Handler, Target, form_grant
+from broker.fakes.hiro_tokens import hiro_id, make_token, version_document
+from broker.fakes.pages import html_response, login_page
 from broker.fakes.quirks import QuirkOptions, WorldQuirks
 from broker.fakes.recording import RecordedRequest
+from broker.fakes.redirects import redirect_allowed, redirect_to
 from broker.fakes.tokens import AccessGrant, RefreshGrant, TokenState
 from broker.fakes.wire import bearer_token, json_response
 
@@ -51,7 +59,7 @@ def _refresh_grant(_: RecordedRequest) -> str:
     return "refresh_token"
 
 
-class FakeHiro(FakeProvider):
+class FakeHiro(LoginProvider):
     """A fake HIRO auth server.
 
     Args:
@@ -67,6 +75,14 @@ class FakeHiro(FakeProvider):
         expires_in_as_string: ``/token`` sends ``expires_in`` as ``"3600"`` (arago's mock) or 3600.
         legacy_error_codes: bad credentials answer HTTP 401 with inner ``code: 400`` and a
             wrapped ``invalid_grant`` message, like arago's graph_conn mock.
+        redirect_uris: client_id → the URLs registered for it in HIRO IAM, for both
+            ``redirect_uri`` (``/authorize``) and ``redirect_url`` (``/ui/``); a client not
+            listed may use any loopback URL with a port. Others: a 400 page, no redirect.
+        public_clients: client ids that may use ``/token``'s ``authorization_code`` and
+            ``refresh_token`` grants with ``client_id`` alone (default none).
+        code_ttl, require_pkce, allow_plain_pkce, code_reuse_revokes: the code-flow options of
+            :class:`~broker.fakes.oauth2.FakeOAuth2` (60 s codes, S256 required, reuse revokes).
+            Code errors are HTTP 400 ``{"error": {"message": "invalid_grant: ...", "code"}}``.
         now: the fake's clock, epoch seconds.
         quirks, **switches: the :class:`~broker.fakes.base.WorldQuirks`. Refreshes on
             ``/refresh`` and ``/token`` alike honour ``revoke_previous_access_on_refresh`` and
@@ -77,6 +93,9 @@ class FakeHiro(FakeProvider):
             request into ``error.message``. ``trailing_slash_token_path`` is ignored: HIRO
             serves every path with and without the slash.
     """
+
+    login_title = "HIRO (fake)"
+    id_tokens = False
 
     def __init__(
         self,
@@ -90,12 +109,29 @@ class FakeHiro(FakeProvider):
         old_refresh_token_valid_after_rotation: bool = False,
         expires_in_as_string: bool = True,
         legacy_error_codes: bool = False,
+        redirect_uris: Mapping[str, Iterable[str]] | None = None,
+        public_clients: Iterable[str] = (),
+        code_ttl: float = 60.0,
+        require_pkce: bool = True,
+        allow_plain_pkce: bool = False,
+        code_reuse_revokes: bool = True,
         now: Callable[[], float] = time.time,
         quirks: WorldQuirks | None = None,
         **switches: Unpack[QuirkOptions],
     ) -> None:
         super().__init__(
-            ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now, quirks=quirks, **switches
+            ttl=ttl,
+            refresh_token_ttl=refresh_token_ttl,
+            now=now,
+            quirks=quirks,
+            redirect_uris=redirect_uris,
+            public_clients=public_clients,
+            code_ttl=code_ttl,
+            require_pkce=require_pkce,
+            allow_plain_pkce=allow_plain_pkce,
+            code_reuse_revokes=code_reuse_revokes,
+            issuer=None,
+            **switches,
         )
         self.users = dict(users if users is not None else {DEMO_USERNAME: DEMO_PASSWORD})
         self.clients = dict(
@@ -120,15 +156,18 @@ class FakeHiro(FakeProvider):
     # -- routing ----------------------------------------------------------------------------
 
     def _routes(self) -> list[BaseRoute]:
-        table: list[tuple[str, str, Handler, Target | None, GrantOf | None]] = [
-            ("/app", "POST", self._app_login, "token", _password_grant),
-            ("/refresh", "POST", self._refresh, "token", _refresh_grant),
-            ("/token", "POST", self._token, "token", form_grant),
-            ("/revoke", "POST", self._revoke, None, None),
-            ("/me/account", "GET", self._me_account, "api", None),
-            ("/me/profile", "GET", self._me_profile, "api", None),
-            ("/me/roles", "GET", self._me_items, "api", None),
-            ("/me/teams", "GET", self._me_items, "api", None),
+        login = ["GET", "POST"]
+        table: list[tuple[str, list[str], Handler, Target | None, GrantOf | None]] = [
+            ("/app", ["POST"], self._app_login, "token", _password_grant),
+            ("/refresh", ["POST"], self._refresh, "token", _refresh_grant),
+            ("/token", ["POST"], self._token, "token", form_grant),
+            ("/authorize", login, self._authorize, "authorize", None),
+            ("/ui", login, self._ui, "authorize", None),
+            ("/revoke", ["POST"], self._revoke, None, None),
+            ("/me/account", ["GET"], self._me_account, "api", None),
+            ("/me/profile", ["GET"], self._me_profile, "api", None),
+            ("/me/roles", ["GET"], self._me_items, "api", None),
+            ("/me/teams", ["GET"], self._me_items, "api", None),
         ]
         prefixes = dict.fromkeys(
             [f"/api/auth/{self.auth_version}", "/api/auth/6", "/api/auth/6.6", "/api/6/auth"]
@@ -137,10 +176,10 @@ class FakeHiro(FakeProvider):
             Route("/api/version", self._endpoint(self._version), methods=["GET"])
         ]
         for prefix in prefixes:
-            for sub, method, handler, target, grant_of in table:
+            for sub, methods, handler, target, grant_of in table:
                 endpoint = self._endpoint(handler, target=target, grant_of=grant_of)
                 for path in (prefix + sub, prefix + sub + "/"):
-                    routes.append(Route(path, endpoint, methods=[method]))
+                    routes.append(Route(path, endpoint, methods=methods))
         return routes
 
     # -- responses --------------------------------------------------------------------------
@@ -204,7 +243,10 @@ class FakeHiro(FakeProvider):
     # -- grant logic ------------------------------------------------------------------------
 
     def _client_ok(self, client_id: Any, client_secret: Any) -> bool:
-        return isinstance(client_id, str) and self.clients.get(client_id) == client_secret
+        # Known clients only: an unknown id without a secret must not match as None == None.
+        if not isinstance(client_id, str) or client_id not in self.clients:
+            return False
+        return isinstance(client_secret, str) and self.clients[client_id] == client_secret
 
     def _login(self, client_id: str, username: str) -> tuple[AccessGrant, str]:
         access = self._issue_access(client_id=client_id, username=username)
@@ -237,29 +279,7 @@ class FakeHiro(FakeProvider):
     # -- handlers (called with the lock held) -----------------------------------------------
 
     def _version(self, request: Request, record: RecordedRequest) -> Response:
-        v = self.auth_version
-        return json_response(
-            {
-                "auth": {
-                    "endpoint": f"/api/auth/{v}/",
-                    "version": v,
-                    "docs": "https://developer.hiro.arago.co/api",
-                    "support": "supported",
-                    "specs": "auth.yaml",
-                    "protocols": "",
-                    "lifecycle": "stable",
-                },
-                "graph": {
-                    "endpoint": "/api/graph/7.1/",
-                    "version": "7.1",
-                    "docs": "https://developer.hiro.arago.co/api",
-                    "support": "supported",
-                    "specs": "graph.yaml",
-                    "protocols": "",
-                    "lifecycle": "stable",
-                },
-            }
-        )
+        return json_response(version_document(self.auth_version))
 
     def _app_login(self, request: Request, record: RecordedRequest) -> Response:
         body = record.json
@@ -303,9 +323,12 @@ class FakeHiro(FakeProvider):
             if basic is not None
             else (form.get("client_id", ""), form.get("client_secret"))
         )
-        if not self._client_ok(client_id, client_secret):
-            return self._error(401, "Invalid client credentials")
         grant = form.get("grant_type")
+        public = basic is None and client_secret is None and client_id in self.public_clients
+        if not self._client_ok(client_id, client_secret) and not (
+            public and grant in ("authorization_code", "refresh_token")
+        ):
+            return self._error(401, "Invalid client credentials")
         if grant == "password":
             username = form.get("username", "")
             if not username or self.users.get(username) != form.get("password"):
@@ -317,9 +340,52 @@ class FakeHiro(FakeProvider):
                 return outcome
             return json_response(self._oauth_body(*outcome))
         if grant == "authorization_code":
-            # This fake never hands out codes, so every code is unknown.
-            return self._error(400, "invalid_grant: unknown authorization code")
+            try:
+                return self._code_grant(request, client_id, form)
+            except GrantError as err:
+                return self._error(400, f"{err.error}: {err.description}")
         return self._error(400, f"unsupported_grant_type: {grant!r}")
+
+    # -- the login hooks (authorize.LoginProvider) and the UI flow ---------------------------
+
+    def _client_known(self, client_id: str) -> bool:
+        return client_id in self.clients or client_id in self.public_clients
+
+    def _user_ok(self, username: str, password: str) -> bool:
+        return username in self.users and self.users[username] == password
+
+    def _login_response(self, request: Request, login: Login) -> tuple[Response, str]:
+        access, refresh_token = self._login(login.client_id, login.username)
+        return json_response(self._oauth_body(access, refresh_token)), access.family
+
+    def _ui(self, request: Request, record: RecordedRequest) -> Response:
+        """The UI flow: a login form, then ``302 <redirect_url>#accessoken=<token>``."""
+        params = (record.form or {}) if request.method == "POST" else record.query
+        client_id, url = params.get("client_id", ""), params.get("redirect_url", "")
+        if not self._client_known(client_id):
+            return refused_page(f"Unknown application {client_id!r}")
+        if not redirect_allowed(url, self._registered_redirects(client_id)):
+            return refused_page("redirect_url is not assigned to this application")
+        username, error = params.get("username", ""), None
+        if request.method == "POST":
+            action = params.get("action")
+            if action == "deny":
+                return redirect_to(url, {"error": "access_denied"}, fragment=True)
+            if action == "allow" and self._user_ok(username, params.get("password", "")):
+                token = self._issue_access(client_id=client_id, username=username).token
+                # The seed doc's spelling, "accessoken"; the token is JWT-shaped, URL-safe.
+                return redirect_to(url, {"accessoken": token}, fragment=True)
+            error = "Wrong username or password" if action == "allow" else "Choose Allow or Deny"
+        page = login_page(
+            provider=self.login_title,
+            action=request.url.path,
+            hidden={"client_id": client_id, "redirect_url": url},
+            client=client_id,
+            scope="",
+            username=username,
+            error=error,
+        )
+        return html_response(page, 200 if error is None else 401)
 
     def _revoke(self, request: Request, record: RecordedRequest) -> Response:
         body = record.json if isinstance(record.json, dict) else {}

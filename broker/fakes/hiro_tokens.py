@@ -1,4 +1,5 @@
-"""HIRO-shaped identifiers and JWT-shaped ``_TOKEN`` values (protocol doc §1.2).
+"""HIRO-shaped identifiers, JWT-shaped ``_TOKEN`` values (protocol doc §1.2) and the
+``/api/version`` document (§1.1).
 
 Clients only ever base64url-decode the payload of a HIRO token (``decode_token()['data']``);
 nobody checks the signature, so it is random bytes.
@@ -61,3 +62,27 @@ def decode_payload(token: str) -> dict[str, Any]:
     part = token.split(".")[1]
     decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
     return decoded
+
+
+def version_document(auth_version: str) -> dict[str, Any]:
+    """``GET /api/version``: where the auth API lives and which version it is (§1.1)."""
+    return {
+        "auth": {
+            "endpoint": f"/api/auth/{auth_version}/",
+            "version": auth_version,
+            "docs": "https://developer.hiro.arago.co/api",
+            "support": "supported",
+            "specs": "auth.yaml",
+            "protocols": "",
+            "lifecycle": "stable",
+        },
+        "graph": {
+            "endpoint": "/api/graph/7.1/",
+            "version": "7.1",
+            "docs": "https://developer.hiro.arago.co/api",
+            "support": "supported",
+            "specs": "graph.yaml",
+            "protocols": "",
+            "lifecycle": "stable",
+        },
+    }

@@ -2,12 +2,17 @@
 
 Everything lives under ``base_path`` (``""`` or e.g. ``"/hub"``):
 
-- ``POST /api/rest/oauth2/token``  form (or query-string) ``client_credentials``, ``password``
-  and ``refresh_token`` grants; client via Basic (primary) or body. Refresh tokens are never
+- ``POST /api/rest/oauth2/token``  form (or query-string) ``client_credentials``, ``password``,
+  ``refresh_token`` and ``authorization_code`` (PKCE) grants; client via Basic (primary) or
+  body, an untrusted service's PKCE login by ``client_id`` alone. Refresh tokens are never
   rotated: a refresh response has no ``refresh_token`` and the old one stays valid.
+- ``GET``/``POST /api/rest/oauth2/auth``  the login form: authorization code
+  (``response_type=code``, ``access_type=offline`` for a refresh token) and implicit
+  (``response_type=token``: ``#access_token=..&token_type=..&expires_in=..&scope=..&state=..``)
 - ``GET /api/rest/users/me``, ``/api/rest/services/me``, ``/api/rest/oauth2/userinfo``
-- ``GET /.well-known/openid-configuration``
-- admin ``GET /api/rest/users/{user}/refreshtokens`` and
+- ``GET /.well-known/openid-configuration``, ``GET /api/rest/oauth2/keys`` (the JWKS)
+- admin ``POST /api/rest/services?fields=id,secret`` (Bearer ``admin_token``) registers a
+  service (:mod:`broker.fakes.hub_model`), ``GET /api/rest/users/{user}/refreshtokens`` and
   ``DELETE /api/rest/users/{user}/refreshtokens/{id}`` (unauthenticated in this fake)
 
 There is no revocation endpoint, as on the real Hub.
@@ -17,51 +22,48 @@ from __future__ import annotations
 
 import secrets
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from broker.fakes.base import FakeProvider, form_grant
+from broker.fakes.authorize import GrantError, Login
+from broker.fakes.base import form_grant
+from broker.fakes.hub_model import HubService
+from broker.fakes.hub_rest import CONTENT_TYPE, HUB_SERVICE_ID, STATE_TEXT, HubRest
 from broker.fakes.quirks import QuirkOptions, WorldQuirks
 from broker.fakes.recording import RecordedRequest
 from broker.fakes.tokens import AccessGrant, TokenState
-from broker.fakes.wire import BasicCredentials, bearer_token, has_basic_scheme, json_response
+from broker.fakes.wire import BasicCredentials, has_basic_scheme
 
-HUB_SERVICE_ID = "0-0-0-0-0"
 YOUTRACK_SERVICE_ID = "9a2e6c1b-4f3d-4e8a-b7c5-1d0f2e3a4b5c"
 DEMO_SERVICE_ID = "3f6a0c8e-2b1d-4c7a-9e5f-8d4b6a2c0e1f"
 DEMO_SERVICE_SECRET = "demo-service-secret"
 DEMO_LOGIN = "demo"
 DEMO_PASSWORD = "demo-password"
+DEMO_ADMIN_TOKEN = "demo-admin-token"
+OIDC_SCOPES = ("openid", "offline_access", "profile", "email", "groups")
+"""Scope values that are no service id: kept as they are (Hub's discovery lists them)."""
+__all__ = [
+    "CONTENT_TYPE",
+    "DEMO_ADMIN_TOKEN",
+    "DEMO_LOGIN",
+    "DEMO_PASSWORD",
+    "DEMO_SERVICE_ID",
+    "DEMO_SERVICE_SECRET",
+    "HUB_SERVICE_ID",
+    "OIDC_SCOPES",
+    "YOUTRACK_SERVICE_ID",
+    "FakeHub",
+    "HubService",
+]
 
-# Hub answers JSON with this exact spelling.
-CONTENT_TYPE = "application/json;charset=UTF-8"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_STATE_TEXT = {
-    TokenState.EXPIRED: "Token is expired",
-    TokenState.REVOKED: "Token is revoked",
-    TokenState.UNKNOWN: "Token is unknown",
-}
 
 
-@dataclass
-class HubService:
-    """A service (OAuth client) registered in the fake Hub."""
-
-    id: str
-    secret: str
-    trusted: bool = True
-    client_credentials_enabled: bool = True
-    password_enabled: bool = True
-    name: str = "Broker demo service"
-
-
-class FakeHub(FakeProvider):
+class FakeHub(HubRest):
     """A fake JetBrains Hub.
 
     Args:
@@ -76,15 +78,27 @@ class FakeHub(FakeProvider):
             "Required"); by default it falls back to ``0-0-0-0-0``.
         echo_refresh_token_on_refresh: send the (same) refresh token back on refresh.
         error_code_in_body: add ``error_code`` (the HTTP status) to token error bodies.
+        admin_token: the Bearer token ``POST /api/rest/services`` needs (default
+            ``demo-admin-token``; ``None``: nobody may register). Another valid token → 403.
+        code_ttl, require_pkce, allow_plain_pkce, code_reuse_revokes: the login options of
+            :class:`~broker.fakes.oauth2.FakeOAuth2` (60 s codes, S256 required, reuse revokes).
+            A service's redirect URIs are its ``redirect_uris`` (none: any loopback URI).
+        issuer: ``iss`` of ID tokens (``openid`` scope); default the Hub URL of the request.
         now: the fake's clock, epoch seconds.
         quirks, **switches: the :class:`~broker.fakes.base.WorldQuirks`.
             ``revoke_previous_access_on_refresh``, ``basic_form_encoded`` and
             ``echo_credentials_in_errors`` apply. ``reuse_revokes_family`` never fires: Hub
             does not rotate refresh tokens, so none is ever rotated away.
             ``trailing_slash_token_path`` is ignored (Hub's path has no trailing slash).
+
+    Scopes at the login are service ids or names, plus the OIDC values; none means Hub
+    (``0-0-0-0-0``). ``openid`` adds an ``id_token`` whose ``sub`` is the user id.
     """
 
     json_content_type = CONTENT_TYPE
+    login_title = "JetBrains Hub (fake)"
+    response_types = ("code", "token")
+    carried_params = ("access_type",)
 
     def __init__(
         self,
@@ -99,13 +113,31 @@ class FakeHub(FakeProvider):
         require_scope_for_password: bool = False,
         echo_refresh_token_on_refresh: bool = False,
         error_code_in_body: bool = False,
+        admin_token: str | None = DEMO_ADMIN_TOKEN,
+        code_ttl: float = 60.0,
+        require_pkce: bool = True,
+        allow_plain_pkce: bool = False,
+        code_reuse_revokes: bool = True,
+        issuer: str | None = None,
         now: Callable[[], float] = time.time,
         quirks: WorldQuirks | None = None,
         **switches: Unpack[QuirkOptions],
     ) -> None:
         super().__init__(
-            ttl=ttl, refresh_token_ttl=refresh_token_ttl, now=now, quirks=quirks, **switches
+            ttl=ttl,
+            refresh_token_ttl=refresh_token_ttl,
+            now=now,
+            quirks=quirks,
+            redirect_uris=None,
+            public_clients=(),
+            code_ttl=code_ttl,
+            require_pkce=require_pkce,
+            allow_plain_pkce=allow_plain_pkce,
+            code_reuse_revokes=code_reuse_revokes,
+            issuer=issuer,
+            **switches,
         )
+        self.admin_token = admin_token
         self.base_path = base_path.rstrip("/")
         default_service = HubService(DEMO_SERVICE_ID, DEMO_SERVICE_SECRET)
         self.services = dict(
@@ -138,18 +170,6 @@ class FakeHub(FakeProvider):
             scope=tuple(scope or (HUB_SERVICE_ID,)),
         )
 
-    def refresh_token_id(self, rt: str) -> str:
-        """The id by which the admin API addresses refresh token ``rt``."""
-        with self._lock:
-            grant = self._tokens.refresh(rt)
-            if grant is None:
-                raise KeyError("unknown refresh token")
-            return grant.id
-
-    def user_id(self, login: str) -> str:
-        """The stable Hub user id of ``login``."""
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"hub-user:{login}"))
-
     # -- plumbing ---------------------------------------------------------------------------
 
     def _routes(self) -> list[BaseRoute]:
@@ -162,6 +182,13 @@ class FakeHub(FakeProvider):
                 ep(self._token, target="token", grant_of=form_grant),
                 methods=["POST"],
             ),
+            Route(
+                f"{rest}/oauth2/auth",
+                ep(self._authorize, target="authorize"),
+                methods=["GET", "POST"],
+            ),
+            Route(f"{rest}/oauth2/keys", ep(self._jwks), methods=["GET"]),
+            Route(f"{rest}/services", ep(self._register_service), methods=["POST"]),
             Route(f"{rest}/users/me", ep(self._users_me, target="api"), methods=["GET"]),
             Route(f"{rest}/services/me", ep(self._services_me, target="api"), methods=["GET"]),
             Route(f"{rest}/oauth2/userinfo", ep(self._userinfo, target="api"), methods=["GET"]),
@@ -187,11 +214,6 @@ class FakeHub(FakeProvider):
 
     def _http_error_body(self, status: int, message: str) -> Mapping[str, Any]:
         return {"error": message, "error_description": message}
-
-    def _json(
-        self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None
-    ) -> Response:
-        return json_response(body, status, content_type=CONTENT_TYPE, headers=headers)
 
     def _token_error(
         self, error: str, description: str, *, status: int = 400, basic: bool = False
@@ -219,7 +241,9 @@ class FakeHub(FakeProvider):
                 ids.append(sid)
         return tuple(ids)
 
-    def _granted(self, access: AccessGrant, refresh_token: str | None) -> Response:
+    def _granted(
+        self, access: AccessGrant, refresh_token: str | None, id_token: str | None = None
+    ) -> Response:
         body: dict[str, Any] = {
             "access_token": access.token,
             "token_type": "Bearer",
@@ -228,7 +252,82 @@ class FakeHub(FakeProvider):
         }
         if refresh_token is not None:
             body["refresh_token"] = refresh_token
+        if id_token is not None:
+            body["id_token"] = id_token
         return self._json(body, headers=_NO_STORE)
+
+    # -- the login hooks (authorize.LoginProvider) ------------------------------------------
+
+    def _client_known(self, client_id: str) -> bool:
+        return client_id in self.services
+
+    def _user_ok(self, username: str, password: str) -> bool:
+        known = username in self.users and self.users[username] == password
+        return known and username not in self.banned_users
+
+    def _registered_redirects(self, client_id: str) -> Sequence[str] | None:
+        return self.services[client_id].redirect_uris or None
+
+    def _login_scope(self, raw: str | None) -> tuple[str, ...] | None:
+        items = (raw or "").split()
+        oidc = tuple(dict.fromkeys(i for i in items if i in OIDC_SCOPES))
+        services = self._scope(
+            " ".join(i for i in items if i not in OIDC_SCOPES), (HUB_SERVICE_ID,)
+        )
+        return None if services is None else (*services, *oidc)
+
+    def _response_type_allowed(self, client_id: str, response_type: str) -> bool:
+        service = self.services[client_id]
+        return service.implicit_enabled if response_type == "token" else service.auth_code_enabled
+
+    def _subject(self, username: str) -> str:
+        return self.user_id(username)
+
+    def _issuer(self, request: Request) -> str:
+        return self.issuer or str(request.base_url).rstrip("/") + self.base_path
+
+    def _login_response(self, request: Request, login: Login) -> tuple[Response, str]:
+        access = self._issue_access(
+            client_id=login.client_id, username=login.username, scope=login.scope
+        )
+        refresh_token = None
+        if login.extra.get("access_type") == "offline":
+            refresh_token = self._issue_refresh(
+                client_id=login.client_id,
+                username=login.username,
+                scope=login.scope,
+                family=access.family,
+            ).token
+        id_token = self._id_token(request, login, access)
+        return self._granted(access, refresh_token, id_token), access.family
+
+    def _implicit(self, request: Request, login: Login) -> dict[str, str]:
+        # RFC 6749 §4.2.2: no refresh token in the implicit grant.
+        access = self._issue_access(
+            client_id=login.client_id, username=login.username, scope=login.scope
+        )
+        return {
+            "access_token": access.token,
+            "token_type": "Bearer",
+            "expires_in": str(int(self.ttl)),
+            "scope": " ".join(access.scope),
+        }
+
+    def _public_login(self, service: HubService | None, params: dict[str, str]) -> bool:
+        """An untrusted service's PKCE login or its refresh: ``client_id`` alone suffices.
+
+        Hub's docs: "For public clients (untrusted services) Auth Header can be omitted but,
+        in this case, client_id parameter becomes required."
+        """
+        if service is None or service.trusted or "client_secret" in params:
+            return False
+        grant = params.get("grant_type")
+        if grant == "authorization_code":
+            return bool(params.get("code_verifier"))
+        if grant == "refresh_token":
+            refresh = self._tokens.refresh(params.get("refresh_token", ""))
+            return refresh is not None and refresh.family in self._pkce_families
+        return False
 
     # -- token endpoint (called with the lock held) -----------------------------------------
 
@@ -245,7 +344,8 @@ class FakeHub(FakeProvider):
         service = self.services.get(client_id)
         if not client_id:
             return self._token_error("invalid_client", "Client authentication is required")
-        if service is None or service.secret != secret:
+        public = not basic_used and self._public_login(service, params)
+        if service is None or (service.secret != secret and not public):
             return self._token_error(
                 "invalid_client", "Client authentication failed", basic=basic_used
             )
@@ -257,8 +357,10 @@ class FakeHub(FakeProvider):
         if grant == "refresh_token":
             return self._refresh(service, params)
         if grant == "authorization_code":
-            # The fake never issues codes, so every code is unknown.
-            return self._token_error("invalid_grant", "Authorization code is unknown")
+            try:
+                return self._code_grant(request, service.id, params)
+            except GrantError as err:
+                return self._token_error(err.error, err.description)
         if not grant:
             return self._token_error("invalid_request", "Parameter grant_type is required")
         return self._token_error("unsupported_grant_type", f"Unsupported grant type: {grant}")
@@ -310,7 +412,7 @@ class FakeHub(FakeProvider):
         state = self._tokens.refresh_state(token, self.now())
         old = self._tokens.refresh(token)
         if old is None or state is not TokenState.VALID:
-            return self._token_error("invalid_grant", f"Refresh {_STATE_TEXT[state].lower()}")
+            return self._token_error("invalid_grant", f"Refresh {STATE_TEXT[state].lower()}")
         if old.client_id != service.id:
             return self._token_error(
                 "invalid_grant", "Refresh token was issued to another client service"
@@ -326,136 +428,3 @@ class FakeHub(FakeProvider):
         access = self._refresh_access(old, client_id=service.id, scope=scope)
         # No rotation: the old refresh token stays valid and is normally not sent back.
         return self._granted(access, old.token if self.echo_refresh_token_on_refresh else None)
-
-    # -- protected and admin endpoints ------------------------------------------------------
-
-    def _authorised(self, record: RecordedRequest) -> AccessGrant | Response:
-        token = bearer_token(record.headers.get("authorization"))
-        if token is None:
-            return self._json(
-                {"error": "Unauthorized", "error_description": "Bearer token is required"}, 401
-            )
-        state = self._tokens.access_state(token, self.now())
-        grant = self._tokens.access(token)
-        if grant is None or state is not TokenState.VALID:
-            return self._json(
-                {"error": "Unauthorized", "error_description": _STATE_TEXT[state]}, 401
-            )
-        return grant
-
-    def _forbidden(self, description: str) -> Response:
-        # 403 means "no permission": clients must not treat it as a dead token.
-        return self._json({"error": "Forbidden", "error_description": description}, 403)
-
-    def _user_object(self, login: str) -> dict[str, Any]:
-        return {
-            "type": "user",
-            "id": self.user_id(login),
-            "login": login,
-            "name": login.capitalize(),
-            "guest": False,
-            "banned": login in self.banned_users,
-        }
-
-    def _users_me(self, request: Request, record: RecordedRequest) -> Response:
-        grant = self._authorised(record)
-        if isinstance(grant, Response):
-            return grant
-        if grant.username is None:
-            return self._forbidden("Token was issued to a service, not a user")
-        if HUB_SERVICE_ID not in grant.scope:
-            return self._forbidden("Token scope does not include Hub")
-        user = self._user_object(grant.username)
-        fields = record.query.get("fields")
-        if fields:
-            # Honour ?fields= loosely: keep the requested top-level names, ignore nesting.
-            wanted = {f.split("(", 1)[0].strip() for f in fields.split(",")}
-            user = {k: v for k, v in user.items() if k in wanted}
-        return self._json(user)
-
-    def _services_me(self, request: Request, record: RecordedRequest) -> Response:
-        grant = self._authorised(record)
-        if isinstance(grant, Response):
-            return grant
-        service = self.services.get(grant.client_id)
-        return self._json(
-            {
-                "type": "service",
-                "id": grant.client_id,
-                "name": service.name if service else grant.client_id,
-                "trusted": bool(service and service.trusted),
-            }
-        )
-
-    def _userinfo(self, request: Request, record: RecordedRequest) -> Response:
-        grant = self._authorised(record)
-        if isinstance(grant, Response):
-            return grant
-        if grant.username is None:
-            return self._forbidden("Token was issued to a service, not a user")
-        login = grant.username
-        return self._json(
-            {"sub": self.user_id(login), "name": login.capitalize(), "preferred_username": login}
-        )
-
-    def _discovery(self, request: Request, record: RecordedRequest) -> Response:
-        hub = str(request.base_url).rstrip("/") + self.base_path
-        return self._json(
-            {
-                "issuer": hub,
-                "authorization_endpoint": f"{hub}/api/rest/oauth2/auth",
-                "token_endpoint": f"{hub}/api/rest/oauth2/token",
-                "userinfo_endpoint": f"{hub}/api/rest/oauth2/userinfo",
-                "jwks_uri": f"{hub}/api/rest/oauth2/keys",
-                "grant_types_supported": [
-                    "authorization_code",
-                    "client_credentials",
-                    "password",
-                    "refresh_token",
-                    "implicit",
-                ],
-                "token_endpoint_auth_methods_supported": [
-                    "client_secret_basic",
-                    "client_secret_post",
-                ],
-                "scopes_supported": ["openid", "offline_access", "profile", "email", "groups"],
-                "response_types_supported": ["code", "token", "id_token"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-            }
-        )
-
-    def _login_of(self, user: str) -> str | None:
-        if user in self.users:
-            return user
-        return next((login for login in self.users if self.user_id(login) == user), None)
-
-    def _list_rts(self, request: Request, record: RecordedRequest) -> Response:
-        login = self._login_of(request.path_params["user"])
-        if login is None:
-            return self._json({"error": "Not Found", "error_description": "No such user"}, 404)
-        items = [
-            {
-                "id": g.id,
-                "client": {"id": g.client_id},
-                "scope": [{"id": s} for s in g.scope],
-                "user": {"id": self.user_id(login)},
-                "creationTime": int(g.issued_at * 1000),
-                "lastAccessTime": int(g.issued_at * 1000),
-            }
-            for g in self._tokens.refresh_grants()
-            if g.username == login and not g.revoked
-        ]
-        return self._json(
-            {"skip": 0, "top": len(items), "total": len(items), "refreshtokens": items}
-        )
-
-    def _delete_rt(self, request: Request, record: RecordedRequest) -> Response:
-        login = self._login_of(request.path_params["user"])
-        grant = self._tokens.refresh_by_id(request.path_params["rt_id"])
-        if login is None or grant is None or grant.username != login or grant.revoked:
-            return self._json(
-                {"error": "Not Found", "error_description": "No such refresh token"}, 404
-            )
-        grant.revoked = True
-        return Response(status_code=200)

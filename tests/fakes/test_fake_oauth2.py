@@ -144,7 +144,8 @@ def test_refresh_without_rotation(connect: Connect) -> None:
         ({"grant_type": "password", "username": "alice", "password": "x"}, "invalid_grant"),
         ({"grant_type": "password", "username": "alice"}, "invalid_request"),
         ({"grant_type": "refresh_token", "refresh_token": "nope"}, "invalid_grant"),
-        ({"grant_type": "authorization_code", "code": "c"}, "unsupported_grant_type"),
+        ({"grant_type": "authorization_code", "code": "c"}, "invalid_grant"),
+        ({"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"}, "unsupported_grant_type"),
         ({}, "invalid_request"),
     ],
 )
