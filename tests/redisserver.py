@@ -152,9 +152,78 @@ class RedisServer:
 def run_redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
     """Run ``redis-server`` on a free 127.0.0.1 port in *directory* until the end; with
     *appendonly* it keeps an AOF there (and still no RDB save points)."""
+    server = _start(free_port(), directory, appendonly=appendonly)
+    try:
+        yield server
+    finally:
+        _stop(server.process)
+
+
+class RestartableRedis:
+    """A redis-server of one test's own that the test may stop and start again on the same
+    port, as an outage of the one Redis its brokers share: in the same directory, or in a
+    new one, empty (what was stored is gone, as on a fresh server after a failover).
+
+    Without persistence (the default) a restart in the same directory is empty too; with
+    *appendonly* it reads back its AOF. Its default user has no password and may do
+    anything: no other test shares it, so it needs no :class:`RedisPlace` (and a place's
+    user would not survive a restart: users are configuration, not data). Between a stop
+    and a start the port is free; another program could take it (unlikely: it is not
+    handed out again at once).
+    """
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        self.port = free_port()
+        self.appendonly = appendonly
+        self._directory = directory
+        self._server: RedisServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def server(self) -> RedisServer:
+        """The server running now; fails the test when it is stopped."""
+        if self._server is None:
+            pytest.fail("the redis-server is stopped")
+        return self._server
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self, directory: Path | None = None) -> RedisServer:
+        """Start it on its port: in *directory* (a new one: empty), else in its last one."""
+        if self._server is not None:
+            pytest.fail("the redis-server is running already")
+        if directory is not None:
+            self._directory = directory
+        self._server = _start(self.port, self._directory, appendonly=self.appendonly)
+        return self._server
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL after 10 s): every connection to it is closed and
+        every new one refused until :meth:`start`."""
+        if self._server is not None:
+            _stop(self._server.process)
+            self._server = None
+
+
+@contextlib.contextmanager
+def restartable_redis_server(directory: Path) -> Iterator[RestartableRedis]:
+    """A :class:`RestartableRedis`, started in *directory*; stopped at the end."""
+    redis_process = RestartableRedis(directory)
+    redis_process.start()
+    try:
+        yield redis_process
+    finally:
+        redis_process.stop()
+
+
+def _start(port: int, directory: Path, *, appendonly: bool) -> RedisServer:
     program = require_redis_server()
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     args = [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
     args += ["yes" if appendonly else "no", "--dir", str(directory)]
     args += ["--logfile", str(directory / "redis.log")]
@@ -162,14 +231,19 @@ def run_redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[R
     server = RedisServer(port, directory, process)
     try:
         _wait_for_ping(server)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    except BaseException:
+        _stop(process)
+        raise
+    return server
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_for_ping(server: RedisServer) -> None:
