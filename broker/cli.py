@@ -21,6 +21,7 @@ from broker.core.clock import SystemClock
 from broker.core.errors import ConfigError
 from broker.engine.state_file import StateError
 from broker.engine.store import LocalStore, StoreError
+from broker.login_cli import add_login_parser, run_login
 from broker.ops.logs import configure_logging
 from broker.probe import (
     Outcome,
@@ -81,6 +82,8 @@ def _run(argv: Sequence[str] | None) -> int:
             return _check(args.config, login=args.login)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "login":
+            return run_login(args)
         from broker.demo import run_demo  # the demo alone needs the fakes
 
         return run_demo(host=args.host, port=args.port, ttl=args.ttl)
@@ -116,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         help="also log in once per provider with its primary grant and report the outcome"
         " (nothing is saved; refresh tokens are never spent)",
     )
+
+    add_login_parser(commands)
 
     demo = commands.add_parser(
         "demo",

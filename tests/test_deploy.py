@@ -510,6 +510,7 @@ async def test_the_deployed_acl_lets_the_broker_do_everything_it_does(
                 etag_key=b"k" * 32,
                 serve_min_remaining=1.0,
             )
+
             async def wait_for_the_lease() -> None:
                 async with other.lease("hiro"):  # waits, asking how long it has left
                     pass

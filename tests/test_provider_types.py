@@ -36,7 +36,18 @@ NOT_IDENTIFYING = {
     "hiro": {"client_auth"},
     "aerion": {"tenant_header"},
     "hub": {"scope", "grant"},
-    "oauth2": {"grant", "client_auth", "scope", "audience", "extra_params", "headers"},
+    "oauth2": {
+        "grant",
+        "client_auth",
+        "scope",
+        "audience",
+        "extra_params",
+        "headers",
+        # How the browser is sent and brought back: the same login.
+        "redirect_uri",
+        "prompt",
+        "authorize_params",
+    },
 }
 """Every other field of each provider model, classified on purpose."""
 

@@ -19,7 +19,7 @@ from broker.config.yamlfile import KeyPath
 from broker.core.addresses import is_loopback_address
 from broker.policy.schedule import RefreshSettings
 
-GrantType = Literal["password", "client_credentials", "refresh_token"]
+GrantType = Literal["password", "client_credentials", "refresh_token", "authorization_code"]
 ClientAuth = Literal["client_secret_basic", "client_secret_post"]
 
 
@@ -179,12 +179,32 @@ class HubProvider(_ProviderBase, _UserCredentials):
         return self
 
 
-class OAuth2Provider(_ProviderBase, _UserCredentials):
+class _BrowserLogin(BaseModel):
+    """How a person logs in once in a browser (``grant: authorization_code``)."""
+
+    redirect_uri: HttpUrl | None = None
+    """Where the identity provider sends the browser back: the broker's
+    ``/login/callback``. Default ``http://127.0.0.1:<port>/login/callback``; set it for a
+    port-forwarded or remote setup (it must reach this broker's ``/login/callback``)."""
+    prompt: str | None = None
+    """Sent as ``prompt`` (``login``, ``consent``, ``select_account``...)."""
+    authorize_params: dict[str, str] = Field(default_factory=dict)
+    """More query parameters for the authorization request (``access_type``, ...)."""
+
+
+class OAuth2Provider(_ProviderBase, _UserCredentials, _BrowserLogin):
     """Any RFC 6749 token endpoint."""
 
     type: Literal["oauth2"]
     token_url: HttpUrl
     grant: GrantType
+    authorize_url: HttpUrl | None = None
+    """The authorization endpoint (``grant: authorization_code``); found through the
+    ``issuer``'s metadata when left out."""
+    issuer: HttpUrl | None = None
+    """The identity provider's issuer: its metadata (``/.well-known/openid-configuration``,
+    else RFC 8414's ``/.well-known/oauth-authorization-server``) names the authorization
+    endpoint and the keys an ``id_token`` is checked against."""
     client_id: OptionalIndirect = None
     client_secret: OptionalSecret = None
     client_auth: ClientAuth = "client_secret_basic"
@@ -204,6 +224,29 @@ class OAuth2Provider(_ProviderBase, _UserCredentials):
         if self.grant == "client_credentials" and self.client_id is None:
             msg = "grant client_credentials needs client_id and client_secret"
             raise ValueError(msg)
+        if self.grant == "authorization_code":
+            if self.client_id is None:
+                msg = (
+                    "grant authorization_code needs client_id (and client_secret, if confidential)"
+                )
+                raise ValueError(msg)
+            if self.authorize_url is None and self.issuer is None:
+                msg = "grant authorization_code needs authorize_url, or issuer to discover it"
+                raise ValueError(msg)
+            if "openid" in (self.scope or "").split() and self.issuer is None:
+                msg = (
+                    "scope openid returns an id_token, which is checked against the issuer's"
+                    " keys: set issuer"
+                )
+                raise FieldProblem(("issuer",), msg)
+        for key in ("authorize_url", "issuer"):
+            host = cleartext_host(str(getattr(self, key) or ""))
+            if host is not None and not self.allow_insecure_http:
+                msg = (
+                    f"plain http:// to {host} would let the login's code and tokens cross the"
+                    " network unencrypted; use https://, or set allow_insecure_http: true"
+                )
+                raise FieldProblem((key,), msg)
         return self
 
 

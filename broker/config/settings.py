@@ -75,6 +75,9 @@ class ClientConfig(BaseModel):
     """Providers whose tokens this client may read (and refresh); ``"*"`` for all."""
     status: bool = False
     """May read /providers and the details of /readyz."""
+    login: bool = False
+    """May start a person's login for its providers (``broker login``): asks the broker for a
+    one-time login URL, or seeds a refresh token."""
 
     @property
     def by_peer(self) -> bool:

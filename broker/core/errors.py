@@ -63,6 +63,11 @@ class ErrorCode(enum.StrEnum):
     NOT_LOOPBACK = "not_loopback"
     REQUIRED_HEADER_MISSING = "required_header_missing"
     HEADERS_TOO_LARGE = "headers_too_large"
+    # A person's login (broker.engine.logins, broker.web.login_routes).
+    LOGIN_NOT_SUPPORTED = "login_not_supported"
+    LOGIN_NOT_FOUND = "login_not_found"
+    LOGIN_EXPIRED = "login_expired"
+    LOGIN_FAILED = "login_failed"
 
     @property
     def status(self) -> int:
@@ -89,6 +94,10 @@ STATUS: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.NOT_LOOPBACK: 403,
         ErrorCode.REQUIRED_HEADER_MISSING: 412,
         ErrorCode.HEADERS_TOO_LARGE: 431,
+        ErrorCode.LOGIN_NOT_SUPPORTED: 409,
+        ErrorCode.LOGIN_NOT_FOUND: 404,
+        ErrorCode.LOGIN_EXPIRED: 410,
+        ErrorCode.LOGIN_FAILED: 502,
     }
 )
 """The HTTP status of every :class:`ErrorCode`: the one place an error status is chosen."""
@@ -144,6 +153,15 @@ class TokenUnavailableError(ApiError):
         self.code = code
 
 
+class LoginError(ApiError):
+    """A person's login cannot go on: not this provider's way, an unknown, expired or used
+    login link or callback, or the identity provider refused it. Never names a secret."""
+
+    def __init__(self, message: str, *, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class FailureKind(enum.Enum):
     """How a failed token request should be treated."""
 
@@ -169,6 +187,8 @@ class FailureCode(enum.StrEnum):
     UNEXPECTED_REDIRECT = "unexpected_redirect"
     ENDPOINT_NOT_FOUND = "endpoint_not_found"
     NEEDS_LOGIN = "needs_login"
+    INVALID_ID_TOKEN = "invalid_id_token"  # noqa: S105 (a code, not a secret)
+    """A login's ``id_token`` failed its checks (signature, issuer, audience, nonce, expiry)."""
     STORE_UNAVAILABLE = "store_unavailable"
     """The token store (Redis) could not be used: no lease, no read. Transient."""
     INTERNAL_ERROR = "internal_error"

@@ -22,6 +22,8 @@ class Grant:
     access_token: str = field(repr=False)
     lifetime: float | None = None
     refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    """An OpenID Connect ID token, when the answer carried one (checked at a login)."""
 
 
 ETAG_BYTES = 12

@@ -30,7 +30,16 @@ def fingerprint(*parts: str) -> str:
     return digest.hexdigest()
 
 
-LOGIN_ENDPOINT_FIELDS = ("url", "token_url", "auth_api", "flow", "company_url")
+LOGIN_ENDPOINT_FIELDS = (
+    "url",
+    "token_url",
+    "auth_api",
+    "flow",
+    "company_url",
+    # A person's login (grant: authorization_code): another issuer is another login.
+    "authorize_url",
+    "issuer",
+)
 """The provider config fields that say where and how a login happens. Besides these the
 type, ``client_id``, ``username`` and the seeded refresh token identify a login.
 ``tests/test_provider_types.py`` fails when a provider model gains a field that is neither

@@ -38,6 +38,7 @@ from broker.core.errors import (
 from broker.core.sanitize import one_line, shortened
 from broker.core.tokens import Token, matches_etag
 from broker.engine.announcements import AnnouncementListener
+from broker.engine.browser_login import BrowserLogins
 from broker.engine.outcomes import OutcomeRecorder
 from broker.engine.pacer import StartCalendar
 from broker.engine.provider import Provider, max_shift, new_provider, next_delay
@@ -90,6 +91,15 @@ class TokenManager:
         self.providers: dict[str, Provider] = {
             name: new_provider(name, settings) for name in settings.providers
         }
+        self.logins = BrowserLogins(
+            client=client,
+            clock=clock,
+            requester=self._requester,
+            outcomes=self._outcomes,
+            sinks=self._sinks,
+            providers=lambda: self.providers,
+        )
+        """A person's logins (``broker login``): in a browser, or with a refresh token."""
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -221,6 +231,10 @@ class TokenManager:
 
     def wall(self) -> float:
         return self._clock.wall()
+
+    async def wait_for(self, event: asyncio.Event, seconds: float) -> bool:
+        """Whether *event* was set within *seconds* of the engine's clock."""
+        return await self._clock.wait(event, max(seconds, 0.0))
 
     def store_status(self) -> StoreStatus:
         """Where the token store stands (for the status endpoints)."""

@@ -17,6 +17,8 @@ from broker.ops.sinks import FileSink
 from broker.policy.schedule import RefreshSettings, alone_from, refresh_delay
 from broker.policy.states import CallerBucket, Outcome, ProviderState, provider_state
 from broker.protocols import TokenProtocol, build_protocol
+from broker.protocols.authorize import AuthorizationEndpoint
+from broker.protocols.presets import build_authorization
 
 
 @dataclass(eq=False)
@@ -69,6 +71,9 @@ class Provider:
     """Why the newest token could not be written to the sink file, if it could not."""
     sink_expiry: asyncio.Task[None] | None = field(default=None, repr=False)
     """Removes the sink file when its token is no longer servable and none replaced it."""
+    authorization: AuthorizationEndpoint | None = None
+    """Where a person logs in (``grant: authorization_code``); None for a provider that
+    logs in by itself."""
 
     @property
     def kind(self) -> str:
@@ -138,6 +143,7 @@ def new_provider(name: str, settings: BrokerSettings) -> Provider:
         refresh_token=seed,
         login_id=login_fingerprint(config),
         sink=(FileSink(config.sink, name) if config.sink is not None else None),
+        authorization=build_authorization(config),
     )
 
 

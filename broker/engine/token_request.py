@@ -11,18 +11,22 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 import httpx
 
 from broker.core.clock import Clock
 from broker.core.errors import FailureCode, FailureKind, TokenEndpointError
-from broker.core.tokens import Token, place_token
+from broker.core.tokens import Grant, Token, place_token
 from broker.engine.exchange import exchange
 from broker.engine.provider import Provider, may_go_alone
 from broker.engine.store import Replacing, StoreConflict, Stored, StoreError, TokenStore
 from broker.ops.metrics import Metrics
 
 log = logging.getLogger("broker.manager")
+
+GrantCheck = Callable[[Grant], Awaitable[None]]
+"""Checks a token answer before it is kept; raises TokenEndpointError to refuse it."""
 
 
 class TokenRequester:
@@ -202,17 +206,61 @@ class TokenRequester:
                     ) from None
         if not protocol.can_login:
             provider.needs_login = True
-            msg = "no refresh token left and no password or client credentials configured"
+            if provider.authorization is not None:
+                msg = f"a person's login is needed: run broker login {provider.name}"
+            else:
+                msg = "no refresh token left and no password or client credentials configured"
             raise TokenEndpointError(msg, code=FailureCode.NEEDS_LOGIN, kind=FailureKind.REJECTED)
         return await self._send(provider, protocol.login_request(), False)
 
+    async def redeem(
+        self,
+        provider: Provider,
+        request: httpx.Request,
+        *,
+        refreshing: bool = False,
+        check: GrantCheck | None = None,
+    ) -> Token:
+        """A token for *request*, a person's login (an authorization code's exchange, or a
+        refresh token they gave, *refreshing*): under the lease, its refresh token saved and
+        its token published like any other. *check* runs on the answer before anything is
+        kept (the ``id_token``'s check)."""
+        try:
+            async with self._store.lease(provider.name):
+                stored = await self._store.load(provider.name, provider.login_id)
+                provider.store_holds = (
+                    stored.fence or Replacing(stored.refresh_token)
+                ).refresh_token
+                provider.resumed = True  # this login replaces whatever was kept
+                token = await self._send(provider, request, refreshing, check=check)
+                if (
+                    provider.refresh_token is not None
+                    and provider.refresh_token != provider.store_holds
+                ):
+                    # Not rotated by the answer (a seeded refresh token that stays): still
+                    # new to the store.
+                    await self._persist(provider, provider.refresh_token)
+                await self._store.publish(provider.name, provider.login_id, token)
+                return token
+        except StoreError as exc:
+            msg = f"the token store cannot be used: {exc}"
+            raise TokenEndpointError(
+                msg, code=FailureCode.STORE_UNAVAILABLE, kind=FailureKind.TRANSIENT
+            ) from None
+
     async def _send(
-        self, provider: Provider, request: httpx.Request, refreshing: bool, *, alone: bool = False
+        self,
+        provider: Provider,
+        request: httpx.Request,
+        refreshing: bool,
+        *,
+        alone: bool = False,
+        check: GrantCheck | None = None,
     ) -> Token:
         grant = "refresh_token" if refreshing else "login"
         started = self._clock.monotonic()
         try:
-            token = await self._send_once(provider, request, refreshing, alone)
+            token = await self._send_once(provider, request, refreshing, alone, check)
         except TokenEndpointError as exc:
             took = self._clock.monotonic() - started
             self.metrics.token_request(provider.name, grant, exc.code, took)
@@ -223,7 +271,12 @@ class TokenRequester:
         return token
 
     async def _send_once(
-        self, provider: Provider, request: httpx.Request, refreshing: bool, alone: bool
+        self,
+        provider: Provider,
+        request: httpx.Request,
+        refreshing: bool,
+        alone: bool,
+        check: GrantCheck | None,
     ) -> Token:
         host = self._sending_to.setdefault(
             request.url.netloc.decode("ascii"), asyncio.Semaphore(self._per_host_limit)
@@ -240,6 +293,8 @@ class TokenRequester:
             )
         provider.clock_skew = answer.clock_skew
         grant = answer.grant
+        if check is not None:
+            await check(grant)
         floor = provider.policy.serve_min_remaining
         if answer.lifetime <= floor:
             # It could never be served (see serve_min_remaining).

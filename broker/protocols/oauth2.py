@@ -56,7 +56,20 @@ class OAuth2Protocol(TokenProtocol):
 
     @property
     def can_login(self) -> bool:
-        return self.grant != "refresh_token"
+        # An authorization code comes from a person in a browser (broker login), never
+        # unattended: such a provider lives on its refresh token between logins.
+        return self.grant not in ("refresh_token", "authorization_code")
+
+    def code_request(self, code: str, verifier: str, redirect_uri: str) -> httpx.Request:
+        """Exchange an authorization code (RFC 6749 §4.1.3) with its PKCE verifier
+        (RFC 7636 §4.5); a public client sends its ``client_id`` in the body."""
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+        }
+        return self._request(form)
 
     def login_request(self) -> httpx.Request:
         form: dict[str, str] = {"grant_type": self.grant}
@@ -129,12 +142,14 @@ class OAuth2Protocol(TokenProtocol):
             exp = jwt_expiry(access_token)
             lifetime = exp - wall_now if exp is not None else None
         refresh_token = data.get("refresh_token")
+        id_token = data.get("id_token")
         return Grant(
             access_token=access_token,
             lifetime=lifetime,
             refresh_token=refresh_token
             if isinstance(refresh_token, str) and refresh_token
             else None,
+            id_token=id_token if isinstance(id_token, str) and id_token else None,
         )
 
     def describe(self) -> str:
@@ -142,6 +157,7 @@ class OAuth2Protocol(TokenProtocol):
             "password": f"password grant as {self.username}",
             "client_credentials": "client_credentials grant",
             "refresh_token": "refresh_token grant from a seeded refresh token",
+            "authorization_code": "a person's browser login (broker login), then refresh_token",
         }[self.grant]
         auth = self.client_auth if self.client_id is not None else "no client authentication"
         scope = f", scope {self.scope!r}" if self.scope else ""

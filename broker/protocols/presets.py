@@ -10,6 +10,7 @@ A preset's endpoint is its base ``url`` joined with the vendor's path by
 from __future__ import annotations
 
 from broker.config.providers import AerionProvider, HiroProvider, HubProvider, OAuth2Provider
+from broker.protocols.authorize import AuthorizationEndpoint
 from broker.protocols.base import TokenProtocol
 from broker.protocols.hiro import REFRESH_REJECTED, HiroAppProtocol
 from broker.protocols.oauth2 import OAuth2Protocol
@@ -126,3 +127,18 @@ def _oauth2(config: OAuth2Provider) -> TokenProtocol:
         extra_params=extra,
         headers=dict(config.headers),
     )
+
+
+def build_authorization(config: ProviderConfig) -> AuthorizationEndpoint | None:
+    """The authorization endpoint of a provider a person logs in to in a browser
+    (``grant: authorization_code``), or None. Its URL is empty when the issuer's metadata
+    names it (:mod:`broker.engine.discovery`)."""
+    if isinstance(config, OAuth2Provider) and config.grant == "authorization_code":
+        return AuthorizationEndpoint(
+            url=config.authorize_url or "",
+            client_id=config.client_id or "",  # the config requires one
+            scope=config.scope,
+            prompt=config.prompt,
+            params=dict(config.authorize_params),
+        )
+    return None

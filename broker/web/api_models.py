@@ -103,6 +103,10 @@ class ProviderStatus(BaseModel):
     failures: int
     consecutive_failures: int
     has_refresh_token: bool
+    login: str | None = Field(
+        description="While the provider needs a person's login: the command that gives it one"
+        " (`broker login <provider>`, with `--refresh-token -` where it has no browser login)."
+    )
     clock_skew: float | None = Field(
         description="The identity provider's clock minus ours, seconds, from its Date header"
         " (0 when within 2 s); absolute expiries are read on its clock."

@@ -38,6 +38,7 @@ from broker.ops.metrics import Metrics
 from broker.web.docs import add_docs_routes
 from broker.web.error_handlers import add_error_handlers
 from broker.web.fastpath import TokenFastPath
+from broker.web.login_routes import add_login_routes
 from broker.web.reload import Reloader
 from broker.web.routes import add_metrics_route, add_routes
 from broker.web.runtime import Runtime
@@ -173,6 +174,7 @@ def create_api(
     app.add_middleware(GuardMiddleware, guard=guard)
     add_error_handlers(app)
     add_routes(app, runtime)
+    add_login_routes(app, runtime)
     add_docs_routes(app, guard)
     add_metrics_route(app, guard, metrics)
     return app

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.core.errors import (
     ErrorCode,
+    LoginError,
     TokenUnavailableError,
     UnknownProviderError,
     http_layer_code,
@@ -34,6 +35,10 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownProviderError)
     async def unknown_provider(request: Request, exc: UnknownProviderError) -> Response:
+        return _error(exc.status, exc.code, str(exc))
+
+    @app.exception_handler(LoginError)
+    async def login_error(request: Request, exc: LoginError) -> Response:
         return _error(exc.status, exc.code, str(exc))
 
     @app.exception_handler(TokenUnavailableError)

@@ -32,7 +32,7 @@ from broker.core.addresses import is_loopback_address
 from broker.core.errors import ApiError, ErrorCode
 from broker.web.peers import PeerCredentials, current_peer
 
-Need = Literal["token", "status"]
+Need = Literal["token", "status", "login"]
 
 PROXY_HEADERS = frozenset(
     {
@@ -101,6 +101,7 @@ class Client:
     providers: frozenset[str]
     status: bool
     uid: int | None = None
+    login: bool = False
     gid: int | None = None
     exe: str | None = None
 
@@ -150,6 +151,7 @@ class AccessRules:
                 key=None if client.key is None else client.key.get_secret_value().encode(),
                 providers=frozenset(client.providers),
                 status=client.status,
+                login=client.login,
                 uid=client.unix_uid,
                 gid=client.unix_gid,
                 exe=client.unix_exe,
@@ -194,6 +196,7 @@ class Guard:
         rules = self.rules
         host: bytes | None = None
         size = 0
+        navigation = _login_navigation(scope)
         for name, value in scope["headers"]:
             size += len(name) + len(value)
             if name == b"host":
@@ -205,7 +208,14 @@ class Guard:
                 msg = "requests from web pages are refused (Origin header present)"
                 raise Denied(ErrorCode.BROWSER_REQUEST, msg)
             elif name == b"sec-fetch-site" and value not in (b"none", b"same-origin"):
-                msg = "cross-site requests from browsers are refused"
+                if not navigation:
+                    msg = "cross-site requests from browsers are refused"
+                    raise Denied(ErrorCode.BROWSER_REQUEST, msg)
+            elif navigation and (
+                (name == b"sec-fetch-mode" and value != b"navigate")
+                or (name == b"sec-fetch-dest" and value != b"document")
+            ):
+                msg = "the login pages accept top-level navigations only"
                 raise Denied(ErrorCode.BROWSER_REQUEST, msg)
         if size > MAX_HEADER_BYTES:
             msg = f"request headers larger than {MAX_HEADER_BYTES} bytes are refused"
@@ -241,6 +251,10 @@ class Guard:
         if need == "status":
             if not client.status:
                 msg = f"client {client.name!r} may not read the broker's status"
+                raise Denied(ErrorCode.FORBIDDEN, msg)
+        elif need == "login":
+            if not client.login or provider is None or not client.may_read(provider):
+                msg = f"client {client.name!r} may not start a login for this provider"
                 raise Denied(ErrorCode.FORBIDDEN, msg)
         elif provider is None or not client.may_read(provider):
             msg = f"client {client.name!r} may not read this provider's token"
@@ -336,6 +350,19 @@ async def send_denied(send: Send, denied: Denied) -> None:
     headers += [(k.lower().encode(), v.encode()) for k, v in denied.headers().items()]
     await send({"type": "http.response.start", "status": denied.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+LOGIN_NAVIGATIONS = ("/login/start/", "/login/callback")
+"""The only pages a browser may open (a person's login): its one-time link, and where the
+identity provider sends it back, both cross-site top-level navigations. Nothing there
+serves a token."""
+
+
+def _login_navigation(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") == "GET" and (
+        path.startswith(LOGIN_NAVIGATIONS[0]) or path == LOGIN_NAVIGATIONS[1]
+    )
 
 
 def _is_loopback(client: object) -> bool:

@@ -38,6 +38,7 @@ def status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
         "failures": provider.failures,
         "consecutive_failures": provider.consecutive_failures,
         "has_refresh_token": provider.refresh_token is not None,
+        "login": login_command(provider, now),
         "clock_skew": round(provider.clock_skew, 1) if provider.clock_skew is not None else None,
         "last_error": None
         if error is None
@@ -49,6 +50,15 @@ def status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
             else None,
         },
     }
+
+
+def login_command(provider: Provider, now: float) -> str | None:
+    """What a person runs to give a provider that needs one a login, else None."""
+    if provider.state(now) != "needs_login":
+        return None
+    if provider.authorization is not None:
+        return f"broker login {provider.name}"
+    return f"broker login {provider.name} --refresh-token -"
 
 
 def _error_body(provider: Provider) -> dict[str, Any] | None:

@@ -1,0 +1,213 @@
+"""A person's login, from ``broker login`` to a provider that is ``ready``.
+
+Two ways in:
+
+* **In a browser** (``grant: authorization_code``): :meth:`BrowserLogins.begin` makes a
+  login (:mod:`broker.engine.logins`) whose one-time link sends the browser to the
+  identity provider's authorization endpoint (PKCE S256, a random ``state``, a ``nonce``
+  with ``openid``); :meth:`BrowserLogins.finish` takes the redirect back, exchanges the
+  code with the verifier, checks the ``id_token`` when one comes back, and installs the
+  token like any other: its refresh token saved (state directory, shared store), the
+  provider ``ready``, its next refresh planned.
+* **A refresh token given by hand** (:meth:`BrowserLogins.seed`), for a provider whose only
+  way in is a web login elsewhere (Aerion's SSO): checked with one refresh, then kept.
+
+Codes, verifiers and refresh tokens never reach a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from broker.core.clock import Clock
+from broker.core.errors import (
+    ErrorCode,
+    FailureCode,
+    FailureKind,
+    LoginError,
+    TokenEndpointError,
+)
+from broker.core.sanitize import one_line, shortened
+from broker.core.tokens import Grant, Token
+from broker.engine.discovery import Metadata, discover
+from broker.engine.id_tokens import check_id_token
+from broker.engine.logins import LoginAttempt, Logins
+from broker.engine.outcomes import OutcomeRecorder
+from broker.engine.provider import Provider
+from broker.engine.sink_keeper import SinkKeeper
+from broker.engine.token_request import GrantCheck, TokenRequester
+from broker.protocols.authorize import LoginSecrets, Redirect
+from broker.protocols.oauth2 import OAuth2Protocol
+
+log = logging.getLogger("broker.login")
+
+SHOWN_ERROR_LENGTH = 200
+"""How much of an identity provider's ``error_description`` a failed login shows."""
+
+
+class BrowserLogins:
+    """The logins of a person, for every provider of one engine."""
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        requester: TokenRequester,
+        outcomes: OutcomeRecorder,
+        sinks: SinkKeeper,
+        providers: Callable[[], Mapping[str, Provider]],
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._requester = requester
+        self._outcomes = outcomes
+        self._sinks = sinks
+        self._providers = providers
+        self.attempts = Logins(clock)
+        self._metadata: dict[str, Metadata] = {}
+
+    async def begin(self, provider: Provider, *, default_redirect: str) -> LoginAttempt:
+        """A new login for *provider* (LoginError when it has no browser login)."""
+        endpoint = provider.authorization
+        if endpoint is None:
+            msg = (
+                f"provider {provider.name!r} has no browser login (grant authorization_code);"
+                " give it a refresh token instead (broker login --refresh-token -)"
+            )
+            raise LoginError(msg, code=ErrorCode.LOGIN_NOT_SUPPORTED)
+        if not endpoint.url:
+            metadata = await self._discovered(provider)
+            if metadata.authorization_endpoint is None:
+                msg = f"the metadata of issuer {metadata.issuer} names no authorization_endpoint"
+                raise LoginError(msg, code=ErrorCode.LOGIN_FAILED)
+            endpoint = dataclasses.replace(endpoint, url=metadata.authorization_endpoint)
+        login = LoginSecrets.new(with_nonce=endpoint.wants_id_token)
+        redirect = getattr(provider.config, "redirect_uri", None) or default_redirect
+        attempt = self.attempts.begin(
+            provider.name,
+            login,
+            redirect_uri=redirect,
+            authorize_url=endpoint.request_url(login, redirect),
+        )
+        log.info("%s: a login was started; waiting for the browser", provider.name)
+        return attempt
+
+    async def finish(self, attempt: LoginAttempt, redirect: Redirect) -> Token:
+        """Complete *attempt* with the identity provider's *redirect* (taken once, see
+        :meth:`Logins.take`). Raises LoginError (``login_failed``) and marks the attempt
+        failed when the identity provider refused the login or the code."""
+        provider = self._providers().get(attempt.provider)
+        try:
+            if provider is None or not isinstance(provider.protocol, OAuth2Protocol):
+                raise LoginError(  # one place turns these into the outcome
+                    "the provider was removed or changed by a reload meanwhile",
+                    code=ErrorCode.LOGIN_FAILED,
+                )
+            if redirect.error is not None:
+                described = (
+                    f": {shortened(one_line(redirect.error_description), SHOWN_ERROR_LENGTH)}"
+                    if redirect.error_description
+                    else ""
+                )
+                msg = f"the identity provider refused the login ({redirect.error}{described})"
+                raise LoginError(msg, code=ErrorCode.LOGIN_FAILED)
+            if redirect.code is None:
+                msg = "the identity provider's redirect carries no code"
+                raise LoginError(msg, code=ErrorCode.LOGIN_FAILED)
+            request = provider.protocol.code_request(
+                redirect.code, attempt.secrets.verifier, attempt.redirect_uri
+            )
+            token = await self._install(
+                provider, request, "login", check=await self._id_token_check(provider, attempt)
+            )
+        except LoginError as exc:
+            attempt.finish("failed", str(exc))
+            log.warning("%s: the login failed: %s", attempt.provider, exc)
+            raise
+        attempt.finish("ready", f"logged in; provider {attempt.provider!r} is ready")
+        return token
+
+    async def seed(self, provider: Provider, refresh_token: str) -> Token:
+        """Take *refresh_token* (given by a person) after one refresh with it succeeded;
+        LoginError (``login_failed``) when the identity provider refuses it. The refresh
+        token in use before stays when it does."""
+        before, private = provider.refresh_token, provider.private_refresh
+        provider.refresh_token, provider.private_refresh = refresh_token, False
+        request = provider.protocol.refresh_request(refresh_token)
+        try:
+            return await self._install(provider, request, "seeded", refreshing=True)
+        except LoginError:
+            if provider.refresh_token == refresh_token:
+                provider.refresh_token, provider.private_refresh = before, private
+            raise
+
+    async def _install(
+        self,
+        provider: Provider,
+        request: httpx.Request,
+        reason: str,
+        *,
+        refreshing: bool = False,
+        check: GrantCheck | None = None,
+    ) -> Token:
+        started = self._clock.monotonic()
+        try:
+            token = await self._requester.redeem(
+                provider, request, refreshing=refreshing, check=check
+            )
+        except TokenEndpointError as exc:
+            raise LoginError(
+                f"the identity provider did not give a token: {exc.message} [{exc.code}]",
+                code=ErrorCode.LOGIN_FAILED,
+            ) from None
+        self._outcomes.success(provider, token, reason, self._clock.monotonic() - started)
+        provider.wake.set()  # plan the next refresh from the new token
+        await self._sinks.write(provider, token)
+        return token
+
+    async def _id_token_check(self, provider: Provider, attempt: LoginAttempt) -> GrantCheck | None:
+        endpoint = provider.authorization
+        issuer = getattr(provider.config, "issuer", None)
+        if endpoint is None or not endpoint.wants_id_token or issuer is None:
+            return None
+        metadata = await self._discovered(provider)
+        if metadata.jwks_uri is None:
+            msg = f"the metadata of issuer {issuer} names no jwks_uri to check the id_token"
+            raise LoginError(msg, code=ErrorCode.LOGIN_FAILED)
+        jwks_uri, nonce = metadata.jwks_uri, attempt.secrets.nonce
+        patience = provider.config.timeout
+
+        async def check(grant: Grant) -> None:
+            if grant.id_token is None:
+                msg = "the answer to a login with scope openid carries no id_token"
+                raise TokenEndpointError(
+                    msg, code=FailureCode.INVALID_ID_TOKEN, kind=FailureKind.REJECTED
+                )
+            await check_id_token(
+                self._client,
+                grant.id_token,
+                jwks_uri=jwks_uri,
+                issuer=issuer,
+                client_id=endpoint.client_id,
+                nonce=nonce,
+                patience=patience,
+                wall=self._clock.wall,
+            )
+
+        return check
+
+    async def _discovered(self, provider: Provider) -> Metadata:
+        issuer = getattr(provider.config, "issuer", None)
+        if issuer is None:
+            msg = f"provider {provider.name!r} names no issuer to read the metadata of"
+            raise LoginError(msg, code=ErrorCode.LOGIN_FAILED)
+        metadata = self._metadata.get(provider.name)
+        if metadata is None or metadata.issuer != issuer:
+            metadata = await discover(self._client, issuer, patience=provider.config.timeout)
+            self._metadata[provider.name] = metadata
+        return metadata

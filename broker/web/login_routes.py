@@ -1,0 +1,178 @@
+"""The routes of a person's login (``broker login``, :mod:`broker.engine.browser_login`).
+
+For the CLI, with a client key that has the ``login`` right for the provider (or any local
+process when no clients are configured), like every other API route:
+
+* ``POST /login/{provider}``: start a login; answers its one-time link.
+* ``GET /login/attempts/{id}?wait=N``: its outcome, waiting up to N seconds for it.
+* ``POST /login/attempts/{id}/redirect``: the URL the browser was sent back to, pasted by a
+  person whose browser could not reach the broker (``--no-browser``).
+* ``POST /login/{provider}/refresh-token``: a refresh token given by hand.
+
+For the browser, top-level navigations only (the guard lets them through, and nothing
+else, see :meth:`broker.web.security.Guard.check_request`), no key: the link's id and the
+login's state are the secrets:
+
+* ``GET /login/start/{id}``: once; binds the login to this browser (a cookie) and sends it
+  to the identity provider.
+* ``GET /login/callback``: where the identity provider sends it back; a small page that
+  says how it went. No token is ever shown to a browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from broker.core.errors import ErrorCode, LoginError
+from broker.engine.logins import LOGIN_TTL, LoginAttempt
+from broker.protocols.authorize import read_redirect, redirect_of_url
+from broker.web.answers import NO_STORE
+from broker.web.runtime import Runtime
+
+COOKIE_PATH = "/login"
+MAX_WAIT = 60
+"""Longest ``wait`` a caller may ask for (the CLI asks again)."""
+
+
+def login_cookie(state: str) -> str:
+    """The name of the cookie that binds a login to its browser: one per login (a person
+    may have two going at once), named after a digest of its state."""
+    return "broker-login-" + hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
+    guard = runtime.guard
+
+    @app.post("/login/{provider}", summary="Start a person's login", status_code=201)
+    async def begin(provider: str, request: Request) -> JSONResponse:
+        guard.authorize(request.headers.get("authorization"), provider, "login")
+        manager = runtime.engine()
+        attempt = await manager.logins.begin(
+            manager.get(provider), default_redirect=_base(runtime) + "/login/callback"
+        )
+        return JSONResponse(
+            {
+                "login": attempt.id,
+                "url": f"{_origin(attempt.redirect_uri)}/login/start/{attempt.id}",
+                "redirect_uri": attempt.redirect_uri,
+                "expires_in": int(LOGIN_TTL),
+            },
+            status_code=201,
+            headers=NO_STORE,
+        )
+
+    @app.get("/login/attempts/{login_id}", summary="A login's outcome")
+    async def outcome(
+        login_id: str,
+        request: Request,
+        wait: Annotated[int, Query(ge=0, le=MAX_WAIT)] = 0,
+    ) -> JSONResponse:
+        manager = runtime.engine()
+        attempt = manager.logins.attempts.get(login_id)
+        guard.authorize(request.headers.get("authorization"), attempt.provider, "login")
+        if wait and attempt.outcome == "pending":
+            await manager.wait_for(attempt.done, min(wait, attempt.expires_at - manager.now()))
+        if attempt.outcome == "pending" and manager.now() >= attempt.expires_at:
+            attempt.finish("failed", "the login expired: run broker login again")
+        return JSONResponse(_outcome(attempt), headers=NO_STORE)
+
+    @app.post("/login/attempts/{login_id}/redirect", summary="Complete a login by hand")
+    async def pasted(
+        login_id: str, request: Request, body: Annotated[dict[str, Any], Body()]
+    ) -> JSONResponse:
+        logins = runtime.engine().logins
+        attempt = logins.attempts.get(login_id)
+        guard.authorize(request.headers.get("authorization"), attempt.provider, "login")
+        url = body.get("url")
+        if not isinstance(url, str):
+            raise LoginError(
+                'send {"url": "<the address the browser ended on>"}', code=ErrorCode.LOGIN_FAILED
+            )
+        redirect = redirect_of_url(url)
+        taken = logins.attempts.take(redirect.state, login_id=login_id)
+        await logins.finish(taken, redirect)
+        return JSONResponse(_outcome(taken), headers=NO_STORE)
+
+    @app.post("/login/{provider}/refresh-token", summary="Give a provider a refresh token")
+    async def seed(
+        provider: str, request: Request, body: Annotated[dict[str, Any], Body()]
+    ) -> JSONResponse:
+        guard.authorize(request.headers.get("authorization"), provider, "login")
+        manager = runtime.engine()
+        target = manager.get(provider)
+        value = body.get("refresh_token")
+        if not isinstance(value, str) or not value.strip():
+            raise LoginError('send {"refresh_token": "..."}', code=ErrorCode.LOGIN_FAILED)
+        await manager.logins.seed(target, value.strip())
+        return JSONResponse(
+            {"outcome": "ready", "message": f"provider {provider!r} is ready"}, headers=NO_STORE
+        )
+
+    @app.get("/login/start/{login_id}", include_in_schema=False)
+    async def start(login_id: str) -> Response:
+        try:
+            attempt, browser = runtime.engine().logins.attempts.open(login_id)
+        except LoginError as exc:
+            return _page("This login link cannot be used", str(exc), exc.status)
+        answer = RedirectResponse(attempt.authorize_url, status_code=303, headers=NO_STORE)
+        answer.set_cookie(
+            login_cookie(attempt.secrets.state),
+            browser,
+            max_age=int(LOGIN_TTL),
+            path=COOKIE_PATH,
+            httponly=True,
+            samesite="lax",  # sent on the identity provider's top-level redirect back
+            secure=attempt.redirect_uri.startswith("https://"),
+        )
+        return answer
+
+    @app.get("/login/callback", include_in_schema=False)
+    async def callback(request: Request) -> Response:
+        logins = runtime.engine().logins
+        redirect = read_redirect(request.query_params)
+        cookie = request.cookies.get(login_cookie(redirect.state)) if redirect.state else None
+        try:
+            attempt = logins.attempts.take(redirect.state, browser=cookie)
+            await logins.finish(attempt, redirect)
+        except LoginError as exc:
+            return _page("The login did not complete", str(exc), exc.status)
+        answer = _page(
+            "Logged in",
+            f"The broker holds a session for {attempt.provider!r} now and keeps it fresh."
+            " You can close this window.",
+            200,
+        )
+        answer.delete_cookie(login_cookie(attempt.secrets.state), path=COOKIE_PATH)
+        return answer
+
+
+def _outcome(attempt: LoginAttempt) -> dict[str, Any]:
+    return {"provider": attempt.provider, "outcome": attempt.outcome, "message": attempt.message}
+
+
+def _base(runtime: Runtime) -> str:
+    settings = runtime.engine().settings
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _page(title: str, text: str, status: int) -> HTMLResponse:
+    """A page with nothing on it but *text*: no script, no style from anywhere."""
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title>"
+        f"<h1>{html.escape(title)}</h1><p id=message>{html.escape(text)}</p></html>"
+    )
+    return HTMLResponse(body, status_code=status, headers=NO_STORE)

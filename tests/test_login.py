@@ -1,0 +1,313 @@
+"""A person's login, end to end through the broker's API: ``grant: authorization_code``
+with PKCE against the fake OAuth2 server's real authorize endpoint and login form, the
+browser played by an HTTP client that follows what a browser would (its navigations carry
+the Sec-Fetch headers a browser sends; cookies kept), the CLI's calls made with the key of a
+client that has the ``login`` right.
+
+The broker runs in-process on the fake clock (tests/inprocess.py); the browser reaches the
+broker's ASGI app and the fake's directly. A real Chromium does the same in
+tests/test_login_browser.py.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import httpx
+import pytest
+from starlette.types import ASGIApp
+
+from broker.fakes import FakeOAuth2
+from tests.inprocess import BROKER_URL, IdPs, InProcess, in_process
+from tests.support import FakeClock, settings_from
+
+pytestmark = pytest.mark.anyio
+
+IDP = "http://127.0.0.1:9001"
+KEY = "login-key-0123456789abcdef"
+CONFIG = """
+clients:
+  operator:
+    key: "{key}"
+    providers: [p]
+    login: true
+  app:
+    key: "app-key-0123456789abcdef"
+    providers: [p]
+providers:
+  p:
+    type: oauth2
+    grant: authorization_code
+    token_url: "{idp}/oauth/token"
+    authorize_url: "{idp}/authorize"
+    client_id: {client}
+{extra}"""
+NAVIGATION = {
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+}
+XHR = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
+SIGN_IN = {"username": "alice", "password": "alice-pw", "action": "allow"}
+OPERATOR = {"Authorization": f"Bearer {KEY}"}
+APP = {"Authorization": "Bearer app-key-0123456789abcdef"}
+
+
+class Origins(httpx.AsyncBaseTransport):
+    """A browser's network: each origin's ASGI app."""
+
+    def __init__(self, apps: dict[str, ASGIApp]) -> None:
+        self._transports = {origin: httpx.ASGITransport(app) for origin, app in apps.items()}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        origin = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        return await self._transports[origin].handle_async_request(request)
+
+
+def form_of(page: str) -> tuple[str, dict[str, str]]:
+    """The login form's action and its hidden fields."""
+    action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', page)[1])  # type: ignore[index]
+    hidden = {
+        html.unescape(name): html.unescape(value)
+        for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page)
+    }
+    return action, hidden
+
+
+class Person:
+    """Opens the login link, signs in at the fake's form, and follows it back."""
+
+    def __init__(self, broker: InProcess, fake: FakeOAuth2) -> None:
+        self.browser = httpx.AsyncClient(
+            transport=Origins({BROKER_URL: broker.app, IDP: fake.app}), headers=NAVIGATION
+        )
+
+    async def sign_in(
+        self, link: str, *, username: str = "alice", password: str = "alice-pw", allow: bool = True
+    ) -> httpx.Response:
+        """Returns the broker's answer to the identity provider's redirect back."""
+        start = await self.browser.get(link)
+        assert start.status_code == 303, start.text
+        page = await self.browser.get(start.headers["location"])
+        assert page.status_code == 200, page.text
+        action, hidden = form_of(page.text)
+        answer = await self.browser.post(
+            f"{IDP}{action}" if action.startswith("/") else action,
+            data={
+                **hidden,
+                "username": username,
+                "password": password,
+                "action": "allow" if allow else "deny",
+            },
+        )
+        assert answer.status_code in (302, 303), answer.text
+        back = answer.headers["location"]
+        assert back.startswith(f"{BROKER_URL}/login/callback?")
+        return await self.browser.get(back)
+
+
+def setup(
+    clock: FakeClock, *, client: str = "app", extra: str = ""
+) -> tuple[FakeOAuth2, IdPs, str]:
+    fake = FakeOAuth2(
+        clients={"app": "app-secret"},
+        users={"alice": "alice-pw"},
+        ttl=300.0,
+        rotate_refresh_tokens=True,
+        now=clock.wall,
+    )
+    idps = IdPs(clock)
+    idps.serve(IDP, fake.app)
+    config = CONFIG.format(key=KEY, idp=IDP, client=client, extra=extra)
+    return fake, idps, config
+
+
+SECRET = "    client_secret: app-secret\n"
+
+
+async def test_a_person_logs_in_once_and_the_provider_is_ready() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=SECRET + "    scope: profile\n")
+    async with in_process(settings_from(config), idps) as broker:
+        before = await broker.client.get("/providers", headers=OPERATOR)
+        assert before.status_code == 403  # the login right is not status
+        refused = await broker.get("/token/p", headers=APP)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "needs_login"
+
+        started = await broker.client.post("/login/p", headers=OPERATOR)
+        assert started.status_code == 201, started.text
+        body = started.json()
+        assert body["url"].startswith(f"{BROKER_URL}/login/start/")
+        assert body["redirect_uri"] == f"{BROKER_URL}/login/callback"
+        assert body["expires_in"] == 600
+
+        person = Person(broker, fake)
+        landed = await person.sign_in(body["url"])
+        assert landed.status_code == 200, landed.text
+        assert "Logged in" in landed.text
+        token = await broker.get("/token/p", headers=APP)
+        outcome = await broker.client.get(f"/login/attempts/{body['login']}", headers=OPERATOR)
+
+    assert token.status_code == 200, token.text
+    assert fake.is_access_token_valid(token.json()["access_token"])
+    assert token.json()["access_token"] not in landed.text  # no token shown to a browser
+    assert outcome.json() == {
+        "provider": "p",
+        "outcome": "ready",
+        "message": "logged in; provider 'p' is ready",
+    }
+    # The authorization request: PKCE S256, our state, the redirect back to the broker.
+    (authorize, *_) = fake.authorize_requests()
+    query = authorize.query
+    assert query["code_challenge_method"] == "S256"
+    assert query["redirect_uri"] == f"{BROKER_URL}/login/callback"
+    assert query["scope"] == "profile"
+    # The exchange: the code with the verifier, Basic client authentication.
+    (exchange,) = fake.token_requests("authorization_code")
+    assert exchange.form is not None
+    assert exchange.form["code_verifier"]
+    assert "client_secret" not in exchange.form
+    assert exchange.headers["authorization"].startswith("Basic ")
+
+
+async def test_the_login_link_and_the_callback_work_once() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=SECRET)
+    async with in_process(settings_from(config), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        person = Person(broker, fake)
+        landed = await person.sign_in(body["url"])
+        assert landed.status_code == 200
+        again = await person.browser.get(body["url"])
+        replay = await person.browser.get(str(landed.request.url))
+    assert again.status_code == 410
+    assert "run broker login again" in again.text
+    assert replay.status_code in (404, 410)
+    assert len(fake.token_requests("authorization_code")) == 1
+
+
+async def test_a_callback_in_another_browser_is_refused() -> None:
+    """Login CSRF: the redirect back, with a valid state and code, reaches a browser that did
+    not open the link (a page made it follow the attacker's own login)."""
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=SECRET)
+    async with in_process(settings_from(config), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        person = Person(broker, fake)
+        start = await person.browser.get(body["url"])
+        page = await person.browser.get(start.headers["location"])
+        action, hidden = form_of(page.text)
+        answer = await person.browser.post(
+            f"{IDP}{action}",
+            data={**hidden, **SIGN_IN},
+        )
+        victim = Person(broker, fake).browser  # no cookie of this login
+        landed = await victim.get(answer.headers["location"])
+        refused = await broker.get("/token/p", headers=APP)
+    assert landed.status_code == 404
+    assert "another browser" in landed.text
+    assert refused.status_code == 503
+    assert fake.token_requests("authorization_code") == []
+
+
+async def test_a_denied_login_fails_and_says_why() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=SECRET)
+    async with in_process(settings_from(config), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        landed = await Person(broker, fake).sign_in(body["url"], allow=False)
+        outcome = await broker.client.get(f"/login/attempts/{body['login']}", headers=OPERATOR)
+    assert landed.status_code == 502
+    assert "access_denied" in landed.text
+    assert outcome.json()["outcome"] == "failed"
+    assert "access_denied" in outcome.json()["message"]
+
+
+async def test_a_public_client_sends_its_id_and_the_verifier_only() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, client="demo-public-client")
+    async with in_process(settings_from(config), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        landed = await Person(broker, fake).sign_in(body["url"])
+        token = await broker.get("/token/p", headers=APP)
+    assert landed.status_code == 200, landed.text
+    assert token.status_code == 200
+    (exchange,) = fake.token_requests("authorization_code")
+    assert exchange.form is not None
+    assert exchange.form["client_id"] == "demo-public-client"
+    assert "authorization" not in exchange.headers
+
+
+async def test_who_may_start_a_login() -> None:
+    clock = FakeClock()
+    _, idps, config = setup(clock, extra=SECRET)
+    async with in_process(settings_from(config), idps) as broker:
+        anonymous = await broker.client.post("/login/p")
+        app = await broker.client.post("/login/p", headers=APP)  # token right, no login right
+        page = await broker.client.post(
+            "/login/p", headers={**OPERATOR, "Origin": "https://evil.example"}
+        )
+        xhr = await broker.client.get(
+            "/login/start/whatever",
+            headers=XHR,
+        )
+        elsewhere = await broker.client.get("/providers", headers={**OPERATOR, **NAVIGATION})
+    assert anonymous.status_code == 401
+    assert app.status_code == 403
+    assert page.json()["error"] == "browser_request"
+    assert xhr.json()["error"] == "browser_request"
+    assert elsewhere.json()["error"] == "browser_request"
+
+
+async def test_a_provider_that_logs_in_by_itself_has_no_browser_login() -> None:
+    clock = FakeClock()
+    _, idps, _ = setup(clock)
+    config = f"""
+providers:
+  p:
+    type: oauth2
+    grant: client_credentials
+    token_url: "{IDP}/oauth/token"
+    client_id: app
+    client_secret: app-secret
+"""
+    async with in_process(settings_from(config), idps) as broker:
+        answer = await broker.client.post("/login/p")
+    assert answer.status_code == 409
+    assert answer.json()["error"] == "login_not_supported"
+
+
+OIDC = """    client_secret: app-secret
+    issuer: "http://127.0.0.1:9001"
+    scope: openid offline_access
+"""
+
+
+async def test_an_openid_login_discovers_the_endpoint_and_checks_the_id_token() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=OIDC)
+    config = config.replace(f'    authorize_url: "{IDP}/authorize"\n', "")
+    async with in_process(settings_from(config), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        landed = await Person(broker, fake).sign_in(body["url"])
+        token = await broker.get("/token/p", headers=APP)
+    assert landed.status_code == 200, landed.text
+    assert token.status_code == 200
+    (authorize, *_) = fake.authorize_requests()
+    assert authorize.path == "/authorize"  # from the issuer's metadata
+    assert authorize.query["nonce"]
+    assert authorize.query["scope"] == "openid offline_access"
+
+
+async def test_metadata_for_another_issuer_is_refused() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=OIDC)
+    fake.issuer = "https://elsewhere.example"
+    config = config.replace(f'    authorize_url: "{IDP}/authorize"\n', "")
+    async with in_process(settings_from(config), idps) as broker:
+        answer = await broker.client.post("/login/p", headers=OPERATOR)
+    assert answer.status_code == 502
+    assert answer.json()["error"] == "login_failed"
+    assert "not the configured one" in answer.json()["message"]
