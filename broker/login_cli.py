@@ -10,6 +10,8 @@ The key: ``$BROKER_KEY``, else the file ``$BROKER_KEY_FILE`` names, else the key
   waits for the outcome;
 * ``--no-browser``: prints the link for a browser elsewhere, and reads back the address that
   browser ended on (as ``gcloud auth login --no-browser`` does);
+* ``--device``: a device login (RFC 8628): prints a code to enter at the identity
+  provider's page on any device; the broker polls for the approval;
 * ``--refresh-token -``: reads a refresh token from standard input (never echoed, never in
   argv or shell history) and gives it to the broker, which checks it with one refresh.
 
@@ -56,6 +58,12 @@ def add_login_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="print the link for a browser elsewhere and read back the address it ended on",
     )
     login.add_argument(
+        "--device",
+        action="store_true",
+        help="a device login (RFC 8628): enter the printed code at the identity provider's"
+        " page, on any device",
+    )
+    login.add_argument(
         "--refresh-token",
         metavar="-",
         choices=["-"],
@@ -84,6 +92,8 @@ def run_login(args: argparse.Namespace) -> int:
         try:
             if args.refresh_token:
                 return _seed(api, args.provider)
+            if args.device:
+                return _device_login(api, args.provider, deadline=time.monotonic() + args.timeout)
             return _browser_login(api, args, deadline=time.monotonic() + args.timeout)
         except httpx.HTTPError as exc:
             print(
@@ -104,6 +114,30 @@ def _seed(api: httpx.Client, provider: str) -> int:
         return EXIT_USAGE
     answer = api.post(f"/login/{provider}/refresh-token", json={"refresh_token": value})
     return _report(answer)
+
+
+def _device_login(api: httpx.Client, provider: str, *, deadline: float) -> int:
+    answer = api.post(f"/login/{provider}/device")
+    if answer.status_code != 201:
+        return _report(answer)
+    started = answer.json()
+    print(f"To log in to {provider}, open {started['verification_uri']} on any device")
+    print(f"and enter the code {started['user_code']}", flush=True)
+    if started.get("verification_uri_complete"):
+        print(f"(or open {started['verification_uri_complete']})", flush=True)
+    return _wait(api, started["login"], deadline=deadline)
+
+
+def _wait(api: httpx.Client, login_id: str, *, deadline: float) -> int:
+    while True:
+        left = deadline - time.monotonic()
+        wait = max(0, min(WAIT_STEP, int(left)))
+        answer = api.get(f"/login/attempts/{login_id}", params={"wait": wait})
+        if answer.status_code != 200 or answer.json().get("outcome") != "pending":
+            return _report(answer)
+        if left <= 0:
+            print("broker login: gave up waiting (--timeout)", file=sys.stderr)
+            return EXIT_FAILED
 
 
 def _browser_login(api: httpx.Client, args: argparse.Namespace, *, deadline: float) -> int:
@@ -128,15 +162,7 @@ def _browser_login(api: httpx.Client, args: argparse.Namespace, *, deadline: flo
         return _report(api.post(f"/login/attempts/{login_id}/redirect", json={"url": pasted}))
     if not webbrowser.open(url):
         print("(no browser could be opened here: open the link yourself)", flush=True)
-    while True:
-        left = deadline - time.monotonic()
-        wait = max(0, min(WAIT_STEP, int(left)))
-        answer = api.get(f"/login/attempts/{login_id}", params={"wait": wait})
-        if answer.status_code != 200 or answer.json().get("outcome") != "pending":
-            return _report(answer)
-        if left <= 0:
-            print("broker login: gave up waiting (--timeout)", file=sys.stderr)
-            return EXIT_FAILED
+    return _wait(api, login_id, deadline=deadline)
 
 
 def _report(answer: httpx.Response) -> int:

@@ -12,13 +12,16 @@ tests/test_login_browser.py.
 from __future__ import annotations
 
 import html
+import itertools
 import re
+from typing import Any
 
 import httpx
 import pytest
 from starlette.types import ASGIApp
 
-from broker.fakes import FakeOAuth2
+from broker.fakes import FakeHiro, FakeHub, FakeOAuth2
+from broker.fakes.hub_model import HubService
 from tests.inprocess import BROKER_URL, IdPs, InProcess, in_process
 from tests.support import FakeClock, settings_from
 
@@ -78,7 +81,7 @@ def form_of(page: str) -> tuple[str, dict[str, str]]:
 class Person:
     """Opens the login link, signs in at the fake's form, and follows it back."""
 
-    def __init__(self, broker: InProcess, fake: FakeOAuth2) -> None:
+    def __init__(self, broker: InProcess, fake: FakeOAuth2 | FakeHub | FakeHiro) -> None:
         self.browser = httpx.AsyncClient(
             transport=Origins({BROKER_URL: broker.app, IDP: fake.app}), headers=NAVIGATION
         )
@@ -311,3 +314,151 @@ async def test_metadata_for_another_issuer_is_refused() -> None:
     assert answer.status_code == 502
     assert answer.json()["error"] == "login_failed"
     assert "not the configured one" in answer.json()["message"]
+
+
+HUB = """
+clients:
+  operator:
+    key: "{key}"
+    providers: [p]
+    login: true
+providers:
+  p:
+    type: hub
+    url: "{idp}"
+    grant: authorization_code
+    client_id: svc
+    client_secret: svc-secret
+"""
+HIRO = """
+clients:
+  operator:
+    key: "{key}"
+    providers: [p]
+    login: true
+providers:
+  p:
+    type: hiro
+    url: "{idp}"
+    auth_api: /api/auth/6.6
+    flow: code
+    client_id: app
+    client_secret: app-secret
+"""
+
+
+@pytest.mark.parametrize("kind", ["hub", "hiro"])
+async def test_hub_and_hiro_6_6_code_flows(kind: str) -> None:
+    clock = FakeClock()
+    fake: FakeHub | FakeHiro
+    if kind == "hub":
+        fake = FakeHub(
+            services={"svc": HubService(id="svc", secret="svc-secret")},
+            users={"alice": "alice-pw"},
+            ttl=300.0,
+            now=clock.wall,
+        )
+        config = HUB
+    else:
+        fake = FakeHiro(
+            users={"alice": "alice-pw"},
+            clients={"app": "app-secret"},
+            auth_version="6.6",
+            ttl=300.0,
+            now=clock.wall,
+        )
+        config = HIRO
+    idps = IdPs(clock)
+    idps.serve(IDP, fake.app)
+    async with in_process(settings_from(config.format(key=KEY, idp=IDP)), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        landed = await Person(broker, fake).sign_in(body["url"])
+        token = await broker.get("/token/p", headers=OPERATOR)
+    assert landed.status_code == 200, landed.text
+    assert token.status_code == 200
+    assert fake.is_access_token_valid(token.json()["access_token"])
+    (authorize, *_) = fake.authorize_requests()
+    if kind == "hub":
+        assert authorize.path == "/api/rest/oauth2/auth"
+        assert authorize.query["access_type"] == "offline"
+    else:
+        assert authorize.path == "/api/auth/6.6/authorize"
+    assert authorize.query["code_challenge_method"] == "S256"
+    assert len(fake.token_requests("authorization_code")) == 1
+
+
+DEVICE = SECRET + f'    device_authorization_url: "{IDP}/device_authorization"\n'
+
+
+async def device_login(broker: InProcess) -> dict[str, Any]:
+    answer = await broker.client.post("/login/p/device", headers=OPERATOR)
+    assert answer.status_code == 201, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def outcome_of(broker: InProcess, login: str) -> str:
+    answer = await broker.client.get(f"/login/attempts/{login}", headers=OPERATOR)
+    state: str = answer.json()["outcome"]
+    return state
+
+
+async def test_a_device_login_polls_until_the_person_approves() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=DEVICE)
+    async with in_process(settings_from(config), idps) as broker:
+        body = await device_login(broker)
+        assert body["verification_uri"] == f"{IDP}/device"
+        assert body["interval"] == 5
+        await clock.advance(12)  # two polls, both pending
+        assert await outcome_of(broker, body["login"]) == "pending"
+        fake.approve_device(body["user_code"], "alice")
+        await broker.eventually(
+            lambda: outcome_of_is(broker, body["login"], "ready"), within=10, step=1
+        )
+        token = await broker.get("/token/p", headers=APP)
+    assert token.status_code == 200
+    assert fake.is_access_token_valid(token.json()["access_token"])
+    assert len(fake.token_requests("urn:ietf:params:oauth:grant-type:device_code")) == 3
+    # At the server's interval, never sooner (on the broker's clock): no slow_down needed.
+    sent = idps.times(IDP, "/oauth/token")
+    assert [round(b - a) for a, b in itertools.pairwise(sent)] == [5, 5]
+
+
+async def outcome_of_is(broker: InProcess, login: str, wanted: str) -> bool:
+    return await outcome_of(broker, login) == wanted
+
+
+async def test_a_device_login_slows_down_when_asked() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=DEVICE)
+    async with in_process(settings_from(config), idps) as broker:
+        body = await device_login(broker)
+        (grant,) = fake._devices.values()  # the server now wants polls 12 s apart (no switch)
+        grant.interval = 12
+        await clock.advance(60)
+        fake.approve_device(body["user_code"], "alice")
+        await broker.eventually(
+            lambda: outcome_of_is(broker, body["login"], "ready"), within=60, step=1
+        )
+    sent = idps.times(IDP, "/oauth/token")
+    gaps = [round(b - a) for a, b in itertools.pairwise(sent)]
+    # 5 s (the advertised interval) until slow_down, then 5 s more each time it is asked.
+    assert gaps[:3] == [5, 10, 15]
+
+
+@pytest.mark.parametrize("ending", ["deny", "expire"])
+async def test_a_device_login_that_is_denied_or_expires_fails(ending: str) -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=DEVICE)
+    fake.device_code_ttl = 30
+    async with in_process(settings_from(config), idps) as broker:
+        body = await device_login(broker)
+        if ending == "deny":
+            fake.deny_device(body["user_code"])
+        await clock.advance(40)
+        answer = await broker.client.get(f"/login/attempts/{body['login']}", headers=OPERATOR)
+        refused = await broker.get("/token/p", headers=APP)
+    assert answer.json()["outcome"] == "failed"
+    assert ("access_denied" if ending == "deny" else "expire") in answer.json()["message"]
+    assert refused.status_code == 503

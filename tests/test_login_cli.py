@@ -36,6 +36,7 @@ providers:
     grant: authorization_code
     token_url: "{idp}/oauth/token"
     authorize_url: "{idp}/authorize"
+    device_authorization_url: "{idp}/device_authorization"
     client_id: app
     client_secret: app-secret
   seeded:
@@ -134,3 +135,29 @@ def test_an_unreachable_broker_is_exit_status_4() -> None:
     done = cli("code", "--url", "http://127.0.0.1:9", "--refresh-token", "-", stdin="x\n")
     assert done.returncode == 4
     assert "cannot reach the broker at http://127.0.0.1:9" in done.stderr
+
+
+def test_a_device_login_waits_for_the_person(fake: FakeOAuth2) -> None:
+    fake.device_interval = 1  # real seconds here: poll every second
+    with serve_in_thread(fake.app) as idp:
+        settings = settings_from(CONFIG.format(port=8181, key=KEY, idp=idp))
+        with running_broker(settings) as broker:
+            base = str(broker.base_url).rstrip("/")
+            proc = subprocess.Popen(
+                [*BROKER, "login", "code", "--device", "--url", base, "--timeout", "30"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, "BROKER_KEY": KEY},
+            )
+            assert proc.stdout is not None
+            first, second = proc.stdout.readline(), proc.stdout.readline()
+            assert f"open {idp}/device on any device" in first
+            user_code = second.strip().rsplit(" ", 1)[1]
+            fake.approve_device(user_code, "alice")
+            out, err = proc.communicate(timeout=30)
+            token = broker.get("/token/code", headers={"Authorization": f"Bearer {KEY}"})
+    assert proc.returncode == 0, err
+    assert "logged in; provider 'code' is ready" in out
+    assert token.status_code == 200

@@ -33,9 +33,9 @@ NOT_IDENTIFYING = {
         "sink",
         "allow_insecure_http",
     },
-    "hiro": {"client_auth"},
+    "hiro": {"client_auth", "redirect_uri", "prompt", "authorize_params"},
     "aerion": {"tenant_header"},
-    "hub": {"scope", "grant"},
+    "hub": {"scope", "grant", "redirect_uri", "prompt", "authorize_params"},
     "oauth2": {
         "grant",
         "client_auth",
@@ -47,6 +47,7 @@ NOT_IDENTIFYING = {
         "redirect_uri",
         "prompt",
         "authorize_params",
+        "device_authorization_url",
     },
 }
 """Every other field of each provider model, classified on purpose."""

@@ -117,7 +117,20 @@ class _UserCredentials(BaseModel):
     """A refresh token to start from (an SSO login's, for instance); rotated ones replace it."""
 
 
-class HiroProvider(_ProviderBase, _UserCredentials):
+class _BrowserLogin(BaseModel):
+    """How a person logs in once in a browser (``grant: authorization_code``)."""
+
+    redirect_uri: HttpUrl | None = None
+    """Where the identity provider sends the browser back: the broker's
+    ``/login/callback``. Default ``http://127.0.0.1:<port>/login/callback``; set it for a
+    port-forwarded or remote setup (it must reach this broker's ``/login/callback``)."""
+    prompt: str | None = None
+    """Sent as ``prompt`` (``login``, ``consent``, ``select_account``...)."""
+    authorize_params: dict[str, str] = Field(default_factory=dict)
+    """More query parameters for the authorization request (``access_type``, ...)."""
+
+
+class HiroProvider(_ProviderBase, _UserCredentials, _BrowserLogin):
     """HIRO (arago) Auth API v6: JSON ``/app`` + ``/refresh``, or the OAuth2 ``/token`` endpoint."""
 
     type: Literal["hiro"]
@@ -125,9 +138,11 @@ class HiroProvider(_ProviderBase, _UserCredentials):
     auth_api: str = "/api/auth/6"
     """Path prefix of the auth API: ``/api/auth/6``, ``/api/auth/6.6`` ... (slashes
     at either end optional)."""
-    flow: Literal["app", "token"] = "app"
+    flow: Literal["app", "token", "code"] = "app"
     """``app``: JSON password login on ``/app``, refresh on ``/refresh``.
-    ``token``: form-encoded OAuth2 on ``/token`` (auth API 6.6)."""
+    ``token``: form-encoded OAuth2 on ``/token`` (auth API 6.6).
+    ``code``: a person logs in in a browser (``broker login``): auth API 6.6's
+    ``/authorize`` with PKCE, then ``/token``."""
     client_id: Indirect
     client_secret: Secret
     client_auth: ClientAuth = "client_secret_basic"
@@ -135,7 +150,8 @@ class HiroProvider(_ProviderBase, _UserCredentials):
 
     @model_validator(mode="after")
     def _needs_credentials(self) -> HiroProvider:
-        _require_user_or_refresh_token(self)
+        if self.flow != "code":  # the code flow's login is a person's, in a browser
+            _require_user_or_refresh_token(self)
         return self
 
 
@@ -158,7 +174,7 @@ class AerionProvider(_ProviderBase, _UserCredentials):
         return self
 
 
-class HubProvider(_ProviderBase, _UserCredentials):
+class HubProvider(_ProviderBase, _UserCredentials, _BrowserLogin):
     """JetBrains Hub: client credentials, password (offline access) or refresh-token grant."""
 
     type: Literal["hub"]
@@ -171,25 +187,14 @@ class HubProvider(_ProviderBase, _UserCredentials):
     """Space-separated Hub service ids (``0-0-0-0-0`` is Hub itself)."""
     grant: GrantType | None = None
     """Default: ``password`` with a username, ``refresh_token`` with only a refresh
-    token, else ``client_credentials``."""
+    token, else ``client_credentials``. ``authorization_code``: a person logs in in a
+    browser (``broker login``) at ``<url>/api/rest/oauth2/auth``, with
+    ``access_type=offline`` for a refresh token."""
 
     @model_validator(mode="after")
     def _grant_matches_credentials(self) -> HubProvider:
         _check_grant(self, self.grant)
         return self
-
-
-class _BrowserLogin(BaseModel):
-    """How a person logs in once in a browser (``grant: authorization_code``)."""
-
-    redirect_uri: HttpUrl | None = None
-    """Where the identity provider sends the browser back: the broker's
-    ``/login/callback``. Default ``http://127.0.0.1:<port>/login/callback``; set it for a
-    port-forwarded or remote setup (it must reach this broker's ``/login/callback``)."""
-    prompt: str | None = None
-    """Sent as ``prompt`` (``login``, ``consent``, ``select_account``...)."""
-    authorize_params: dict[str, str] = Field(default_factory=dict)
-    """More query parameters for the authorization request (``access_type``, ...)."""
 
 
 class OAuth2Provider(_ProviderBase, _UserCredentials, _BrowserLogin):
@@ -201,6 +206,9 @@ class OAuth2Provider(_ProviderBase, _UserCredentials, _BrowserLogin):
     authorize_url: HttpUrl | None = None
     """The authorization endpoint (``grant: authorization_code``); found through the
     ``issuer``'s metadata when left out."""
+    device_authorization_url: HttpUrl | None = None
+    """The device authorization endpoint (RFC 8628) for ``broker login --device``; found
+    through the ``issuer``'s metadata when left out."""
     issuer: HttpUrl | None = None
     """The identity provider's issuer: its metadata (``/.well-known/openid-configuration``,
     else RFC 8414's ``/.well-known/oauth-authorization-server``) names the authorization

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 import httpx
 
@@ -41,9 +42,20 @@ from broker.engine.provider import Provider
 from broker.engine.sink_keeper import SinkKeeper
 from broker.engine.token_request import GrantCheck, TokenRequester
 from broker.protocols.authorize import LoginSecrets, Redirect
+from broker.protocols.device import (
+    PENDING,
+    SLOW_DOWN,
+    SLOW_DOWN_STEP,
+    DeviceAnswerError,
+    DeviceAuthorization,
+    read_device_authorization,
+)
 from broker.protocols.oauth2 import OAuth2Protocol
 
 log = logging.getLogger("broker.login")
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], object]
+"""Starts a background task the engine owns (:meth:`broker.engine.tasks.Background.spawn`)."""
 
 SHOWN_ERROR_LENGTH = 200
 """How much of an identity provider's ``error_description`` a failed login shows."""
@@ -61,6 +73,7 @@ class BrowserLogins:
         outcomes: OutcomeRecorder,
         sinks: SinkKeeper,
         providers: Callable[[], Mapping[str, Provider]],
+        spawn: Spawn,
     ) -> None:
         self._client = client
         self._clock = clock
@@ -68,6 +81,7 @@ class BrowserLogins:
         self._outcomes = outcomes
         self._sinks = sinks
         self._providers = providers
+        self._spawn = spawn
         self.attempts = Logins(clock)
         self._metadata: dict[str, Metadata] = {}
 
@@ -132,6 +146,73 @@ class BrowserLogins:
         attempt.finish("ready", f"logged in; provider {attempt.provider!r} is ready")
         return token
 
+    async def begin_device(self, provider: Provider) -> tuple[LoginAttempt, DeviceAuthorization]:
+        """A device login (RFC 8628) for *provider*: asks the identity provider for a user
+        code, then polls for the person's approval in the background (the attempt's
+        outcome says how it ended). LoginError when the provider has no device endpoint."""
+        protocol = provider.protocol
+        if provider.authorization is None or not isinstance(protocol, OAuth2Protocol):
+            msg = f"provider {provider.name!r} has no person's login (grant authorization_code)"
+            raise LoginError(msg, code=ErrorCode.LOGIN_NOT_SUPPORTED)
+        url = getattr(provider.config, "device_authorization_url", None)
+        if url is None and getattr(provider.config, "issuer", None) is not None:
+            url = (await self._discovered(provider)).device_authorization_endpoint
+        if url is None:
+            msg = (
+                f"provider {provider.name!r} names no device authorization endpoint"
+                " (device_authorization_url, or an issuer whose metadata has one)"
+            )
+            raise LoginError(msg, code=ErrorCode.LOGIN_NOT_SUPPORTED)
+        try:
+            request = protocol.device_authorization_request(url)
+            request.extensions["timeout"] = httpx.Timeout(provider.config.timeout).as_dict()
+            response = await self._client.send(request)
+            device = read_device_authorization(response.status_code, response.content[:65536])
+        except (httpx.HTTPError, DeviceAnswerError) as exc:
+            why = str(exc) if isinstance(exc, DeviceAnswerError) else type(exc).__name__
+            msg = f"the device authorization request failed: {protocol.scrub(why)}"
+            raise LoginError(msg, code=ErrorCode.LOGIN_FAILED) from None
+        attempt = self.attempts.begin(
+            provider.name, LoginSecrets.new(with_nonce=False), redirect_uri="", authorize_url=""
+        )
+        attempt.opened = attempt.taken = True  # no browser comes back to the broker
+        self._spawn(self._poll(attempt, provider, device), f"login:{provider.name}")
+        log.info("%s: a device login was started; waiting for the person", provider.name)
+        return attempt, device
+
+    async def _poll(
+        self, attempt: LoginAttempt, provider: Provider, device: DeviceAuthorization
+    ) -> None:
+        """Poll the token endpoint until the person approves, denies, or the code expires."""
+        protocol = provider.protocol
+        assert isinstance(protocol, OAuth2Protocol)  # noqa: S101  # begin_device checked it
+        interval = device.interval
+        deadline = self._clock.monotonic() + device.expires_in
+        while attempt.outcome == "pending":
+            await self._clock.sleep(interval)
+            if self._clock.monotonic() >= deadline:
+                attempt.finish("failed", "the device code expired: run broker login again")
+                return
+            if self._providers().get(provider.name) is not provider:
+                attempt.finish("failed", "the provider was removed or changed by a reload")
+                return
+            started = self._clock.monotonic()
+            request = protocol.device_token_request(device.device_code)
+            try:
+                token = await self._requester.redeem(provider, request)
+            except TokenEndpointError as exc:
+                if exc.code == PENDING:
+                    continue
+                if exc.code == SLOW_DOWN:
+                    interval += SLOW_DOWN_STEP
+                    continue
+                attempt.finish("failed", f"the identity provider ended the login [{exc.code}]")
+                log.warning("%s: the device login failed: %s", provider.name, exc.message)
+                return
+            self._installed(provider, token, "device login", started)
+            await self._sinks.write(provider, token)
+            attempt.finish("ready", f"logged in; provider {provider.name!r} is ready")
+
     async def seed(self, provider: Provider, refresh_token: str) -> Token:
         """Take *refresh_token* (given by a person) after one refresh with it succeeded;
         LoginError (``login_failed``) when the identity provider refuses it. The refresh
@@ -165,10 +246,13 @@ class BrowserLogins:
                 f"the identity provider did not give a token: {exc.message} [{exc.code}]",
                 code=ErrorCode.LOGIN_FAILED,
             ) from None
-        self._outcomes.success(provider, token, reason, self._clock.monotonic() - started)
-        provider.wake.set()  # plan the next refresh from the new token
+        self._installed(provider, token, reason, started)
         await self._sinks.write(provider, token)
         return token
+
+    def _installed(self, provider: Provider, token: Token, reason: str, started: float) -> None:
+        self._outcomes.success(provider, token, reason, self._clock.monotonic() - started)
+        provider.wake.set()  # plan the next refresh from the new token
 
     async def _id_token_check(self, provider: Provider, attempt: LoginAttempt) -> GrantCheck | None:
         endpoint = provider.authorization

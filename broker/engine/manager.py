@@ -98,6 +98,7 @@ class TokenManager:
             outcomes=self._outcomes,
             sinks=self._sinks,
             providers=lambda: self.providers,
+            spawn=lambda work, name: self.background.spawn(work, name=name),
         )
         """A person's logins (``broker login``): in a browser, or with a refresh token."""
 

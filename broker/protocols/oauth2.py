@@ -24,6 +24,7 @@ from broker.protocols.base import (
     request_of,
     token_endpoint_error,
 )
+from broker.protocols.device import DEVICE_CODE_GRANT
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -84,13 +85,25 @@ class OAuth2Protocol(TokenProtocol):
         form.update(self.login_params)
         return self._request(form)
 
+    def device_authorization_request(self, url: str) -> httpx.Request:
+        """RFC 8628 §3.1, at *url*: the client (authenticated as at the token endpoint) and
+        its scope."""
+        form: dict[str, str] = {}
+        if self.scope:
+            form["scope"] = self.scope
+        return self._request(form, url=url)
+
+    def device_token_request(self, device_code: str) -> httpx.Request:
+        """RFC 8628 §3.4: one poll of the token endpoint with the device code."""
+        return self._request({"grant_type": DEVICE_CODE_GRANT, "device_code": device_code})
+
     def refresh_request(self, refresh_token: str) -> httpx.Request:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         if self.scope and self.send_scope_on_refresh:
             form["scope"] = self.scope
         return self._request(form)
 
-    def _request(self, form: dict[str, str]) -> httpx.Request:
+    def _request(self, form: dict[str, str], *, url: str | None = None) -> httpx.Request:
         headers = {"Accept": "application/json", "Content-Type": FORM, **self.headers}
         for key, value in self.extra_params.items():
             form.setdefault(key, value)
@@ -102,7 +115,7 @@ class OAuth2Protocol(TokenProtocol):
                 form["client_id"] = self.client_id
                 if self.client_secret is not None:
                     form["client_secret"] = secret
-        return httpx.Request("POST", self.token_url, headers=headers, data=form)
+        return httpx.Request("POST", url or self.token_url, headers=headers, data=form)
 
     def parse_response(
         self, response: httpx.Response, body: bytes, *, wall_now: float, refreshing: bool

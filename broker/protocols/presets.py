@@ -50,6 +50,16 @@ def _user_grant(config: HiroProvider | AerionProvider) -> str:
 
 def _hiro(config: HiroProvider) -> TokenProtocol:
     auth_base = join_url(config.url, config.auth_api)
+    if config.flow == "code":
+        return OAuth2Protocol(
+            label="hiro",
+            token_url=join_url(auth_base, "token"),
+            grant="authorization_code",
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            client_auth=config.client_auth,
+            refresh_rejected_statuses=REFRESH_REJECTED,
+        )
     if config.flow == "app":
         return HiroAppProtocol(
             auth_base=auth_base,
@@ -138,6 +148,22 @@ def build_authorization(config: ProviderConfig) -> AuthorizationEndpoint | None:
             url=config.authorize_url or "",
             client_id=config.client_id or "",  # the config requires one
             scope=config.scope,
+            prompt=config.prompt,
+            params=dict(config.authorize_params),
+        )
+    if isinstance(config, HubProvider) and config.grant == "authorization_code":
+        return AuthorizationEndpoint(
+            url=join_url(config.url, "/api/rest/oauth2/auth"),
+            client_id=config.client_id,
+            scope=config.scope,
+            prompt=config.prompt,
+            # Without access_type=offline Hub issues no refresh token.
+            params={"access_type": "offline", **config.authorize_params},
+        )
+    if isinstance(config, HiroProvider) and config.flow == "code":
+        return AuthorizationEndpoint(
+            url=join_url(join_url(config.url, config.auth_api), "authorize"),
+            client_id=config.client_id,
             prompt=config.prompt,
             params=dict(config.authorize_params),
         )

@@ -4,6 +4,8 @@ For the CLI, with a client key that has the ``login`` right for the provider (or
 process when no clients are configured), like every other API route:
 
 * ``POST /login/{provider}``: start a login; answers its one-time link.
+* ``POST /login/{provider}/device``: start a device login (RFC 8628); answers the user code
+  and where to enter it, and polls the identity provider itself.
 * ``GET /login/attempts/{id}?wait=N``: its outcome, waiting up to N seconds for it.
 * ``POST /login/attempts/{id}/redirect``: the URL the browser was sent back to, pasted by a
   person whose browser could not reach the broker (``--no-browser``).
@@ -61,6 +63,24 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
                 "url": f"{_origin(attempt.redirect_uri)}/login/start/{attempt.id}",
                 "redirect_uri": attempt.redirect_uri,
                 "expires_in": int(LOGIN_TTL),
+            },
+            status_code=201,
+            headers=NO_STORE,
+        )
+
+    @app.post("/login/{provider}/device", summary="Start a device login", status_code=201)
+    async def begin_device(provider: str, request: Request) -> JSONResponse:
+        guard.authorize(request.headers.get("authorization"), provider, "login")
+        manager = runtime.engine()
+        attempt, device = await manager.logins.begin_device(manager.get(provider))
+        return JSONResponse(
+            {
+                "login": attempt.id,
+                "user_code": device.user_code,
+                "verification_uri": device.verification_uri,
+                "verification_uri_complete": device.verification_uri_complete,
+                "expires_in": int(device.expires_in),
+                "interval": device.interval,
             },
             status_code=201,
             headers=NO_STORE,
