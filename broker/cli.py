@@ -21,6 +21,7 @@ from broker.core.clock import SystemClock
 from broker.core.errors import ConfigError
 from broker.engine.state_file import StateError
 from broker.engine.store import LocalStore, StoreError
+from broker.hub_cli import add_hub_parser, run_hub
 from broker.login_cli import add_login_parser, run_login
 from broker.ops.logs import configure_logging
 from broker.probe import (
@@ -84,6 +85,8 @@ def _run(argv: Sequence[str] | None) -> int:
             return _serve(args)
         if args.command == "login":
             return run_login(args)
+        if args.command == "hub":
+            return run_hub(args)
         from broker.demo import run_demo  # the demo alone needs the fakes
 
         return run_demo(host=args.host, port=args.port, ttl=args.ttl)
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add_login_parser(commands)
+    add_hub_parser(commands)
 
     demo = commands.add_parser(
         "demo",
