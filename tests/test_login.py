@@ -15,6 +15,7 @@ import html
 import itertools
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp
 
 from broker.fakes import FakeHiro, FakeHub, FakeOAuth2
 from broker.fakes.hub_model import HubService
-from tests.inprocess import BROKER_URL, IdPs, InProcess, in_process
+from tests.inprocess import BROKER_URL, IdPs, InProcess, in_process, process_log
 from tests.support import FakeClock, settings_from
 
 pytestmark = pytest.mark.anyio
@@ -54,6 +55,7 @@ NAVIGATION = {
 XHR = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
 SIGN_IN = {"username": "alice", "password": "alice-pw", "action": "allow"}
 OPERATOR = {"Authorization": f"Bearer {KEY}"}
+CORS = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
 APP = {"Authorization": "Bearer app-key-0123456789abcdef"}
 
 
@@ -462,3 +464,126 @@ async def test_a_device_login_that_is_denied_or_expires_fails(ending: str) -> No
     assert answer.json()["outcome"] == "failed"
     assert ("access_denied" if ending == "deny" else "expire") in answer.json()["message"]
     assert refused.status_code == 503
+
+
+UI = """
+clients:
+  operator:
+    key: "{key}"
+    providers: [p]
+    login: true
+providers:
+  p:
+    type: hiro
+    url: "{idp}"
+    auth_api: /api/auth/6.6
+    flow: ui
+    client_id: app
+    client_secret: app-secret
+"""
+
+
+async def test_hiro_ui_flow_hands_the_fragment_over_and_serves_until_expiry() -> None:
+    """The browser lands on the broker with the token in the fragment, which it never
+    sends; the page's script posts it (done here as the script does: same origin, the
+    login's cookie). No refresh token: when the token runs out, a new login is needed."""
+    clock = FakeClock()
+    fake = FakeHiro(
+        users={"alice": "alice-pw"},
+        clients={"app": "app-secret"},
+        auth_version="6.6",
+        ttl=120.0,
+        now=clock.wall,
+    )
+    idps = IdPs(clock)
+    idps.serve(IDP, fake.app)
+    async with in_process(settings_from(UI.format(key=KEY, idp=IDP)), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        person = Person(broker, fake)
+        start = await person.browser.get(body["url"])
+        page = await person.browser.get(start.headers["location"])
+        assert urlsplit(start.headers["location"]).path == "/api/auth/6.6/ui/"
+        action, hidden = form_of(page.text)
+        answer = await person.browser.post(f"{IDP}{action}", data={**hidden, **SIGN_IN})
+        landed_on = answer.headers["location"]
+        callback, _, fragment = landed_on.partition("#")
+        landing = await person.browser.get(callback)  # a browser sends no fragment
+        token = dict(parse_qsl(fragment))["accessoken"]
+        forged = await broker.client.post(
+            "/login/fragment",
+            json={"accessoken": "forged"},
+            headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        )
+        handed = await person.browser.post(
+            f"{BROKER_URL}/login/fragment",
+            json={"accessoken": token},
+            headers={
+                "Origin": BROKER_URL,
+                "Sec-Fetch-Site": "same-origin",
+                "Sec-Fetch-Mode": "cors",
+            },
+        )
+        served = await broker.get("/token/p", headers=OPERATOR)
+        await clock.advance(100)
+        ready = await broker.client.get("/readyz")
+        await clock.advance(30)
+        after = await broker.get("/token/p", headers=OPERATOR)
+        status = (await broker.client.get("/providers")).status_code
+    assert callback == f"{BROKER_URL}/login/callback"
+    assert landing.status_code == 200
+    policy = landing.headers["content-security-policy"]
+    assert "script-src 'nonce-" in policy
+    assert "default-src 'none'" in policy
+    assert token not in landing.text
+    assert forged.json()["error"] == "browser_request"
+    assert handed.status_code == 200, handed.text
+    assert handed.json()["outcome"] == "ready"
+    assert "no refresh token" in handed.json()["message"]
+    assert served.json()["access_token"] == token
+    assert 100 < served.json()["expires_in"] <= 120
+    assert ready.status_code == 200  # ready while the token lasts: nothing to refresh
+    assert after.status_code == 503
+    assert after.json()["error"] == "needs_login"
+    assert status == 401
+
+
+async def test_codes_verifiers_and_tokens_never_reach_the_broker_log() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=SECRET + "    scope: profile\n")
+    settings = settings_from(config.replace("clients:", "log_level: debug\nclients:"))
+    with process_log(settings) as log:
+        async with in_process(settings, idps) as broker:
+            body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+            landed = await Person(broker, fake).sign_in(body["url"])
+            token = (await broker.get("/token/p", headers=APP)).json()["access_token"]
+    assert landed.status_code == 200
+    (exchange,) = fake.token_requests("authorization_code")
+    assert exchange.form is not None
+    (authorize, *_) = fake.authorize_requests()
+    secrets_seen = {
+        "code": exchange.form["code"],
+        "verifier": exchange.form["code_verifier"],
+        "state": authorize.query["state"],
+        "token": token,
+        "refresh token": fake.issued_refresh_tokens[-1],
+        "login id": body["login"],
+    }
+    # The broker's own lines (the test's browser, an httpx client, logs its URLs itself).
+    lines = [line for line in log.getvalue().splitlines() if " httpx " not in line]
+    assert any("a login was started" in line for line in lines)
+    for what, value in secrets_seen.items():
+        assert not [line for line in lines if value in line], what
+
+
+async def test_an_expired_login_link_is_refused() -> None:
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=SECRET)
+    async with in_process(settings_from(config), idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        await clock.advance(601)
+        opened = await Person(broker, fake).browser.get(body["url"])
+        outcome = await broker.client.get(f"/login/attempts/{body['login']}", headers=OPERATOR)
+    assert opened.status_code == 410
+    assert "run broker login again" in opened.text
+    assert outcome.json()["outcome"] == "failed"
+    assert fake.authorize_requests() == []

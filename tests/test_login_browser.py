@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.fakes import FakeOAuth2
+from broker.fakes import FakeHiro, FakeOAuth2
 from broker.fakes.server import serve_in_thread
 from tests.support import BROKER, ROOT, free_port, process, ready, wait_for
 from tests.test_docs_browser import CHROMIUM, CHROMIUM_FLAGS, TIMEOUT_MS
@@ -134,3 +134,59 @@ def test_broker_login_in_a_real_browser(page: Page, tmp_path: Path) -> None:
     (authorize, *_) = fake.authorize_requests()
     assert authorize.query["code_challenge_method"] == "S256"
     assert authorize.query["nonce"]
+
+
+UI_CONFIG = """
+port: {port}
+clients:
+  operator:
+    key: "{key}"
+    providers: [hiro]
+    login: true
+providers:
+  hiro:
+    type: hiro
+    url: "{idp}"
+    auth_api: /api/auth/6.6
+    flow: ui
+    client_id: app
+    client_secret: {{env: HIRO_SECRET}}
+"""
+
+
+def test_hiro_ui_flow_in_a_real_browser(page: Page, tmp_path: Path) -> None:
+    """The page's own script takes the token out of the fragment and hands it over; the
+    strict policy lets nothing else run; the address bar keeps no token."""
+    fake = FakeHiro(users={"alice": "alice-pw"}, clients={"app": "app-secret"}, auth_version="6.6")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(message.text))
+    with serve_in_thread(fake.app) as idp:
+        config = tmp_path / "config.yaml"
+        config.write_text(UI_CONFIG.format(port=port, key=KEY, idp=idp))
+        config.chmod(0o600)
+        with process("serve", "--config", str(config), env={"HIRO_SECRET": "app-secret"}) as broker:
+            wait_for(lambda: "serving" in broker.output, timeout=30)
+            started = httpx.post(
+                f"{base}/login/hiro", headers={"Authorization": f"Bearer {KEY}"}
+            ).json()
+            page.goto(started["url"])
+            page.get_by_label("Username").fill("alice")
+            page.get_by_label("Password").fill("alice-pw")
+            page.click("#allow")
+            page.wait_for_url(f"{base}/login/callback*")
+            page.wait_for_function("document.title === 'Logged in'")
+            shown = page.inner_text("body")
+            address = page.url
+            outcome = httpx.get(
+                f"{base}/login/attempts/{started['login']}",
+                headers={"Authorization": f"Bearer {KEY}"},
+            ).json()
+            token = httpx.get(f"{base}/token/hiro", headers={"Authorization": f"Bearer {KEY}"})
+    assert outcome["outcome"] == "ready"
+    assert "no refresh token" in shown
+    assert token.status_code == 200
+    assert token.json()["access_token"] not in shown
+    assert "#" not in address  # the fragment is gone from the address bar and history
+    assert violations == []

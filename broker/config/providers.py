@@ -138,11 +138,14 @@ class HiroProvider(_ProviderBase, _UserCredentials, _BrowserLogin):
     auth_api: str = "/api/auth/6"
     """Path prefix of the auth API: ``/api/auth/6``, ``/api/auth/6.6`` ... (slashes
     at either end optional)."""
-    flow: Literal["app", "token", "code"] = "app"
+    flow: Literal["app", "token", "code", "ui"] = "app"
     """``app``: JSON password login on ``/app``, refresh on ``/refresh``.
     ``token``: form-encoded OAuth2 on ``/token`` (auth API 6.6).
     ``code``: a person logs in in a browser (``broker login``): auth API 6.6's
-    ``/authorize`` with PKCE, then ``/token``."""
+    ``/authorize`` with PKCE, then ``/token``.
+    ``ui``: HIRO's UI (implicit) flow, ``<auth>/ui/``: the browser comes back with the
+    token in the URL's fragment. No refresh token: served until it expires, then a new
+    ``broker login`` is needed (prefer ``code`` where auth API 6.6 is available)."""
     client_id: Indirect
     client_secret: Secret
     client_auth: ClientAuth = "client_secret_basic"
@@ -150,7 +153,7 @@ class HiroProvider(_ProviderBase, _UserCredentials, _BrowserLogin):
 
     @model_validator(mode="after")
     def _needs_credentials(self) -> HiroProvider:
-        if self.flow != "code":  # the code flow's login is a person's, in a browser
+        if self.flow not in ("code", "ui"):  # those logins are a person's, in a browser
             _require_user_or_refresh_token(self)
         return self
 

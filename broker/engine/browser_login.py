@@ -42,6 +42,7 @@ from broker.engine.provider import Provider
 from broker.engine.sink_keeper import SinkKeeper
 from broker.engine.token_request import GrantCheck, TokenRequester
 from broker.protocols.authorize import LoginSecrets, Redirect
+from broker.protocols.base import jwt_expiry
 from broker.protocols.device import (
     PENDING,
     SLOW_DOWN,
@@ -212,6 +213,44 @@ class BrowserLogins:
             self._installed(provider, token, "device login", started)
             await self._sinks.write(provider, token)
             attempt.finish("ready", f"logged in; provider {provider.name!r} is ready")
+
+    async def finish_fragment(
+        self, attempt: LoginAttempt, access_token: str | None, error: str | None
+    ) -> Token:
+        """Complete a HIRO UI login with what its redirect's fragment held (the token, or an
+        error). Its lifetime is the token's ``exp`` when it is a JWT, else the provider's
+        ``default_expires_in``; it cannot be refreshed."""
+        provider = self._providers().get(attempt.provider)
+        try:
+            if provider is None:
+                raise LoginError(  # one place turns these into the outcome
+                    "the provider was removed or changed by a reload meanwhile",
+                    code=ErrorCode.LOGIN_FAILED,
+                )
+            if error is not None or not access_token:
+                why = shortened(one_line(error or "no token in the redirect"), SHOWN_ERROR_LENGTH)
+                msg = f"the identity provider refused the login ({why})"
+                raise LoginError(msg, code=ErrorCode.LOGIN_FAILED)
+            exp = jwt_expiry(access_token)
+            wall = self._clock.wall()
+            lifetime = exp - wall if exp is not None else provider.config.default_expires_in
+            started = self._clock.monotonic()
+            try:
+                token = await self._requester.install_issued(provider, access_token, lifetime)
+            except TokenEndpointError as exc:
+                raise LoginError(exc.message, code=ErrorCode.LOGIN_FAILED) from None
+        except LoginError as exc:
+            attempt.finish("failed", str(exc))
+            log.warning("%s: the login failed: %s", attempt.provider, exc)
+            raise
+        self._installed(provider, token, "login", started)
+        await self._sinks.write(provider, token)
+        attempt.finish(
+            "ready",
+            f"logged in; provider {attempt.provider!r} is ready until the token expires"
+            f" ({token.lifetime:.0f} s: this flow gives no refresh token)",
+        )
+        return token
 
     async def seed(self, provider: Provider, refresh_token: str) -> Token:
         """Take *refresh_token* (given by a person) after one refresh with it succeeded;

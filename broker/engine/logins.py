@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -130,6 +131,20 @@ class Logins:
         if attempt.taken:
             msg = "this login was already completed: run broker login again"
             raise LoginError(msg, code=ErrorCode.LOGIN_EXPIRED)
+        attempt.taken = True
+        return attempt
+
+    def take_by_browser(self, bindings: Iterable[str]) -> LoginAttempt:
+        """The login the browser with one of these cookies opened, once: HIRO's UI flow
+        comes back with no state, so the cookie its link set is all that binds it."""
+        match = None
+        for attempt in self._by_id.values():
+            if attempt.browser is None or attempt.taken:
+                continue
+            for binding in bindings:
+                if hmac.compare_digest(attempt.browser.encode(), binding.encode()):
+                    match = attempt
+        attempt = self._live(match)
         attempt.taken = True
         return attempt
 

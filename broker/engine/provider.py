@@ -156,6 +156,10 @@ def next_delay(provider: Provider, now: float) -> float:
     token = provider.token
     if token is None:
         return 0.0
+    if provider.refresh_token is None and not provider.protocol.can_login:
+        # Nothing can renew this token (HIRO's UI flow, a login's answer without a refresh
+        # token): ask for nothing while it may be served; then say a login is needed.
+        return max(token.serve_until - now, 0.0)
     return refresh_delay(
         now=now,
         obtained_at=token.obtained_at,

@@ -213,6 +213,26 @@ class TokenRequester:
             raise TokenEndpointError(msg, code=FailureCode.NEEDS_LOGIN, kind=FailureKind.REJECTED)
         return await self._send(provider, protocol.login_request(), False)
 
+    async def install_issued(self, provider: Provider, access_token: str, lifetime: float) -> Token:
+        """A token a person's browser brought back itself (HIRO's UI flow: no token request,
+        no refresh token), placed on our clock from now and published like any other."""
+        now = self._clock.monotonic()
+        if lifetime <= provider.policy.serve_min_remaining:
+            msg = f"the token the browser brought lives {lifetime:.1f} s"
+            raise TokenEndpointError(
+                msg, code=FailureCode.EXPIRED_ON_ARRIVAL, kind=FailureKind.TRANSIENT
+            )
+        token = place_token(
+            access_token,
+            sent_at=now,
+            sent_at_wall=self._clock.wall(),
+            lifetime=lifetime,
+            etag_key=self._etag_key,
+            serve_min_remaining=provider.policy.serve_min_remaining,
+        )
+        await self._store.publish(provider.name, provider.login_id, token)
+        return token
+
     async def redeem(
         self,
         provider: Provider,

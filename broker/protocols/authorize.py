@@ -14,6 +14,7 @@ import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 VERIFIER_BYTES = 48
@@ -53,6 +54,10 @@ class AuthorizationEndpoint:
     prompt: str | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     """More query parameters (``access_type=offline`` for Hub's refresh token, ...)."""
+    style: Literal["code", "hiro_ui"] = "code"
+    """``code``: RFC 6749 §4.1 with PKCE. ``hiro_ui``: HIRO's UI flow, ``client_id`` and
+    ``redirect_url`` only; the token comes back in the fragment as ``accessoken`` (the
+    seed's spelling), with no state: the login is bound by the browser's cookie alone."""
 
     @property
     def wants_id_token(self) -> bool:
@@ -62,6 +67,9 @@ class AuthorizationEndpoint:
         """The URL the browser opens: *url* with the request's parameters added to any
         query it already has."""
         query: dict[str, str] = dict(self.params)
+        if self.style == "hiro_ui":
+            query.update({"client_id": self.client_id, "redirect_url": redirect_uri})
+            return self._with_query(query)
         query.update(
             {
                 "response_type": "code",
@@ -78,6 +86,9 @@ class AuthorizationEndpoint:
             query["prompt"] = self.prompt
         if login.nonce is not None:
             query["nonce"] = login.nonce
+        return self._with_query(query)
+
+    def _with_query(self, query: dict[str, str]) -> str:
         parts = urlsplit(self.url)
         existing = parse_qsl(parts.query, keep_blank_values=True)
         merged = [*((k, v) for k, v in existing if k not in query), *query.items()]

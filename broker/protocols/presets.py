@@ -50,7 +50,9 @@ def _user_grant(config: HiroProvider | AerionProvider) -> str:
 
 def _hiro(config: HiroProvider) -> TokenProtocol:
     auth_base = join_url(config.url, config.auth_api)
-    if config.flow == "code":
+    if config.flow in ("code", "ui"):
+        # ui: never sends a request (a token from the fragment, no refresh token); the
+        # same protocol says the provider cannot log in by itself.
         return OAuth2Protocol(
             label="hiro",
             token_url=join_url(auth_base, "token"),
@@ -160,11 +162,16 @@ def build_authorization(config: ProviderConfig) -> AuthorizationEndpoint | None:
             # Without access_type=offline Hub issues no refresh token.
             params={"access_type": "offline", **config.authorize_params},
         )
-    if isinstance(config, HiroProvider) and config.flow == "code":
+    if isinstance(config, HiroProvider) and config.flow in ("code", "ui"):
+        auth_base = join_url(config.url, config.auth_api)
         return AuthorizationEndpoint(
-            url=join_url(join_url(config.url, config.auth_api), "authorize"),
+            # The seed spells the UI flow's address with its slash: <auth>/ui/?client_id=..
+            url=join_url(auth_base, "authorize")
+            if config.flow == "code"
+            else join_url(auth_base, "ui") + "/",
             client_id=config.client_id,
             prompt=config.prompt,
             params=dict(config.authorize_params),
+            style="code" if config.flow == "code" else "hiro_ui",
         )
     return None

@@ -24,16 +24,16 @@ login's state are the secrets:
 from __future__ import annotations
 
 import hashlib
-import html
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from broker.core.errors import ErrorCode, LoginError
 from broker.engine.logins import LOGIN_TTL, LoginAttempt
 from broker.protocols.authorize import read_redirect, redirect_of_url
 from broker.web.answers import NO_STORE
+from broker.web.login_pages import FRAGMENT_PATH, fragment_page, result_page
 from broker.web.runtime import Runtime
 
 COOKIE_PATH = "/login"
@@ -41,14 +41,18 @@ MAX_WAIT = 60
 """Longest ``wait`` a caller may ask for (the CLI asks again)."""
 
 
+COOKIE_PREFIX = "broker-login-"
+
+
 def login_cookie(state: str) -> str:
     """The name of the cookie that binds a login to its browser: one per login (a person
     may have two going at once), named after a digest of its state."""
-    return "broker-login-" + hashlib.sha256(state.encode()).hexdigest()[:16]
+    return COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
     guard = runtime.guard
+    _fragment_route(app, runtime)
 
     @app.post("/login/{provider}", summary="Start a person's login", status_code=201)
     async def begin(provider: str, request: Request) -> JSONResponse:
@@ -138,7 +142,7 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
         try:
             attempt, browser = runtime.engine().logins.attempts.open(login_id)
         except LoginError as exc:
-            return _page("This login link cannot be used", str(exc), exc.status)
+            return result_page("This login link cannot be used", str(exc), exc.status)
         answer = RedirectResponse(attempt.authorize_url, status_code=303, headers=NO_STORE)
         answer.set_cookie(
             login_cookie(attempt.secrets.state),
@@ -155,18 +159,42 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
     async def callback(request: Request) -> Response:
         logins = runtime.engine().logins
         redirect = read_redirect(request.query_params)
+        if redirect.state is None and redirect.code is None and redirect.error is None:
+            return fragment_page()  # HIRO's UI flow: what came back is in the fragment
         cookie = request.cookies.get(login_cookie(redirect.state)) if redirect.state else None
         try:
             attempt = logins.attempts.take(redirect.state, browser=cookie)
             await logins.finish(attempt, redirect)
         except LoginError as exc:
-            return _page("The login did not complete", str(exc), exc.status)
-        answer = _page(
+            return result_page("The login did not complete", str(exc), exc.status)
+        answer = result_page(
             "Logged in",
             f"The broker holds a session for {attempt.provider!r} now and keeps it fresh."
             " You can close this window.",
             200,
         )
+        answer.delete_cookie(login_cookie(attempt.secrets.state), path=COOKIE_PATH)
+        return answer
+
+
+def _fragment_route(app: FastAPI, runtime: Runtime) -> None:
+    @app.post(FRAGMENT_PATH, include_in_schema=False)
+    async def fragment(request: Request, body: Annotated[dict[str, Any], Body()]) -> Response:
+        logins = runtime.engine().logins
+        bindings = [v for k, v in request.cookies.items() if k.startswith(COOKIE_PREFIX)]
+        try:
+            attempt = logins.attempts.take_by_browser(bindings)
+            token, error = body.get("accessoken"), body.get("error")
+            await logins.finish_fragment(
+                attempt,
+                token if isinstance(token, str) else None,
+                error if isinstance(error, str) else None,
+            )
+        except LoginError as exc:
+            return JSONResponse(
+                {"outcome": "failed", "message": str(exc)}, status_code=exc.status, headers=NO_STORE
+            )
+        answer = JSONResponse(_outcome(attempt), headers=NO_STORE)
         answer.delete_cookie(login_cookie(attempt.secrets.state), path=COOKIE_PATH)
         return answer
 
@@ -186,13 +214,3 @@ def _base(runtime: Runtime) -> str:
 def _origin(url: str) -> str:
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.split('/', 1)[0]}"
-
-
-def _page(title: str, text: str, status: int) -> HTMLResponse:
-    """A page with nothing on it but *text*: no script, no style from anywhere."""
-    body = (
-        "<!doctype html><html lang=en><meta charset=utf-8>"
-        f"<title>{html.escape(title)}</title>"
-        f"<h1>{html.escape(title)}</h1><p id=message>{html.escape(text)}</p></html>"
-    )
-    return HTMLResponse(body, status_code=status, headers=NO_STORE)

@@ -197,6 +197,7 @@ class Guard:
         host: bytes | None = None
         size = 0
         navigation = _login_navigation(scope)
+        origin: bytes | None = None
         for name, value in scope["headers"]:
             size += len(name) + len(value)
             if name == b"host":
@@ -205,8 +206,7 @@ class Guard:
                 msg = "requests that came through a proxy are refused"
                 raise Denied(ErrorCode.PROXIED_REQUEST, msg)
             elif name == b"origin":
-                msg = "requests from web pages are refused (Origin header present)"
-                raise Denied(ErrorCode.BROWSER_REQUEST, msg)
+                origin = value
             elif name == b"sec-fetch-site" and value not in (b"none", b"same-origin"):
                 if not navigation:
                     msg = "cross-site requests from browsers are refused"
@@ -217,6 +217,13 @@ class Guard:
             ):
                 msg = "the login pages accept top-level navigations only"
                 raise Denied(ErrorCode.BROWSER_REQUEST, msg)
+        if origin is not None and not (
+            # The one page of the broker's own that posts: HIRO's UI flow hands over the
+            # token it found in the fragment, from the broker's origin to the broker.
+            _login_fragment_post(scope) and host is not None and origin == b"http://" + host
+        ):
+            msg = "requests from web pages are refused (Origin header present)"
+            raise Denied(ErrorCode.BROWSER_REQUEST, msg)
         if size > MAX_HEADER_BYTES:
             msg = f"request headers larger than {MAX_HEADER_BYTES} bytes are refused"
             raise Denied(ErrorCode.HEADERS_TOO_LARGE, msg)
@@ -363,6 +370,14 @@ def _login_navigation(scope: Scope) -> bool:
     return scope.get("method") == "GET" and (
         path.startswith(LOGIN_NAVIGATIONS[0]) or path == LOGIN_NAVIGATIONS[1]
     )
+
+
+LOGIN_FRAGMENT = "/login/fragment"
+"""Where the broker's own login page posts what HIRO's UI flow left in the fragment."""
+
+
+def _login_fragment_post(scope: Scope) -> bool:
+    return scope.get("method") == "POST" and scope.get("path", "") == LOGIN_FRAGMENT
 
 
 def _is_loopback(client: object) -> bool:
