@@ -290,10 +290,12 @@ OIDC = """    client_secret: app-secret
 """
 
 
-async def test_an_openid_login_discovers_the_endpoint_and_checks_the_id_token() -> None:
+async def test_an_openid_login_discovers_the_endpoints_and_checks_the_id_token() -> None:
+    """No authorize_url, no token_url: the issuer's metadata names both."""
     clock = FakeClock()
     fake, idps, config = setup(clock, extra=OIDC)
     config = config.replace(f'    authorize_url: "{IDP}/authorize"\n', "")
+    config = config.replace(f'    token_url: "{IDP}/oauth/token"\n', "")
     async with in_process(settings_from(config), idps) as broker:
         body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
         landed = await Person(broker, fake).sign_in(body["url"])

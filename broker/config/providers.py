@@ -204,7 +204,9 @@ class OAuth2Provider(_ProviderBase, _UserCredentials, _BrowserLogin):
     """Any RFC 6749 token endpoint."""
 
     type: Literal["oauth2"]
-    token_url: HttpUrl
+    token_url: HttpUrl | None = None
+    """The token endpoint; with ``grant: authorization_code`` and an ``issuer``, found
+    through the issuer's metadata when left out."""
     grant: GrantType
     authorize_url: HttpUrl | None = None
     """The authorization endpoint (``grant: authorization_code``); found through the
@@ -229,6 +231,10 @@ class OAuth2Provider(_ProviderBase, _UserCredentials, _BrowserLogin):
     @model_validator(mode="after")
     def _grant_matches_credentials(self) -> OAuth2Provider:
         _check_grant(self, self.grant)
+        if self.token_url is None and (self.grant != "authorization_code" or self.issuer is None):
+            raise FieldProblem(
+                ("token_url",), "is required (only a person's login can find it from its issuer)"
+            )
         if self.client_secret is not None and self.client_id is None:
             msg = "client_secret is set but client_id is not"
             raise ValueError(msg)

@@ -7,8 +7,10 @@
      ├─ ApiError                 the HTTP API answers it: {"error": code, "message": ...}
      │   ├─ UnknownProviderError   no such provider → HTTP 404
      │   ├─ TokenUnavailableError  no fitting token now → HTTP 503 (422, 429) + Retry-After
+     │   ├─ LoginError             a person's login cannot go on → HTTP 404, 409, 410, 502
      │   └─ Denied                 (broker.web.security) a request refused → 401, 403, 412, 431
      ├─ TokenEndpointError       the identity provider said no, or answered garbage
+     ├─ DeviceAnswerError        (broker.protocols.device) a device authorization answer unusable
      ├─ StateError               (broker.engine.state_file) the state directory cannot be used
      ├─ StoreError               (broker.engine.store) a token store could not do what was asked
      ├─ SinkError                (broker.ops.sinks) a sink file cannot be written
@@ -187,6 +189,8 @@ class FailureCode(enum.StrEnum):
     UNEXPECTED_REDIRECT = "unexpected_redirect"
     ENDPOINT_NOT_FOUND = "endpoint_not_found"
     NEEDS_LOGIN = "needs_login"
+    DISCOVERY_FAILED = "discovery_failed"
+    """The issuer's metadata could not be read, or names no token endpoint."""
     INVALID_ID_TOKEN = "invalid_id_token"  # noqa: S105 (a code, not a secret)
     """A login's ``id_token`` failed its checks (signature, issuer, audience, nonce, expiry)."""
     STORE_UNAVAILABLE = "store_unavailable"

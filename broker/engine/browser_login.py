@@ -134,6 +134,9 @@ class BrowserLogins:
             if redirect.code is None:
                 msg = "the identity provider's redirect carries no code"
                 raise LoginError(msg, code=ErrorCode.LOGIN_FAILED)
+            await self.ensure_endpoints(provider)
+            if not isinstance(provider.protocol, OAuth2Protocol):  # (mypy: replaced above)
+                raise LoginError("the provider has no token endpoint", code=ErrorCode.LOGIN_FAILED)
             request = provider.protocol.code_request(
                 redirect.code, attempt.secrets.verifier, attempt.redirect_uri
             )
@@ -158,6 +161,10 @@ class BrowserLogins:
         url = getattr(provider.config, "device_authorization_url", None)
         if url is None and getattr(provider.config, "issuer", None) is not None:
             url = (await self._discovered(provider)).device_authorization_endpoint
+        await self.ensure_endpoints(provider)
+        protocol = provider.protocol
+        if not isinstance(protocol, OAuth2Protocol):
+            raise LoginError("the provider has no token endpoint", code=ErrorCode.LOGIN_FAILED)
         if url is None:
             msg = (
                 f"provider {provider.name!r} names no device authorization endpoint"
@@ -256,6 +263,10 @@ class BrowserLogins:
         """Take *refresh_token* (given by a person) after one refresh with it succeeded;
         LoginError (``login_failed``) when the identity provider refuses it. The refresh
         token in use before stays when it does."""
+        try:
+            await self.ensure_endpoints(provider)
+        except TokenEndpointError as exc:
+            raise LoginError(str(exc), code=ErrorCode.LOGIN_FAILED) from None
         before, private = provider.refresh_token, provider.private_refresh
         provider.refresh_token, provider.private_refresh = refresh_token, False
         request = provider.protocol.refresh_request(refresh_token)
@@ -323,6 +334,26 @@ class BrowserLogins:
             )
 
         return check
+
+    async def ensure_endpoints(self, provider: Provider) -> None:
+        """Before a token request: the token endpoint from the issuer's metadata, for a
+        provider configured with an issuer and no ``token_url``. Raises TokenEndpointError
+        (``discovery_failed``, transient) when the metadata cannot be read or names none."""
+        protocol = provider.protocol
+        if not isinstance(protocol, OAuth2Protocol) or protocol.token_url:
+            return
+        try:
+            metadata = await self._discovered(provider)
+        except LoginError as exc:
+            raise TokenEndpointError(
+                str(exc), code=FailureCode.DISCOVERY_FAILED, kind=FailureKind.TRANSIENT
+            ) from None
+        if metadata.token_endpoint is None:
+            msg = f"the metadata of issuer {metadata.issuer} names no token_endpoint"
+            raise TokenEndpointError(
+                msg, code=FailureCode.DISCOVERY_FAILED, kind=FailureKind.MISCONFIGURED
+            )
+        provider.protocol = dataclasses.replace(protocol, token_url=metadata.token_endpoint)
 
     async def _discovered(self, provider: Provider) -> Metadata:
         issuer = getattr(provider.config, "issuer", None)

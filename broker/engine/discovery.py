@@ -29,6 +29,7 @@ WELL_KNOWN = ("/.well-known/openid-configuration", "/.well-known/oauth-authoriza
 class Metadata:
     issuer: str
     authorization_endpoint: str | None
+    token_endpoint: str | None
     jwks_uri: str | None
     device_authorization_endpoint: str | None
 
@@ -61,6 +62,7 @@ async def discover(client: httpx.AsyncClient, issuer: str, *, patience: float) -
         return Metadata(
             issuer=issuer,
             authorization_endpoint=_url(data, "authorization_endpoint"),
+            token_endpoint=_url(data, "token_endpoint"),
             jwks_uri=_url(data, "jwks_uri"),
             device_authorization_endpoint=_url(data, "device_authorization_endpoint"),
         )

@@ -101,6 +101,7 @@ class TokenManager:
             spawn=lambda work, name: self.background.spawn(work, name=name),
         )
         """A person's logins (``broker login``): in a browser, or with a refresh token."""
+        self._requester.prepare = self.logins.ensure_endpoints
 
     # -- lifecycle ---------------------------------------------------------
 

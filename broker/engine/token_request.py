@@ -69,7 +69,14 @@ class TokenRequester:
                 msg, code=FailureCode.STORE_UNAVAILABLE, kind=FailureKind.TRANSIENT
             ) from None
 
+    prepare: Callable[[Provider], Awaitable[None]] | None = None
+    """Runs before every token request: fills in what the config leaves to discovery (the
+    token endpoint of an issuer; :meth:`BrowserLogins.ensure_endpoints`). May raise
+    TokenEndpointError."""
+
     async def _obtain(self, provider: Provider) -> Token:
+        if self.prepare is not None:
+            await self.prepare(provider)
         # One actor at a time talks to the identity provider for this login (in one
         # broker, single flight already makes it so; a shared store makes it so across).
         async with self._store.lease(provider.name):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from broker.core.errors import BrokerError
+
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 DEFAULT_INTERVAL = 5.0
@@ -25,7 +27,7 @@ SLOW_DOWN = "slow_down"
 """The token endpoint's answers while the person has not finished (RFC 8628 §3.5)."""
 
 
-class DeviceAnswerError(ValueError):
+class DeviceAnswerError(BrokerError):
     """A device authorization answer that cannot be used (never quotes a code)."""
 
 

@@ -128,7 +128,8 @@ def _oauth2(config: OAuth2Provider) -> TokenProtocol:
     if config.audience is not None:
         extra.setdefault("audience", config.audience)
     return OAuth2Protocol(
-        token_url=config.token_url,
+        # Empty until the issuer's metadata names it (broker.engine.browser_login).
+        token_url=config.token_url or "",
         grant=config.grant,
         client_id=config.client_id,
         client_secret=config.client_secret,
