@@ -9,8 +9,6 @@ missing; without it this module is skipped, except in CI, where it fails.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,30 +19,12 @@ from starlette.types import Receive, Scope, Send
 
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
+from tests.browser import TIMEOUT_MS, require_chromium
 from tests.support import running_broker, settings_from, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-    # No name resolves but the loopback address: nothing can leave this machine.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
-TIMEOUT_MS = 15_000
+require_chromium()
 
-if not shutil.which(CHROMIUM):
-    reason = f"{CHROMIUM} is missing (apt-get install chromium; scripts/test does)"
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-from playwright.sync_api import Browser, Page, Route, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, Route  # noqa: E402
 
 pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
 
@@ -58,18 +38,6 @@ providers:
     client_id: app
     client_secret: app-secret
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True, timeout=TIMEOUT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @dataclass

@@ -6,7 +6,7 @@ client that has the ``login`` right.
 
 The broker runs in-process on the fake clock (tests/inprocess.py); the browser reaches the
 broker's ASGI app and the fake's directly. A real Chromium does the same in
-tests/test_login_browser.py.
+tests/test_broker_login_browser.py.
 """
 
 from __future__ import annotations

@@ -8,8 +8,6 @@ without ``/usr/bin/chromium``, except in CI, where that fails.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
@@ -20,30 +18,13 @@ from broker.fakes.hiro import DEMO_CLIENT_ID as HIRO_CLIENT
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
+from tests.browser import require_chromium
 from tests.fakes.helpers import new_client
 from tests.fakes.login import fragment_of, pkce, query_of
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
-TIMEOUT_MS = 15_000
+require_chromium()
 
-if not shutil.which(CHROMIUM):
-    reason = f"{CHROMIUM} is missing (apt-get install chromium; scripts/test does)"
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-from playwright.sync_api import Browser, Page, Route, sync_playwright  # noqa: E402
+from playwright.sync_api import Page  # noqa: E402
 
 pytestmark = pytest.mark.smoke
 
@@ -61,48 +42,20 @@ async def callback(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True, timeout=TIMEOUT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture(scope="module")
 def callback_url() -> Iterator[str]:
     with serve_in_thread(callback) as url:
         yield url + "/callback"
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    leaving: list[str] = []
-
-    def only_local(route: Route) -> None:
-        if route.request.url.startswith("http://127.0.0.1:"):
-            route.continue_()
-        else:
-            leaving.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_local)
-    page.add_init_script(
+def page(local_page: Page) -> Page:
+    """A page that may reach 127.0.0.1 only, recording every policy violation."""
+    local_page.add_init_script(
         "window.violations = [];"
         " document.addEventListener('securitypolicyviolation',"
         " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));"
     )
-    try:
-        yield page
-        assert leaving == []
-    finally:
-        context.close()
+    return local_page
 
 
 def authorize_url(base: str, callback_url: str, challenge: str) -> str:

@@ -10,9 +10,7 @@ skipped, except in CI, where it fails.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,17 +18,13 @@ import pytest
 
 from broker.fakes import FakeHiro, FakeOAuth2
 from broker.fakes.server import serve_in_thread
+from tests.browser import require_chromium
 from tests.support import BROKER, ROOT, free_port, process, ready, wait_for
-from tests.test_docs_browser import CHROMIUM, CHROMIUM_FLAGS, TIMEOUT_MS
 from tests.test_login import KEY
 
-if not shutil.which(CHROMIUM):
-    reason = f"{CHROMIUM} is missing (apt-get install chromium; scripts/test does)"
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Page  # noqa: E402
 
 pytestmark = pytest.mark.smoke  # real processes and a real browser
 
@@ -53,41 +47,8 @@ providers:
 """
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True, timeout=TIMEOUT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    leaving: list[str] = []
-
-    def only_local(route: Route) -> None:
-        if route.request.url.startswith("http://127.0.0.1:"):
-            route.continue_()
-        else:
-            leaving.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_local)
-    try:
-        yield page
-        assert leaving == []
-    finally:
-        context.close()
-
-
-def test_broker_login_in_a_real_browser(page: Page, tmp_path: Path) -> None:
+def test_broker_login_in_a_real_browser(local_page: Page, tmp_path: Path) -> None:
+    page = local_page
     fake = FakeOAuth2(clients={"app": "app-secret"}, users={"alice": "alice-pw"}, ttl=300.0)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -154,14 +115,18 @@ providers:
 """
 
 
-def test_hiro_ui_flow_in_a_real_browser(page: Page, tmp_path: Path) -> None:
+def test_hiro_ui_flow_in_a_real_browser(local_page: Page, tmp_path: Path) -> None:
     """The page's own script takes the token out of the fragment and hands it over; the
     strict policy lets nothing else run; the address bar keeps no token."""
+    page = local_page
     fake = FakeHiro(users={"alice": "alice-pw"}, clients={"app": "app-secret"}, auth_version="6.6")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    violations: list[str] = []
-    page.on("console", lambda message: violations.append(message.text))
+    page.add_init_script(
+        "window.violations = [];"
+        " document.addEventListener('securitypolicyviolation',"
+        " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
     with serve_in_thread(fake.app) as idp:
         config = tmp_path / "config.yaml"
         config.write_text(UI_CONFIG.format(port=port, key=KEY, idp=idp))
@@ -179,6 +144,7 @@ def test_hiro_ui_flow_in_a_real_browser(page: Page, tmp_path: Path) -> None:
             page.wait_for_function("document.title === 'Logged in'")
             shown = page.inner_text("body")
             address = page.url
+            violations = page.evaluate("window.violations")
             outcome = httpx.get(
                 f"{base}/login/attempts/{started['login']}",
                 headers={"Authorization": f"Bearer {KEY}"},
