@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -107,7 +108,9 @@ def test_no_browser_login_with_the_address_pasted_back(fake: FakeOAuth2) -> None
     assert "code=" not in out + err  # the pasted address is not echoed
 
 
-def test_a_refresh_token_on_standard_input_makes_the_provider_ready(fake: FakeOAuth2) -> None:
+def test_a_refresh_token_on_standard_input_makes_the_provider_ready(
+    fake: FakeOAuth2, tmp_path: Path
+) -> None:
     with serve_in_thread(fake.app) as idp:
         settings = settings_from(CONFIG.format(port=8181, key=KEY, idp=idp))
         with running_broker(settings) as broker:
@@ -120,6 +123,13 @@ def test_a_refresh_token_on_standard_input_makes_the_provider_ready(fake: FakeOA
             done = cli(*given, stdin=seed + "\n")
             token = broker.get("/token/seeded", headers=headers)
             unkeyed = cli(*given, stdin=seed, key=None)
+            # The key from the broker's own config (--config, --client), not the environment.
+            config_file = tmp_path / "config.yaml"
+            config_file.write_text(CONFIG.format(port=8181, key=KEY, idp=idp))
+            again = fake.seed_refresh_token("alice")
+            by_config = cli(
+                *given, "--config", str(config_file), "--client", "operator", stdin=again, key=None
+            )
     assert broker_before["state"] == "needs_login"
     assert broker_before["login"] == "broker login seeded --refresh-token -"
     assert refused.returncode == 1
@@ -129,6 +139,7 @@ def test_a_refresh_token_on_standard_input_makes_the_provider_ready(fake: FakeOA
     assert seed not in done.stdout + done.stderr + refused.stderr
     assert unkeyed.returncode == 1
     assert "[unauthorized]" in unkeyed.stderr
+    assert by_config.returncode == 0, by_config.stderr
 
 
 def test_an_unreachable_broker_is_exit_status_4() -> None:
