@@ -22,6 +22,8 @@ from broker.core.errors import ConfigError
 from broker.engine.state_file import StateError
 from broker.engine.store import LocalStore, StoreError
 from broker.hub_cli import add_hub_parser, run_hub
+from broker.light_cli import COMMANDS as LIGHT_COMMANDS
+from broker.light_cli import add_light_parsers, run_light
 from broker.login_cli import add_login_parser, run_login
 from broker.ops.logs import configure_logging
 from broker.probe import (
@@ -87,6 +89,8 @@ def _run(argv: Sequence[str] | None) -> int:
             return run_login(args)
         if args.command == "hub":
             return run_hub(args)
+        if args.command in LIGHT_COMMANDS:
+            return run_light(args)
         from broker.demo import run_demo  # the demo alone needs the fakes
 
         return run_demo(host=args.host, port=args.port, ttl=args.ttl)
@@ -125,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_login_parser(commands)
     add_hub_parser(commands)
+    add_light_parsers(commands)  # run by broker.entry without this module; listed in --help
 
     demo = commands.add_parser(
         "demo",
