@@ -40,13 +40,31 @@ from broker.server.listeners import ListenError, close_all, listen_address, open
 from broker.server.uvicorn import exit_zero_after_shutdown, uvicorn_config
 from broker.web.app import open_store, shared_store
 
-DEFAULT_CONFIG = "config.yaml"
+CONFIG_ENV = "BROKER_CONFIG"
+DEFAULT_CONFIG = os.environ.get(CONFIG_ENV) or "config.yaml"
+"""``--config``'s default: ``$BROKER_CONFIG``, else ``config.yaml``."""
 EXIT_LOGIN_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_PORT_IN_USE = 3
 EXIT_INTERRUPTED = 130
 """128 + SIGINT, as shells report a command stopped by Ctrl+C."""
 EXIT_STDOUT_CLOSED = 1
 """As the Python docs' recipe for a reader that goes away (``broker check | head -1``)."""
+
+
+SERVE_EPILOG = f"""
+Any setting can also come from the environment: BROKER_<KEY>, nested keys joined by
+two underscores (BROKER_PORT=9000, BROKER_PROVIDERS__HIRO__URL=https://...); the command
+line wins over the environment, the environment over the file.
+
+examples:
+  broker serve                                   # ${CONFIG_ENV} or ./config.yaml
+  broker serve -c /etc/broker/config.yaml --log-format json
+  BROKER_PORT=9000 broker serve --log-level debug
+
+exit status: 0 after SIGTERM or SIGINT; 2 a configuration error (file, key, what is
+wrong); 3 the port is in use.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +117,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_CONFIG_ERROR
     except ListenError as exc:
         print(f"broker: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return EXIT_PORT_IN_USE if exc.in_use else EXIT_CONFIG_ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,15 +129,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"broker {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the broker")
-    serve.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="YAML config file")
+    serve = commands.add_parser(
+        "serve",
+        help="run the broker",
+        description="Run the broker: keep every configured provider's token fresh and serve"
+        " it on localhost.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--config",
+        "-c",
+        default=DEFAULT_CONFIG,
+        help=f"YAML config file (default: ${CONFIG_ENV}, else config.yaml; now {DEFAULT_CONFIG})",
+    )
     serve.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default from config: 8181)")
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log_level"
+    )
+    serve.add_argument("--log-format", choices=["text", "json"], help="overrides log_format")
 
     check = commands.add_parser(
         "check", help="validate a config and print what each provider will do"
     )
-    check.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="YAML config file")
+    check.add_argument(
+        "--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config file (${CONFIG_ENV})"
+    )
     check.add_argument(
         "--login",
         action="store_true",
@@ -225,7 +261,13 @@ async def _report_logins(settings: BrokerSettings) -> Counter[Outcome]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    given = (
+        ("host", args.host),
+        ("port", args.port),
+        ("log_level", args.log_level),
+        ("log_format", args.log_format),
+    )
+    overrides = {k: v for k, v in given if v is not None}
     settings = load_config(Path(args.config), overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("broker")

@@ -221,10 +221,10 @@ def busy_port_message(port: int) -> str:
 
 
 def test_demo_on_a_busy_port_says_so_in_one_line_before_anything_else() -> None:
-    """No banner, no fakes started and stopped, no traceback: one line and exit 2."""
+    """No banner, no fakes started and stopped, no traceback: one line and exit 3."""
     with busy_port() as port:
         result = run("demo", "--port", str(port))
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr
     assert result.stdout == ""
     assert result.stderr.splitlines() == [busy_port_message(port)]
 
@@ -237,7 +237,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
     )
     with busy_port() as port:
         result = run("serve", "--config", str(config), "--port", str(port))
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr  # 3: the port is in use
     assert result.stderr.splitlines()[-1] == busy_port_message(port)
     assert "Traceback" not in result.stderr
     assert "serving" not in result.stderr
@@ -274,3 +274,48 @@ def test_output_closed_early_ends_quietly(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
         proc.stderr.close()
+
+
+def test_broker_config_names_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text(
+        "providers:\n  hub:\n    type: hub\n    url: https://hub.example.com\n"
+        "    client_id: c\n    client_secret: {env: HOME}\n"
+    )
+    found = run("check", env={"BROKER_CONFIG": str(config)})
+    missing = run("check", env={"BROKER_CONFIG": str(tmp_path / "nothing.yaml")})
+    assert found.returncode == 0, found.stderr
+    assert "hub" in found.stdout
+    assert missing.returncode == 2
+    assert "nothing.yaml" in missing.stderr
+
+
+def test_log_flags_override_the_config(tmp_path: Path) -> None:
+    """--log-format json and --log-level warning win over the file's text and info."""
+    fake = FakeHiro()
+    with serve_in_thread(fake.app) as idp:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"log_level: info\nlog_format: text\nport: {free_port()}\nproviders:\n  hiro:\n"
+            f"    type: hiro\n    url: {idp}\n    client_id: {hiro.DEMO_CLIENT_ID}\n"
+            f"    client_secret: {{env: HIRO_SECRET}}\n    username: {hiro.DEMO_USERNAME}\n"
+            "    password: {env: HIRO_PASSWORD}\n"
+        )
+        config.chmod(0o600)
+        env = {"HIRO_SECRET": hiro.DEMO_CLIENT_SECRET, "HIRO_PASSWORD": hiro.DEMO_PASSWORD}
+        with process(
+            "serve",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+            "--log-level",
+            "warning",
+            env=env,
+        ) as broker:
+            wait_for(lambda: fake.token_requests(), timeout=30)
+            broker.proc.send_signal(2)
+            broker.proc.wait(timeout=15)
+    lines = [line for line in broker.output.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), lines
+    assert not [line for line in lines if '"level": "INFO"' in line or '"level":"INFO"' in line]

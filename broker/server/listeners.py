@@ -20,7 +20,12 @@ from broker.server.unixsocket import UnixListener, UnixSocketError, listen_unix
 
 
 class ListenError(BrokerError):
-    """The listening address cannot be had; the message is one line for the operator."""
+    """The listening address cannot be had; the message is one line for the operator.
+    *in_use*: another process has the port (``broker serve`` exits 3 then, not 2)."""
+
+    def __init__(self, message: str, *, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use
 
 
 BACKLOG = 2048
@@ -49,7 +54,8 @@ def listen(host: str, port: int) -> list[socket.socket]:
             sockets.append(_listening_socket(family, address))
     except OSError as exc:
         close_all(sockets)
-        raise ListenError(_listen_failure(host, port, exc)) from None
+        in_use = exc.errno == errno.EADDRINUSE
+        raise ListenError(_listen_failure(host, port, exc), in_use=in_use) from None
     return sockets
 
 
