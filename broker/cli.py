@@ -25,7 +25,7 @@ from broker.hub_cli import add_hub_parser, run_hub
 from broker.light_cli import COMMANDS as LIGHT_COMMANDS
 from broker.light_cli import add_light_parsers, run_light
 from broker.login_cli import add_login_parser, run_login
-from broker.ops.logs import configure_logging
+from broker.ops.logs import JsonFormatter, configure_logging
 from broker.probe import (
     Outcome,
     cleartext_warnings,
@@ -113,11 +113,31 @@ def _run(argv: Sequence[str] | None) -> int:
 
         return run_demo(host=args.host, port=args.port, ttl=args.ttl)
     except ConfigError as exc:
-        print(f"broker: configuration error\n{exc}", file=sys.stderr)
+        if _wants_json(args):
+            _json_error("configuration error", exc, event="config_error")
+        else:
+            print(f"broker: configuration error\n{exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except ListenError as exc:
-        print(f"broker: {exc}", file=sys.stderr)
+        if _wants_json(args):
+            _json_error("cannot listen", exc, event="listen_error")
+        else:
+            print(f"broker: {exc}", file=sys.stderr)
         return EXIT_PORT_IN_USE if exc.in_use else EXIT_CONFIG_ERROR
+
+
+def _wants_json(args: argparse.Namespace) -> bool:
+    """Whether a failure before logging is set up should be a JSON line: ``--log-format
+    json``, or ``BROKER_LOG_FORMAT=json`` (the config file may be what failed)."""
+    chosen = getattr(args, "log_format", None) or os.environ.get("BROKER_LOG_FORMAT", "")
+    return chosen.strip().lower() == "json"
+
+
+def _json_error(what: str, exc: Exception, *, event: str) -> None:
+    """*exc* as one JSON log record on stderr, as the running broker writes them."""
+    record = logging.LogRecord("broker", logging.ERROR, __file__, 0, "%s: %s", (what, exc), None)
+    record.event = event
+    print(JsonFormatter().format(record), file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -319,3 +320,17 @@ def test_log_flags_override_the_config(tmp_path: Path) -> None:
     lines = [line for line in broker.output.splitlines() if line.strip()]
     assert all(line.startswith("{") for line in lines), lines
     assert not [line for line in lines if '"level": "INFO"' in line or '"level":"INFO"' in line]
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_config_error_at_start_is_a_json_line_when_asked(tmp_path: Path, how: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("port: 99999\nproviders: {}\n")
+    flags = ("--log-format", "json") if how == "flag" else ()
+    env = {"BROKER_LOG_FORMAT": "json"} if how == "env" else {}
+    result = run("serve", "--config", str(config), *flags, env=env)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["event"]) == ("ERROR", "config_error")
+    assert record["msg"].startswith(f"configuration error: {config}")

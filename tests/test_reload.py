@@ -254,6 +254,8 @@ async def test_a_bad_file_changes_nothing(tmp_path: Path, caplog: pytest.LogCapt
         caplog.set_level(logging.INFO, logger="broker.reload")
         await broker.sighup("providers: [this is not a mapping")
         assert "config reload rejected" in caplog.text
+        (rejected,) = [r for r in caplog.records if "config reload rejected" in r.getMessage()]
+        assert "\n" not in rejected.getMessage()  # one record, one line
         assert (await broker.token(OLD_KEY)).status_code == 200
 
 

@@ -98,7 +98,9 @@ class Reloader:
             try:
                 new, waiting = await asyncio.to_thread(self._load)
             except ConfigError as exc:
-                log.error("config reload rejected, the running config stays in force:\n%s", exc)
+                # One record, one line: a log shipper must not split it, nor lose its end.
+                problems = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                log.error("config reload rejected, the running config stays in force: %s", problems)
                 self._manager.metrics.config_reloaded(ok=False)
                 return False
             for key in waiting:
