@@ -60,6 +60,19 @@ log = logging.getLogger("broker.metrics")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it untyped
 
 
+DENIAL_REASONS: Final = (
+    "unauthorized",
+    "forbidden",
+    "host_not_allowed",
+    "proxied_request",
+    "browser_request",
+    "not_loopback",
+    "required_header_missing",
+    "headers_too_large",
+)
+"""The codes of the guard's refusals (:class:`broker.web.security.Denied`): zero series for
+each, so that ``rate()`` works before the first."""
+
 REQUEST_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Token request latency buckets (seconds): a few ms locally up to the 10 s default timeout."""
 
@@ -244,6 +257,15 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self._denied = Counter(
+            "broker_caller_denied",
+            "Requests the broker refused before any token or status was read, by reason (the"
+            " answer's error code: unauthorized, forbidden, browser_request, ...).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DENIAL_REASONS:
+            self._denied.labels(reason)
         self._providers = _ProviderCollector()
         r.register(self._providers)
         self._series_lock = threading.Lock()
@@ -271,6 +293,11 @@ class Metrics:
             self._track(self._tokens_served, labels)
             series = self._served_series[provider, client] = self._tokens_served.labels(*labels)
         series.inc()
+
+    def caller_denied(self, reason: str) -> None:
+        """A request was refused by the request checks or the callers' keys (401, 403, 412,
+        431): *reason* is the answer's error code."""
+        self._denied.labels(code_label(reason)).inc()
 
     def caller_fetch_refused(self, provider: str) -> None:
         """A caller-triggered token request was refused by the rate limit."""

@@ -171,8 +171,8 @@ def create_api(
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
-    app.add_middleware(GuardMiddleware, guard=guard)
-    add_error_handlers(app)
+    app.add_middleware(GuardMiddleware, guard=guard, on_denied=metrics.caller_denied)
+    add_error_handlers(app, metrics)
     add_routes(app, runtime)
     add_login_routes(app, runtime)
     add_docs_routes(app, guard)

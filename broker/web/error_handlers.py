@@ -22,15 +22,19 @@ from broker.core.errors import (
     UnknownProviderError,
     http_layer_code,
 )
+from broker.ops.metrics import Metrics
 from broker.web.answers import NO_STORE
 from broker.web.security import Denied
 
 
-def add_error_handlers(app: FastAPI) -> None:
-    """Answer the broker's errors, and the framework's own, in the broker's shape."""
+def add_error_handlers(app: FastAPI, metrics: Metrics | None = None) -> None:
+    """Answer the broker's errors, and the framework's own, in the broker's shape (and
+    count the callers refused, in *metrics*)."""
 
     @app.exception_handler(Denied)
     async def denied(request: Request, exc: Denied) -> Response:
+        if metrics is not None:
+            metrics.caller_denied(exc.code)
         return _error(exc.status, exc.code, exc.message, exc.headers())
 
     @app.exception_handler(UnknownProviderError)

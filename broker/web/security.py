@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -311,15 +311,21 @@ def _who_is_unknown(peer: PeerCredentials | None) -> str:
 class GuardMiddleware:
     """Applies :meth:`Guard.check_request` to every HTTP request but liveness."""
 
-    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+    def __init__(
+        self, app: ASGIApp, guard: Guard, on_denied: Callable[[str], None] | None = None
+    ) -> None:
         self.app = app
         self.guard = guard
+        self.on_denied = on_denied
+        """Told each refusal's code (the metrics count them)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != "/healthz":
             try:
                 self.guard.check_request(scope)
             except Denied as denied:
+                if self.on_denied is not None:
+                    self.on_denied(denied.code)
                 await send_denied(send, denied)
                 return
         await self.app(scope, receive, send)
