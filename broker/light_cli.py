@@ -30,6 +30,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from broker.core.errors import BrokerError
+
 DEFAULT_URL = "http://127.0.0.1:8181"
 COMMANDS = ("health", "wait", "token")
 EXIT_NOT = 1
@@ -37,7 +39,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 4
 
 
-class Unreachable(Exception):
+class Unreachable(BrokerError):
     """The broker did not answer (refused, timed out, not HTTP)."""
 
 

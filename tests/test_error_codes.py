@@ -164,3 +164,25 @@ def test_every_error_the_broker_raises_is_a_broker_error() -> None:
     assert not outside
     assert issubclass(UnknownProviderError, LookupError)
     assert issubclass(Denied, ApiError)
+
+
+def test_the_openapi_document_and_the_readme_table_agree() -> None:
+    """The document's ErrorCode enum and its statuses are the README's table, row for row;
+    the token routes document every status their codes have, and the client key as a
+    bearer scheme (optional: without clients no key is needed)."""
+    spec = create_app(settings_from(CONFIG)).app.openapi()
+    enum = spec["components"]["schemas"]["ErrorCode"]
+    documented = {
+        code: int(status)
+        for status, code in readme_error_table(README.read_text(encoding="utf-8"))
+        if code != PATTERN
+    }
+    assert dict(enum["x-status"]) == documented
+    assert set(enum["enum"]) == set(documented)
+    token = spec["paths"]["/token/{provider}"]["get"]["responses"]
+    for status in ("401", "403", "404", "412", "422", "429", "431", "503"):
+        assert status in token, status
+    assert set(token["200"]["headers"]) == {"ETag", "Cache-Control", "X-Broker-Refresh-Failed"}
+    assert spec["components"]["securitySchemes"]["clientKey"]["scheme"] == "bearer"
+    assert spec["security"] == [{}, {"clientKey": []}]
+    assert "/metrics" in spec["paths"]

@@ -11,6 +11,7 @@
      │   └─ Denied                 (broker.web.security) a request refused → 401, 403, 412, 431
      ├─ TokenEndpointError       the identity provider said no, or answered garbage
      ├─ DeviceAnswerError        (broker.protocols.device) a device authorization answer unusable
+     ├─ Unreachable              (broker.light_cli) the broker did not answer a probe
      ├─ StateError               (broker.engine.state_file) the state directory cannot be used
      ├─ StoreError               (broker.engine.store) a token store could not do what was asked
      ├─ SinkError                (broker.ops.sinks) a sink file cannot be written

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from broker.core.errors import ErrorCode
+from broker.core.errors import STATUS, ErrorCode
 
 
 class TokenBody(BaseModel):
@@ -119,28 +119,65 @@ class ProvidersBody(BaseModel):
     store: StoreStatus
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Clients are configured and no valid key was sent"},
-    403: {
-        "model": ErrorBody,
-        "description": "The client may not read this provider, or the request looks like it"
-        " came from a browser, a proxy or another host",
+WHAT_STATUS_MEANS: dict[int, str] = {
+    401: "Clients are configured and no valid key was sent",
+    403: "The client may not read this provider, or the request looks like it came from a"
+    " browser, a proxy or another host",
+    404: "No such provider, route or login",
+    409: "The provider has no login of that kind",
+    410: "The login link or callback was used, or has expired",
+    412: "`security.require_header` is set and the request lacks it",
+    422: "A bad parameter, or a `min_valid` the provider's tokens cannot meet",
+    429: "Callers asked this provider for new tokens too often; see `Retry-After`",
+    431: "Request headers over 16 KiB",
+    502: "The identity provider refused the login",
+    503: "No servable token now; see `Retry-After`",
+}
+"""What each error status means, in the OpenAPI document (the codes are added from STATUS)."""
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds until asking again can help",
+        "schema": {"type": "integer"},
+    }
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers at *statuses*, each naming the codes answered with it (STATUS)."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        codes = ", ".join(f"`{code}`" for code in ErrorCode if STATUS[code] == status)
+        response: dict[str, Any] = {
+            "model": ErrorBody,
+            "description": f"{WHAT_STATUS_MEANS[status]} ({codes})",
+        }
+        if status in (429, 503):
+            response["headers"] = RETRY_AFTER
+        responses[status] = response
+    return responses
+
+
+ERROR_RESPONSES = error_responses(401, 403, 404, 412, 422, 429, 431, 503)
+"""The error answers of the token routes."""
+
+TOKEN_HEADERS: dict[str, dict[str, Any]] = {
+    "ETag": {
+        "description": "Names this token (a keyed hash, never the token); send it back as"
+        " `If-Match` to `POST /token/{provider}/refresh` when your API refused it",
+        "schema": {"type": "string"},
     },
-    404: {"model": ErrorBody, "description": "No such provider (`unknown_provider`)"},
-    422: {
-        "model": ErrorBody,
-        "description": "Bad parameter (`invalid_parameter`) or a `min_valid` the provider's"
-        " tokens cannot meet (`min_valid_unsatisfiable`)",
-    },
-    429: {
-        "model": ErrorBody,
-        "description": "Callers asked this provider for new tokens too often"
-        " (`refresh_rate_limited`); see `Retry-After`",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-    },
-    503: {
-        "model": ErrorBody,
-        "description": "No servable token now; see `Retry-After`",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    "Cache-Control": {"description": "Always `no-store`", "schema": {"type": "string"}},
+    "X-Broker-Refresh-Failed": {
+        "description": "Present while the last refresh failed and this (still valid) token"
+        " is served: that failure's code (`timeout`, `invalid_grant`, `store_unavailable` ...)",
+        "schema": {"type": "string"},
     },
 }
+"""The headers of every token answer."""
+
+TOKEN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": TokenBody, "content": {"text/plain": {}}, "headers": TOKEN_HEADERS},
+    **ERROR_RESPONSES,
+}
+"""The answers of the token routes."""

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 from broker import __version__
 from broker.config.settings import BrokerSettings
 from broker.core.clock import Clock, SystemClock
+from broker.core.errors import STATUS, ErrorCode
 from broker.engine.local_copy import LocalCopy
 from broker.engine.manager import TokenManager
 from broker.engine.state import StateStore
@@ -190,6 +191,29 @@ class BrokerApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         return SecurityHeadersMiddleware(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, plus the client key as a bearer scheme (optional: without
+        clients no key is needed, so ``/docs`` offers it as "Authorize") and every error
+        code as an enum with its status (``x-status``)."""
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["clientKey"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A configured client's key (`clients.<name>.key`)",
+            }
+            schema["security"] = [{}, {"clientKey": []}]
+            components.setdefault("schemas", {})["ErrorCode"] = {
+                "type": "string",
+                "enum": [code.value for code in ErrorCode],
+                "x-status": {code.value: STATUS[code] for code in ErrorCode},
+                "description": "The `error` of every answer the broker itself refuses, with"
+                " its HTTP status; anything else the HTTP layer refuses is `http_<status>`.",
+            }
+            self.openapi_schema = schema
+        return self.openapi_schema
 
 
 def _announce_access_rules(settings: BrokerSettings, guard: Guard) -> None:

@@ -33,6 +33,7 @@ from broker.core.errors import ErrorCode, LoginError
 from broker.engine.logins import LOGIN_TTL, LoginAttempt
 from broker.protocols.authorize import read_redirect, redirect_of_url
 from broker.web.answers import NO_STORE
+from broker.web.api_models import error_responses
 from broker.web.login_pages import FRAGMENT_PATH, fragment_page, result_page
 from broker.web.runtime import Runtime
 
@@ -54,7 +55,12 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
     guard = runtime.guard
     _fragment_route(app, runtime)
 
-    @app.post("/login/{provider}", summary="Start a person's login", status_code=201)
+    @app.post(
+        "/login/{provider}",
+        summary="Start a person's login",
+        status_code=201,
+        responses=error_responses(401, 403, 404, 409, 502),
+    )
     async def begin(provider: str, request: Request) -> JSONResponse:
         guard.authorize(request.headers.get("authorization"), provider, "login")
         manager = runtime.engine()
@@ -72,7 +78,12 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
             headers=NO_STORE,
         )
 
-    @app.post("/login/{provider}/device", summary="Start a device login", status_code=201)
+    @app.post(
+        "/login/{provider}/device",
+        summary="Start a device login",
+        status_code=201,
+        responses=error_responses(401, 403, 404, 409, 502),
+    )
     async def begin_device(provider: str, request: Request) -> JSONResponse:
         guard.authorize(request.headers.get("authorization"), provider, "login")
         manager = runtime.engine()
@@ -90,7 +101,11 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
             headers=NO_STORE,
         )
 
-    @app.get("/login/attempts/{login_id}", summary="A login's outcome")
+    @app.get(
+        "/login/attempts/{login_id}",
+        summary="A login's outcome",
+        responses=error_responses(401, 403, 404),
+    )
     async def outcome(
         login_id: str,
         request: Request,
@@ -105,7 +120,11 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
             attempt.finish("failed", "the login expired: run broker login again")
         return JSONResponse(_outcome(attempt), headers=NO_STORE)
 
-    @app.post("/login/attempts/{login_id}/redirect", summary="Complete a login by hand")
+    @app.post(
+        "/login/attempts/{login_id}/redirect",
+        summary="Complete a login by hand",
+        responses=error_responses(401, 403, 404, 410, 502),
+    )
     async def pasted(
         login_id: str, request: Request, body: Annotated[dict[str, Any], Body()]
     ) -> JSONResponse:
@@ -122,7 +141,11 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
         await logins.finish(taken, redirect)
         return JSONResponse(_outcome(taken), headers=NO_STORE)
 
-    @app.post("/login/{provider}/refresh-token", summary="Give a provider a refresh token")
+    @app.post(
+        "/login/{provider}/refresh-token",
+        summary="Give a provider a refresh token",
+        responses=error_responses(401, 403, 404, 502),
+    )
     async def seed(
         provider: str, request: Request, body: Annotated[dict[str, Any], Body()]
     ) -> JSONResponse:

@@ -19,10 +19,10 @@ from broker.ops.metrics import Metrics
 from broker.policy.states import SERVING_STATES
 from broker.web.answers import NO_STORE, accepts_raw, token_payload
 from broker.web.api_models import (
-    ERROR_RESPONSES,
+    TOKEN_RESPONSES,
     ProvidersBody,
     ReadyBody,
-    TokenBody,
+    error_responses,
 )
 from broker.web.runtime import Runtime
 from broker.web.security import Denied, Guard
@@ -68,7 +68,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         "/token/{provider}",
         summary="The provider's current bearer token",
         response_model=None,
-        responses={200: {"model": TokenBody, "content": {"text/plain": {}}}, **ERROR_RESPONSES},
+        responses=TOKEN_RESPONSES,
     )
     async def get_token(
         provider: str, request: Request, min_valid: MinValid = None, format: Format = None
@@ -91,7 +91,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
         "/token/{provider}/refresh",
         summary="Force a refresh now and return the new token",
         response_model=None,
-        responses={200: {"model": TokenBody, "content": {"text/plain": {}}}, **ERROR_RESPONSES},
+        responses=TOKEN_RESPONSES,
     )
     async def refresh_token(
         provider: str,
@@ -159,7 +159,17 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
 def add_metrics_route(app: FastAPI, guard: Guard, metrics: Metrics) -> None:
     """``/metrics`` for Prometheus, for callers allowed status; not in the OpenAPI document."""
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        description="The Prometheus text format (OpenMetrics when asked for by `Accept`);"
+        " for callers allowed status.",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            **error_responses(401, 403),
+        },
+    )
     async def prometheus(request: Request) -> Response:
         guard.authorize(request.headers.get("authorization"), None, "status")
         body, content_type = metrics.render(request.headers.get("accept"))
