@@ -141,7 +141,9 @@ def test_hiro_ui_flow_in_a_real_browser(local_page: Page, tmp_path: Path) -> Non
             page.get_by_label("Password").fill("alice-pw")
             page.click("#allow")
             page.wait_for_url(f"{base}/login/callback*")
-            page.wait_for_function("document.title === 'Logged in'")
+            # A locator, not wait_for_function: that evaluates a string in the page, which
+            # its policy (no 'unsafe-eval') rightly refuses.
+            page.locator("#title", has_text="Logged in").wait_for()
             shown = page.inner_text("body")
             address = page.url
             violations = page.evaluate("window.violations")

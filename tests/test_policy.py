@@ -32,6 +32,25 @@ def test_provider_state(
 
 
 @pytest.mark.parametrize(
+    ("outcome", "servable", "expected"),
+    [
+        ("success", True, "degraded"),
+        (None, True, "degraded"),
+        (FailureKind.TRANSIENT, True, "degraded"),
+        ("success", False, "expired"),
+        (FailureKind.TRANSIENT, False, "failing"),
+    ],
+)
+def test_a_failing_sink_degrades_a_serving_provider(
+    outcome: Outcome, servable: bool, expected: ProviderState
+) -> None:
+    """The callers that read the sink file are not served: degraded, not ready; a provider
+    that serves nobody says why it does not, as before."""
+    state = provider_state(outcome=outcome, servable=servable, needs_login=False, sink_failing=True)
+    assert state == expected
+
+
+@pytest.mark.parametrize(
     ("takes_at", "expected"),
     [
         # A burst of 3, then one every 10 s.

@@ -85,7 +85,10 @@ class Provider:
     def state(self, now: float) -> ProviderState:
         """Where this provider stands, for /providers and /readyz."""
         return provider_state(
-            outcome=self.outcome, servable=self.servable(now), needs_login=self.needs_login
+            outcome=self.outcome,
+            servable=self.servable(now),
+            needs_login=self.needs_login,
+            sink_failing=self.sink_error is not None,
         )
 
     def secret_values(self) -> list[str]:

@@ -28,19 +28,22 @@ Outcome = Literal["success"] | FailureKind | None
 """The last token request's outcome: None before the first one has ended."""
 
 
-def provider_state(*, outcome: Outcome, servable: bool, needs_login: bool) -> ProviderState:
+def provider_state(
+    *, outcome: Outcome, servable: bool, needs_login: bool, sink_failing: bool = False
+) -> ProviderState:
     """What is true of a provider now, from its last outcome and whether it has a token to serve.
 
     ``starting`` lasts only until the first outcome; afterwards the state says
     whether a token is served (``ready``, or ``degraded`` when the last attempt
-    failed) and, if not, why not.
+    failed, or when its sink file cannot be written: the callers reading that file are
+    not served) and, if not, why not.
     """
     if needs_login:
         return "needs_login"
     if outcome is None:
-        return "ready" if servable else "starting"
+        return ("degraded" if sink_failing else "ready") if servable else "starting"
     if servable:
-        return "ready" if outcome == "success" else "degraded"
+        return "ready" if outcome == "success" and not sink_failing else "degraded"
     if outcome == "success":
         return "expired"  # the token ran out and the next attempt has not ended yet
     if outcome is FailureKind.REJECTED:

@@ -103,6 +103,10 @@ class ProviderStatus(BaseModel):
     failures: int
     consecutive_failures: int
     has_refresh_token: bool
+    sink_error: str | None = Field(
+        description="Why the sink file cannot be written, while it cannot (the provider is"
+        " then `degraded`)."
+    )
     login: str | None = Field(
         description="While the provider needs a person's login: the command that gives it one"
         " (`broker login <provider>`, with `--refresh-token -` where it has no browser login)."

@@ -14,7 +14,8 @@ from broker.engine.store import StoreStatus
 
 
 def brief(provider: Provider, now: float) -> dict[str, Any]:
-    """The provider's state and, while its token requests fail, the last error."""
+    """The provider's state and, while its token requests fail (or its sink file cannot be
+    written), the last error."""
     return {"state": provider.state(now), "error": _error_body(provider)}
 
 
@@ -39,6 +40,7 @@ def status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
         "consecutive_failures": provider.consecutive_failures,
         "has_refresh_token": provider.refresh_token is not None,
         "login": login_command(provider, now),
+        "sink_error": provider.sink_error,
         "clock_skew": round(provider.clock_skew, 1) if provider.clock_skew is not None else None,
         "last_error": None
         if error is None
@@ -64,6 +66,8 @@ def login_command(provider: Provider, now: float) -> str | None:
 def _error_body(provider: Provider) -> dict[str, Any] | None:
     error = provider.last_error
     if error is None or provider.consecutive_failures == 0:
+        if provider.sink_error is not None:
+            return {"code": "sink_error", "message": provider.sink_error}
         return None
     return {"code": error.code, "message": error.message}
 
