@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import itertools
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -589,3 +590,21 @@ async def test_an_expired_login_link_is_refused() -> None:
     assert "run broker login again" in opened.text
     assert outcome.json()["outcome"] == "failed"
     assert fake.authorize_requests() == []
+
+
+async def test_the_logins_refresh_token_is_saved_and_resumed_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Logged in once, the broker restarts and carries on from the saved refresh token: no
+    new login needed."""
+    clock = FakeClock()
+    fake, idps, config = setup(clock, extra=SECRET)
+    settings = settings_from(f"state_dir: {tmp_path}\n" + config)
+    async with in_process(settings, idps) as broker:
+        body = (await broker.client.post("/login/p", headers=OPERATOR)).json()
+        assert (await Person(broker, fake).sign_in(body["url"])).status_code == 200
+    async with in_process(settings, idps) as restarted:
+        token = await restarted.get("/token/p", headers=APP)
+    assert token.status_code == 200, token.text
+    assert len(fake.token_requests("authorization_code")) == 1
+    assert len(fake.token_requests("refresh_token")) == 1
