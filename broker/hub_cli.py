@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from broker.config.providers import cleartext_host
+from broker.core.addresses import origin_of
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -89,7 +90,7 @@ def run_hub(args: argparse.Namespace) -> int:
     body: dict[str, object] = {"name": args.name, "trusted": args.trusted}
     if args.redirect_uri:
         body["redirectUris"] = list(args.redirect_uri)
-    home = args.home_url or (_origin(args.redirect_uri[0]) if args.redirect_uri else None)
+    home = args.home_url or (origin_of(args.redirect_uri[0]) if args.redirect_uri else None)
     if home:
         body["homeUrl"] = home
     try:
@@ -151,8 +152,3 @@ def _write(path: Path, value: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as out:
         out.write(value + "\n")
-
-
-def _origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"

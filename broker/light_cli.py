@@ -79,12 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_light(args: argparse.Namespace) -> int:
-    base = (args.url or os.environ.get("BROKER_URL") or DEFAULT_URL).rstrip("/")
+    base = broker_url(args.url)
     if not base.startswith(("http://", "https://")):
         print(f"broker {args.command}: the URL must be http:// or https://", file=sys.stderr)
         return EXIT_USAGE
     try:
-        key = _key()
+        key = broker_key()
         if args.command == "health":
             return _health(base, args.ready, key)
         if args.command == "wait":
@@ -184,7 +184,14 @@ def _brief(body: Any) -> str:
     return "no JSON answer"
 
 
-def _key() -> str | None:
+def broker_url(given: str | None) -> str:
+    """The broker's base URL: *given* (``--url``), else ``$BROKER_URL``, else the default."""
+    return (given or os.environ.get("BROKER_URL") or DEFAULT_URL).rstrip("/")
+
+
+def broker_key() -> str | None:
+    """The client key in ``$BROKER_KEY``, else in the file ``$BROKER_KEY_FILE`` names, or
+    None. Raises ValueError (naming the variable) when that file cannot be read."""
     if os.environ.get("BROKER_KEY"):
         return os.environ["BROKER_KEY"]
     path = os.environ.get("BROKER_KEY_FILE")

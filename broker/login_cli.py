@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 import time
 import webbrowser
@@ -34,6 +33,8 @@ import httpx
 
 from broker.config.load import load_config
 from broker.config.settings import BrokerSettings
+from broker.core.addresses import local_url
+from broker.light_cli import broker_key, broker_url
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -182,23 +183,15 @@ def _report(answer: httpx.Response) -> int:
 
 
 def _broker_url(url: str | None, settings: BrokerSettings | None) -> str:
-    if url:
-        return url.rstrip("/")
-    if settings is not None:
-        host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"http://{host}:{settings.port}"
-    return (os.environ.get("BROKER_URL") or "http://127.0.0.1:8181").rstrip("/")
+    if not url and settings is not None:
+        return local_url(settings.host, settings.port)
+    return broker_url(url)
 
 
 def _key(settings: BrokerSettings | None, client: str | None) -> str | None:
-    if os.environ.get("BROKER_KEY"):
-        return os.environ["BROKER_KEY"]
-    if os.environ.get("BROKER_KEY_FILE"):
-        path = Path(os.environ["BROKER_KEY_FILE"])
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"BROKER_KEY_FILE {path}: {exc.strerror}") from None
+    from_env = broker_key()
+    if from_env is not None:
+        return from_env
     if client is None:
         return None
     if settings is None:

@@ -322,7 +322,7 @@ async def test_metadata_for_another_issuer_is_refused() -> None:
     assert "not the configured one" in answer.json()["message"]
 
 
-HUB = """
+OPERATOR_ONLY = """
 clients:
   operator:
     key: "{key}"
@@ -330,27 +330,27 @@ clients:
     login: true
 providers:
   p:
-    type: hub
+"""
+"""A broker whose one client may log in (and read) provider ``p``, defined after it."""
+HUB = (
+    OPERATOR_ONLY
+    + """    type: hub
     url: "{idp}"
     grant: authorization_code
     client_id: svc
     client_secret: svc-secret
 """
-HIRO = """
-clients:
-  operator:
-    key: "{key}"
-    providers: [p]
-    login: true
-providers:
-  p:
-    type: hiro
+)
+HIRO = (
+    OPERATOR_ONLY
+    + """    type: hiro
     url: "{idp}"
     auth_api: /api/auth/6.6
     flow: code
     client_id: app
     client_secret: app-secret
 """
+)
 
 
 @pytest.mark.parametrize("kind", ["hub", "hiro"])
@@ -470,21 +470,7 @@ async def test_a_device_login_that_is_denied_or_expires_fails(ending: str) -> No
     assert refused.status_code == 503
 
 
-UI = """
-clients:
-  operator:
-    key: "{key}"
-    providers: [p]
-    login: true
-providers:
-  p:
-    type: hiro
-    url: "{idp}"
-    auth_api: /api/auth/6.6
-    flow: ui
-    client_id: app
-    client_secret: app-secret
-"""
+UI = HIRO.replace("flow: code", "flow: ui")
 
 
 async def test_hiro_ui_flow_hands_the_fragment_over_and_serves_until_expiry() -> None:

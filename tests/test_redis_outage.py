@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 
 from broker.core.errors import FailureCode, FailureKind
-from broker.fakes import FakeOAuth2, WorldQuirks
+from broker.fakes import FakeOAuth2
 from tests.inprocess import IdPs, in_process, process_log
 from tests.redisserver import RedisPlace, RedisServer
 from tests.support import FakeClock, settings_from
@@ -33,6 +33,7 @@ from tests.test_replicas import (
     STORE,
     manager,
     quiet,
+    reuse_detecting_fake,
     spellings,
 )
 
@@ -153,15 +154,7 @@ async def test_a_provider_with_a_password_logs_in_alone_as_its_token_runs_out_an
     redis_server: RedisServer,
 ) -> None:
     clock = FakeClock()
-    fake = FakeOAuth2(
-        clients={"app": "app-secret"},
-        users={"alice": "alice-pw"},
-        ttl=TTL,
-        rotate_refresh_tokens=True,
-        revoke_rotated_refresh_tokens=True,
-        quirks=WorldQuirks(reuse_revokes_family=True),
-        now=clock.wall,
-    )
+    fake = reuse_detecting_fake(clock)
     place: RedisPlace = redis_server.place()
     config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
     settings = settings_from(config + PASSWORD)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.fakes import FakeOAuth2, WorldQuirks
 from tests.inprocess import IdPs, in_process
 from tests.redisserver import RedisPlace, RedisServer
 from tests.support import FakeClock, settings_from
@@ -29,6 +28,7 @@ from tests.test_replicas import (
     manager,
     quiet,
     replicas,
+    reuse_detecting_fake,
 )
 
 pytestmark = pytest.mark.anyio
@@ -39,15 +39,7 @@ async def test_an_emptied_redis_is_repopulated_without_a_new_login(
     redis_server: RedisServer, rotating: bool
 ) -> None:
     clock = FakeClock()
-    fake = FakeOAuth2(
-        clients={"app": "app-secret"},
-        users={"alice": "alice-pw"},
-        ttl=TTL,
-        rotate_refresh_tokens=rotating,
-        revoke_rotated_refresh_tokens=rotating,
-        quirks=WorldQuirks(reuse_revokes_family=True),
-        now=clock.wall,
-    )
+    fake = reuse_detecting_fake(clock, rotating=rotating)
     place: RedisPlace = redis_server.place()
     seed = fake.seed_refresh_token("alice", client_id="app")
     config = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)
@@ -89,14 +81,7 @@ async def test_replicas_restarted_with_an_emptied_redis_resume_from_their_own_co
     rotated away long ago (presenting it revokes the login), and Redis has nothing. Each
     replica's state_dir copy carries the login on."""
     clock = FakeClock()
-    fake = FakeOAuth2(
-        clients={"app": "app-secret"},
-        ttl=TTL,
-        rotate_refresh_tokens=True,
-        revoke_rotated_refresh_tokens=True,
-        quirks=WorldQuirks(reuse_revokes_family=True),
-        now=clock.wall,
-    )
+    fake = reuse_detecting_fake(clock)
     place: RedisPlace = redis_server.place()
     seed = fake.seed_refresh_token("alice", client_id="app")
     shared = STORE.format(url=place.url, prefix=place.prefix) + PROVIDER.format(idp=IDP)

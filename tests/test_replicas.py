@@ -85,17 +85,24 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def fake(clock: FakeClock) -> FakeOAuth2:
+def reuse_detecting_fake(clock: FakeClock, *, rotating: bool = True) -> FakeOAuth2:
+    """The replicas' identity provider: client ``app``, user ``alice``, tokens of TTL on
+    *clock*; refresh tokens rotated (and the old one killed) when *rotating*, and a reused
+    rotated-away one revokes the whole login."""
     return FakeOAuth2(
         clients={"app": "app-secret"},
         users={"alice": "alice-pw"},
         ttl=TTL,
-        rotate_refresh_tokens=True,
-        revoke_rotated_refresh_tokens=True,
+        rotate_refresh_tokens=rotating,
+        revoke_rotated_refresh_tokens=rotating,
         quirks=WorldQuirks(reuse_revokes_family=True),
         now=clock.wall,
     )
+
+
+@pytest.fixture
+def fake(clock: FakeClock) -> FakeOAuth2:
+    return reuse_detecting_fake(clock)
 
 
 @pytest.fixture

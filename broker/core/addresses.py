@@ -1,7 +1,9 @@
-"""What counts as this host: loopback addresses and names. Pure, no I/O.
+"""What counts as this host: loopback addresses and names, and the URLs that reach the
+broker from it. Pure, no I/O.
 
 Used by the config (a network listener needs clients; plain http only to
-loopback) and by the request checks (without clients, only loopback peers).
+loopback), by the request checks (without clients, only loopback peers) and by the
+login's links and the CLI (where a local process finds the broker).
 """
 
 from __future__ import annotations
@@ -17,3 +19,20 @@ def is_loopback_address(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+"""Listen addresses that mean "every address": a local process reaches them on loopback."""
+
+
+def local_url(host: str, port: int) -> str:
+    """The ``http://`` base URL at which a process on this host reaches a broker listening
+    on *host*:*port* (a wildcard address by 127.0.0.1; IPv6 in brackets)."""
+    reached = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    return f"http://[{reached}]:{port}" if ":" in reached else f"http://{reached}:{port}"
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of *url*: what a browser calls its origin."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"

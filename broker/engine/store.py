@@ -94,6 +94,11 @@ class Stored:
     """What the next save must find in the store, when that is not :attr:`refresh_token`
     (a refresh token offered from a replica's own copy, which Redis does not hold)."""
 
+    @property
+    def holds(self) -> str | None:
+        """The refresh token the store itself holds: what a fenced save must find."""
+        return self.fence.refresh_token if self.fence is not None else self.refresh_token
+
 
 class TokenStore(Protocol):
     """What the refresh engine needs from the place tokens live (see the module text)."""

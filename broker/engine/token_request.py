@@ -61,13 +61,7 @@ class TokenRequester:
             # token is obtained, see _persist.)
             if self._store.shared and may_go_alone(provider, self._clock.monotonic()):
                 return await self._alone(provider, exc)
-            # The one place a store that cannot be used becomes a failed token request:
-            # an outage of Redis is expected, not a bug (no traceback, no internal_error),
-            # and retrying later can fix it.
-            msg = f"the token store cannot be used: {exc}"
-            raise TokenEndpointError(
-                msg, code=FailureCode.STORE_UNAVAILABLE, kind=FailureKind.TRANSIENT
-            ) from None
+            raise _unavailable(exc) from None
 
     prepare: Callable[[Provider], Awaitable[None]] | None = None
     """Runs before every token request: fills in what the config leaves to discovery (the
@@ -86,10 +80,7 @@ class TokenRequester:
             # once is enough (no read per refresh).
             if not provider.resumed or self._store.shared:
                 stored = await self._store.load(provider.name, provider.login_id)
-                fence = (
-                    stored.fence if stored.fence is not None else Replacing(stored.refresh_token)
-                )
-                provider.store_holds = fence.refresh_token
+                provider.store_holds = stored.holds
                 published = self.adopt(provider, stored)
                 if published is not None:
                     return published
@@ -255,9 +246,7 @@ class TokenRequester:
         try:
             async with self._store.lease(provider.name):
                 stored = await self._store.load(provider.name, provider.login_id)
-                provider.store_holds = (
-                    stored.fence or Replacing(stored.refresh_token)
-                ).refresh_token
+                provider.store_holds = stored.holds
                 provider.resumed = True  # this login replaces whatever was kept
                 token = await self._send(provider, request, refreshing, check=check)
                 if (
@@ -270,10 +259,7 @@ class TokenRequester:
                 await self._store.publish(provider.name, provider.login_id, token)
                 return token
         except StoreError as exc:
-            msg = f"the token store cannot be used: {exc}"
-            raise TokenEndpointError(
-                msg, code=FailureCode.STORE_UNAVAILABLE, kind=FailureKind.TRANSIENT
-            ) from None
+            raise _unavailable(exc) from None
 
     async def _send(
         self,
@@ -384,3 +370,10 @@ class TokenRequester:
             log.error("%s: cannot remove the dead refresh token's state: %s", provider.name, exc)
         else:
             provider.store_holds = None
+
+
+def _unavailable(exc: StoreError) -> TokenEndpointError:
+    """A store that cannot be used, as a failed token request: an outage of Redis is
+    expected, not a bug (no traceback, no internal_error), and retrying later can fix it."""
+    msg = f"the token store cannot be used: {exc}"
+    return TokenEndpointError(msg, code=FailureCode.STORE_UNAVAILABLE, kind=FailureKind.TRANSIENT)

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from broker.core.addresses import local_url, origin_of
 from broker.core.errors import ErrorCode, LoginError
 from broker.engine.logins import LOGIN_TTL, LoginAttempt
 from broker.protocols.authorize import read_redirect, redirect_of_url
@@ -65,12 +66,14 @@ def add_login_routes(app: FastAPI, runtime: Runtime) -> None:
         guard.authorize(request.headers.get("authorization"), provider, "login")
         manager = runtime.engine()
         attempt = await manager.logins.begin(
-            manager.get(provider), default_redirect=_base(runtime) + "/login/callback"
+            manager.get(provider),
+            default_redirect=local_url(manager.settings.host, manager.settings.port)
+            + "/login/callback",
         )
         return JSONResponse(
             {
                 "login": attempt.id,
-                "url": f"{_origin(attempt.redirect_uri)}/login/start/{attempt.id}",
+                "url": f"{origin_of(attempt.redirect_uri)}/login/start/{attempt.id}",
                 "redirect_uri": attempt.redirect_uri,
                 "expires_in": int(LOGIN_TTL),
             },
@@ -224,16 +227,3 @@ def _fragment_route(app: FastAPI, runtime: Runtime) -> None:
 
 def _outcome(attempt: LoginAttempt) -> dict[str, Any]:
     return {"provider": attempt.provider, "outcome": attempt.outcome, "message": attempt.message}
-
-
-def _base(runtime: Runtime) -> str:
-    settings = runtime.engine().settings
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.port}"
-
-
-def _origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
