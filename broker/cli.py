@@ -35,6 +35,7 @@ from broker.probe import (
     try_logins,
 )
 from broker.protocols import build_protocol
+from broker.server.address_file import AddressFileError, remove_address_file, write_address_file
 from broker.server.connguard import connection_gate
 from broker.server.listeners import ListenError, close_all, listen_address, open_listeners
 from broker.server.uvicorn import exit_zero_after_shutdown, uvicorn_config
@@ -313,6 +314,13 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     gate = connection_gate(settings)  # before any socket: raises the open-file limit
     listeners = open_listeners(settings)  # before announcing them
+    if settings.address_file is not None:
+        try:
+            write_address_file(settings.address_file, listeners, settings.host)
+        except AddressFileError as exc:
+            listeners.close()
+            print(f"broker: {exc}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
     log.info(
         "serving %d provider(s) on %s",
         len(settings.providers),
@@ -328,6 +336,8 @@ def _serve(args: argparse.Namespace) -> int:
             server = uvicorn.Server(config)
             server.run(sockets=gated)
     finally:
+        if settings.address_file is not None:
+            remove_address_file(settings.address_file)
         close_all(gated)
         listeners.close()  # and the Unix socket's file
     return 0

@@ -11,7 +11,8 @@ the standard library (a probe that runs every few seconds should not load a web 
   know the formats: the bare token (default), an ``Authorization: Bearer ...`` line, or
   ``export BROKER_TOKEN=...`` lines for ``eval``.
 
-The broker: ``--url``, else ``$BROKER_URL``, else ``http://127.0.0.1:8181``; its key:
+The broker: ``--url``, else ``$BROKER_URL``, else the address the broker wrote to
+``$BROKER_ADDRESS_FILE`` (its ``address_file``), else ``http://127.0.0.1:8181``; its key:
 ``$BROKER_KEY``, else the file ``$BROKER_KEY_FILE`` names. Exit status: 0 as asked, 1 not
 (not healthy, not ready in time, no token), 2 a usage error, 4 the broker did not answer.
 """
@@ -185,8 +186,27 @@ def _brief(body: Any) -> str:
 
 
 def broker_url(given: str | None) -> str:
-    """The broker's base URL: *given* (``--url``), else ``$BROKER_URL``, else the default."""
-    return (given or os.environ.get("BROKER_URL") or DEFAULT_URL).rstrip("/")
+    """The broker's base URL: *given* (``--url``), else ``$BROKER_URL``, else the ``url`` in
+    the file ``$BROKER_ADDRESS_FILE`` names (the broker writes it once it listens), else the
+    default."""
+    return (given or os.environ.get("BROKER_URL") or _written_url() or DEFAULT_URL).rstrip("/")
+
+
+def _written_url() -> str | None:
+    """The ``url`` the broker wrote to ``$BROKER_ADDRESS_FILE``, if it has written one.
+
+    A missing or unreadable file means no broker has listened yet (or it listens on a Unix
+    socket only): the default is asked, and refuses, like a broker that is not up.
+    """
+    path = os.environ.get("BROKER_ADDRESS_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            url = json.load(file).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None
 
 
 def broker_key() -> str | None:

@@ -4,15 +4,25 @@ framework."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from broker.fakes import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from tests.support import BROKER, ROOT, running_broker, settings_from
+from tests.support import (
+    BROKER,
+    ROOT,
+    free_port,
+    process,
+    running_broker,
+    settings_from,
+    wait_for,
+)
 
 pytestmark = pytest.mark.smoke  # CLI processes and real sockets
 
@@ -40,8 +50,10 @@ providers:
 UNREACHABLE = "http://127.0.0.1:9"
 
 
-def broker(*args: str, key: str | None = KEY) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+def broker(
+    *args: str, key: str | None = KEY, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")} | (env or {})
     if key is not None:
         env["BROKER_KEY"] = key
     return subprocess.run(
@@ -110,3 +122,41 @@ def test_the_probes_load_no_web_framework() -> None:
         timeout=60,
     )
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_the_probes_find_a_broker_on_another_port_through_its_address_file(
+    tmp_path: Path,
+) -> None:
+    """A broker with ``address_file`` (set, as the image does, by BROKER_ADDRESS_FILE) writes
+    its loopback URL once it listens; ``broker health`` and ``token`` with only that variable
+    reach it on its port, and the file is gone once the broker has stopped."""
+    fake = FakeOAuth2(clients={"app": "app-secret"}, ttl=300.0)
+    address = tmp_path / "address.json"
+    with serve_in_thread(fake.app) as idp:
+        config = tmp_path / "config.yaml"
+        port = free_port()
+        config.write_text(f"host: 0.0.0.0\nport: {port}\n" + CONFIG.format(key=KEY, idp=idp))
+        with process("serve", "--config", str(config), env={"BROKER_ADDRESS_FILE": str(address)}):
+            wait_for(address.exists, timeout=30)
+            written = json.loads(address.read_text())
+            health = broker("health", "--ready", env={"BROKER_ADDRESS_FILE": str(address)})
+            token = broker("token", "p", env={"BROKER_ADDRESS_FILE": str(address)})
+        gone = not address.exists()
+    assert written["url"] == f"http://127.0.0.1:{port}"  # loopback, though listening on any
+    assert written["pid"] > 0
+    assert gone
+    assert health.returncode == 1, health.stderr  # reached: "later" is not ready
+    assert "not ready: later" in health.stderr
+    assert (token.returncode, token.stdout) == (0, f"{fake.issued_access_tokens[-1]}\n")
+
+
+def test_an_address_file_that_cannot_be_written_stops_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"port: {free_port()}\n" + CONFIG.format(key=KEY, idp=UNREACHABLE))
+    missing = tmp_path / "no-such-dir" / "address.json"
+    done = broker("serve", "--config", str(config), env={"BROKER_ADDRESS_FILE": str(missing)})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"broker: address_file {missing}: cannot write it: No such file or directory"
+    )
+    assert "Traceback" not in done.stderr

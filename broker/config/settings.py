@@ -160,6 +160,11 @@ class BrokerSettings(BaseModel):
     listen_unix: UnixListen | None = None
     """A Unix domain socket to listen on as well (``/run/broker/broker.sock``, or
     ``{path, mode, group}``); callers there can be identified by their uid."""
+    address_file: Path | None = None
+    """A file the broker writes once it listens (JSON: its ``url``, ``unix`` socket and
+    ``pid``) and removes at exit, so that ``broker health|wait|token`` find a broker on
+    another port: set it by environment (``BROKER_ADDRESS_FILE``), which those commands
+    read too. The image sets it to ``/var/lib/broker/address.json``."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     """``text``: one human-readable line per event; ``json``: one JSON object per line."""

@@ -37,6 +37,7 @@ RESTART_KEYS = (
     "port",
     "listen_tcp",
     "listen_unix",
+    "address_file",
     "log_format",
     "max_concurrent_requests",
     "state_dir",
