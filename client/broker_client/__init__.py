@@ -1,14 +1,20 @@
 """Client helpers: let an app's HTTP client take its bearer tokens from the broker.
 
+The distribution ``credential-broker-client``: it needs httpx alone, none of the broker.
+
 With httpx (sync or async)::
 
-    from broker.client import BrokerAuth
+    import httpx
+
+    from broker_client import BrokerAuth
 
     client = httpx.Client(auth=BrokerAuth("hiro"))       # or httpx.AsyncClient(auth=...)
 
-With requests::
+With requests (``pip install 'credential-broker-client[requests]'``)::
 
-    from broker.client import BrokerRequestsAuth
+    import requests
+
+    from broker_client import BrokerRequestsAuth
 
     session = requests.Session()
     session.auth = BrokerRequestsAuth("hiro")
@@ -29,27 +35,28 @@ answer is: a second 401 reaches the caller, there is no loop.
 A broker that cannot be reached or answers with an error raises :class:`BrokerUnavailable`,
 whose message carries the broker's error code and message and never a token.
 
-``requests`` is not a dependency of the broker: this package never imports it, and
-:class:`BrokerRequestsAuth` is a plain callable, which is all ``requests.auth.AuthBase`` is.
+``requests`` is no dependency of this package (only of its ``[requests]`` extra): it never
+imports it, and :class:`BrokerRequestsAuth` is a plain callable, which is all
+``requests.auth.AuthBase`` is.
 
 The modules, each with one job:
 
-* :mod:`~broker.client.cache`: the token cache and the broker's protocol, without I/O;
-* :mod:`~broker.client.transport`: the broker's URL and the httpx clients that reach it;
-* :mod:`~broker.client.source`: the cache with its locks, sending sync or async;
-* :mod:`~broker.client.helper`: what both helpers offer besides auth;
-* :mod:`~broker.client.httpx_auth`, :mod:`~broker.client.requests_auth`: the helpers;
-* :mod:`~broker.client.errors`: what they raise.
+* :mod:`~broker_client.cache`: the token cache and the broker's protocol, without I/O;
+* :mod:`~broker_client.transport`: the broker's URL and the httpx clients that reach it;
+* :mod:`~broker_client.source`: the cache with its locks, sending sync or async;
+* :mod:`~broker_client.helper`: what both helpers offer besides auth;
+* :mod:`~broker_client.httpx_auth`, :mod:`~broker_client.requests_auth`: the helpers;
+* :mod:`~broker_client.errors`: what they raise.
 """
 
-from broker.client.cache import BrokerToken
-from broker.client.errors import BrokerError, BrokerUnavailable
-from broker.client.httpx_auth import BrokerAuth
-from broker.client.requests_auth import BrokerRequestsAuth
-from broker.client.transport import DEFAULT_BROKER_URL
+from broker_client.cache import BrokerToken
+from broker_client.errors import BrokerError, BrokerUnavailable
+from broker_client.httpx_auth import BrokerAuth
+from broker_client.requests_auth import BrokerRequestsAuth
+from broker_client.transport import DEFAULT_BROKER_URL
 
 # Importable from here as before the split into modules, though not documented API.
-from broker.client.transport import unix_socket_path as unix_socket_path
+from broker_client.transport import unix_socket_path as unix_socket_path
 
 __all__ = [
     "DEFAULT_BROKER_URL",
