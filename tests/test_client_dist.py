@@ -16,7 +16,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-import broker
+import broker.client
+import broker_client
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "client"
@@ -106,3 +107,12 @@ def test_importing_the_client_loads_nothing_of_the_broker() -> None:
     loaded = {name.partition(".")[0] for name in modules}
     assert {"broker_client", "httpx"} <= loaded
     assert sorted(loaded.intersection(NOT_FOR_APPS)) == []
+
+
+def test_broker_client_is_the_old_name_of_the_same_helpers() -> None:
+    """`from broker.client import BrokerAuth` goes on working where the broker is installed:
+    the same objects as broker_client's, every public name of it."""
+    old = broker.client
+    assert old.__all__ == broker_client.__all__
+    assert all(getattr(old, name) is getattr(broker_client, name) for name in old.__all__)
+    assert old.unix_socket_path is broker_client.unix_socket_path
