@@ -8,7 +8,8 @@ The packages are the layers, imports pointing only downwards (checked by
 ``lint-imports``; the README's Development section has the diagram):
 ``server`` > ``web`` > ``engine`` > ``ops`` and ``protocols`` > ``config`` >
 ``policy`` > ``core``, under the entry points ``cli``, ``demo`` and ``probe``.
-``client`` and ``fakes`` stand beside them and import none of them.
+``client`` (the old name of the client helpers, broker_client: client/ in this repository)
+and ``fakes`` stand beside them and import none of them.
 """
 
 __version__ = "0.1.0"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.client import unix_socket_path
 from broker.core.errors import ConfigError
 from broker.web.peers import PeerCredentials, current_peer, peer_credentials
 from broker.web.security import Client, Denied, Guard, _client_for
+from broker_client import unix_socket_path
 from tests.support import settings_from
 
 OAUTH2 = """
@@ -233,7 +233,7 @@ def test_authorize_takes_the_caller_from_the_connection_context() -> None:
     assert (refused.value.status, refused.value.code) == (401, "unauthorized")
 
 
-# -- broker.client's unix: URLs ---------------------------------------------------------------
+# -- broker_client's unix: URLs ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Callers on the broker's Unix socket, told apart by the kernel's word for who they are.
 
 A real broker process listens on TCP and on a Unix socket; the callers are real processes
-(curl, and Python with :mod:`broker.client`) started under other uids and gids, which the
+(curl, and Python with :mod:`broker_client`) started under other uids and gids, which the
 broker learns from ``SO_PEERCRED``. The test runner must be root to start them, and curl
 installed; without either this module is skipped, except in CI, where it fails.
 """
@@ -159,7 +159,7 @@ def curl_as(
 
 CLIENT_SCRIPT = """
 import json, os, sys
-from broker.client import BrokerAuth, BrokerUnavailable
+from broker_client import BrokerAuth, BrokerUnavailable
 auth = BrokerAuth(sys.argv[1], broker_url=sys.argv[2])
 # Started as root, as the test's interpreter may live where only root can read (a pyenv
 # under /root): one call as root (refused: no client is root) loads every module the
@@ -182,7 +182,7 @@ else:
 
 
 def python_client_as(uid: int, broker_url: str, provider: str = "idp") -> dict[str, str]:
-    """broker.client's BrokerAuth in a Python process that has become *uid* (``os.setuid``)."""
+    """broker_client's BrokerAuth in a Python process that has become *uid* (``os.setuid``)."""
     result = subprocess.run(
         [sys.executable, "-c", CLIENT_SCRIPT, provider, broker_url, str(uid)],
         capture_output=True,

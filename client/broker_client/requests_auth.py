@@ -1,6 +1,7 @@
 """:class:`BrokerRequestsAuth`: bearer tokens from the broker for a ``requests`` session.
 
-``requests`` is imported for type checking only: apps that use these helpers bring it.
+``requests`` is imported for type checking only: apps that use this helper bring it (or install
+the ``[requests]`` extra).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from broker.client.helper import TokenHelper, bearer
-from broker.client.source import TokenSource
+from broker_client.helper import TokenHelper, bearer
+from broker_client.source import TokenSource
 
 if TYPE_CHECKING:
     import requests

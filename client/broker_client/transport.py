@@ -1,6 +1,6 @@
 """Where the broker is and how it is reached: its URL (``unix:`` included) and the httpx clients.
 
-Sends the calls that :mod:`broker.client.cache` plans, sync or async, with the caller's
+Sends the calls that :mod:`broker_client.cache` plans, sync or async, with the caller's
 httpx client or a short-lived one of our own, and hands back the answer for the cache to read.
 """
 
@@ -13,7 +13,7 @@ from typing import TypedDict
 
 import httpx
 
-from broker.client.cache import BrokerCall
+from broker_client.cache import BrokerCall
 
 DEFAULT_BROKER_URL = "http://127.0.0.1:8181"
 BROKER_URL_ENV = "BROKER_URL"

@@ -1,6 +1,6 @@
 """The token cache with its locks and its I/O: the one token source of a helper.
 
-:class:`TokenSource` only sends what :class:`~broker.client.cache.TokenCache` plans and
+:class:`TokenSource` only sends what :class:`~broker_client.cache.TokenCache` plans and
 hands it the answer, once synchronously (under a threading lock) and once with ``await``
 (under an anyio lock): the two paths differ in how they wait, never in what they do.
 """
@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 import anyio
 import httpx
 
-from broker.client.cache import BrokerCall, TokenCache
-from broker.client.transport import BROKER_URL_ENV, BrokerTransport, resolve_broker_url
+from broker_client.cache import BrokerCall, TokenCache
+from broker_client.transport import BROKER_URL_ENV, BrokerTransport, resolve_broker_url
 
 
 class TokenSource(TokenCache):

@@ -4,7 +4,7 @@ One place for what the sync and the async paths share: what to ask the broker
 (``GET /token/<provider>``, or ``POST /token/<provider>/refresh`` with ``If-Match:`` the
 refused token's ETag), how to read its answer (a token to cache, or a
 :class:`BrokerUnavailable`), and when a cached token is still good. Nothing here sends or
-waits: :mod:`broker.client.source` sends the planned calls and serialises the calls here.
+waits: :mod:`broker_client.source` sends the planned calls and serialises the calls here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 
 import httpx
 
-from broker.client.errors import BrokerUnavailable
+from broker_client.errors import BrokerUnavailable
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class BrokerCall:
 class TokenCache:
     """One provider's cached token and the broker calls that renew it.
 
-    Not thread safe by itself: :class:`broker.client.source.TokenSource` holds its locks
+    Not thread safe by itself: :class:`broker_client.source.TokenSource` holds its locks
     around each plan, send and :meth:`store`.
     """
 

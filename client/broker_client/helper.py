@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.client.source import TokenSource
+from broker_client.source import TokenSource
 
 
 def bearer(token: str) -> str:

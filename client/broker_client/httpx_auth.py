@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 
 import httpx
 
-from broker.client.helper import TokenHelper, bearer
-from broker.client.source import TokenSource
+from broker_client.helper import TokenHelper, bearer
+from broker_client.source import TokenSource
 
 
 class BrokerAuth(TokenHelper, httpx.Auth):
