@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import functools
 import heapq
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -215,3 +219,36 @@ def ready(base: str, proc: subprocess.Popen[str]) -> bool:
         return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+@functools.cache
+def generated_demo_keys() -> Path:
+    """deploy/secrets/generate, run once per test process into a temp dir: the compose demos'
+    keys, which git does not hold."""
+    directory = Path(tempfile.mkdtemp(prefix="broker-demo-keys-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    subprocess.run(
+        [str(ROOT / "deploy" / "secrets" / "generate"), str(directory)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return directory
+
+
+def compose_secret_file(file: str) -> Path:
+    """A compose secret's ``file:`` (``./deploy/secrets/...``): the generated key of that name
+    when deploy/secrets/generate makes it, else the committed file."""
+    generated = generated_demo_keys() / Path(file).name
+    return generated if generated.exists() else ROOT / file
+
+
+def secret_names(service: dict[str, object]) -> list[tuple[str, str]]:
+    """A compose service's secrets as (source, target), short syntax or long."""
+    found = []
+    for entry in service.get("secrets", []) or []:  # type: ignore[attr-defined]
+        if isinstance(entry, str):
+            found.append((entry, entry))
+        else:
+            found.append((entry["source"], entry.get("target", entry["source"])))
+    return found
