@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,3 +325,21 @@ def test_compose_file_agrees_with_dockerfile_and_config() -> None:
         "build and runtime must share the base (the venv links to its interpreter)"
     )
     assert froms[-1] == ["runtime"], "the default target is the runtime image"
+
+
+def test_the_image_labels_carry_the_package_version_and_the_base_is_pinned_by_digest() -> None:
+    """The VERSION build argument defaults to pyproject.toml's version (scripts/image-test
+    passes it too, and checks the label), and the base is a digest, not a moving tag."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    args = dict(
+        i.args.partition("=")[::2] for stage in stages() for i in stage if i.keyword == "ARG"
+    )
+    assert args["VERSION"] == project["version"]
+    labels = " ".join(i.args for i in runtime_stage() if i.keyword == "LABEL")
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+    base = next(
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("ARG PYTHON_IMAGE=")
+    )
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base)
