@@ -20,9 +20,11 @@ The broker: ``--url``, else ``$BROKER_URL``, else the address the broker wrote t
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shlex
+import socket
 import sys
 import time
 import urllib.error
@@ -81,8 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_light(args: argparse.Namespace) -> int:
     base = broker_url(args.url)
-    if not base.startswith(("http://", "https://")):
-        print(f"broker {args.command}: the URL must be http:// or https://", file=sys.stderr)
+    if not base.startswith(("http://", "https://", "unix:")):
+        print(
+            f"broker {args.command}: the URL must be http://, https:// or unix:/path",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         key = broker_key()
@@ -151,6 +156,8 @@ def _token(base: str, args: argparse.Namespace, key: str | None) -> int:
 
 def _get(url: str, key: str | None) -> tuple[int, Any]:
     """The status and JSON body (or None) of ``GET url``; Unreachable when none came."""
+    if url.startswith("unix:"):
+        return _get_unix(url, key)
     # http(s) only: run_light refuses any other scheme before a request is made.
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     if key:
@@ -165,6 +172,52 @@ def _get(url: str, key: str | None) -> tuple[int, Any]:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise Unreachable(str(reason) or type(exc).__name__) from None
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the broker's ``listen_unix``), which urllib cannot speak."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _get_unix(url: str, key: str | None) -> tuple[int, Any]:
+    """``GET`` on ``unix:/path/to.sock/route``: the socket is the part up to ``.sock``, or
+    the whole path of a socket file, the route what follows it."""
+    path, route = _split_unix(url.removeprefix("unix:").removeprefix("//"))
+    headers = {"Accept": "application/json", "Host": "localhost"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    connection = _UnixConnection(path, timeout=5)
+    try:
+        connection.request("GET", route, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, _json(answer.read())
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unreachable(str(exc) or type(exc).__name__) from None
+    finally:
+        connection.close()
+
+
+def _split_unix(rest: str) -> tuple[str, str]:
+    """``/run/broker/broker.sock/healthz`` → (``/run/broker/broker.sock``, ``/healthz``)."""
+    parts = rest.split("/")
+    for end in range(len(parts), 0, -1):
+        candidate = "/".join(parts[:end]) or "/"
+        if os.path.exists(candidate) and not os.path.isdir(candidate):
+            return candidate, "/" + "/".join(parts[end:])
+    return rest, "/"
 
 
 def _json(body: bytes) -> Any:
@@ -203,10 +256,13 @@ def _written_url() -> str | None:
         return None
     try:
         with open(path, encoding="utf-8") as file:
-            url = json.load(file).get("url")
+            written = json.load(file)
+        url, unix = written.get("url"), written.get("unix")
     except (OSError, ValueError, AttributeError):
         return None
-    return url if isinstance(url, str) else None
+    if isinstance(url, str):
+        return url
+    return f"unix:{unix}" if isinstance(unix, str) else None
 
 
 def broker_key() -> str | None:

@@ -26,7 +26,7 @@ import pytest
 
 from broker.fakes.oauth2 import FakeOAuth2
 from broker.fakes.server import serve_in_thread
-from tests.support import ROOT, Running, free_port, process, ready, wait_for
+from tests.support import BROKER, ROOT, Running, free_port, process, ready, wait_for
 
 pytestmark = pytest.mark.smoke  # real processes, sockets or programs: see pyproject's markers
 
@@ -427,3 +427,41 @@ class contextlib_closing:
     def __exit__(self, *exc: object) -> None:
         for _ in self._gen:  # runs the rest: SIGTERM, wait, check the exit status
             pass
+
+
+def test_the_probes_reach_a_broker_on_its_unix_socket_only(
+    idp: str, socket_dir: Path, tmp_path: Path
+) -> None:
+    """With listen_tcp: false the address file holds only the socket; ``broker health``
+    finds it there, ``broker token`` takes ``--url unix:<path>``."""
+    sock, address = socket_dir / "broker.sock", tmp_path / "address.json"
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(
+        f"listen_tcp: false\nlisten_unix: {sock}\naddress_file: {address}\n"
+        + PROVIDERS.format(idp=idp)
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+
+    def light(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*BROKER, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**env, **extra},
+            check=False,
+        )
+
+    with process("serve", "--config", str(config_path)) as running:
+        wait_for(lambda: _accepts(sock, running), timeout=30)
+        written = json.loads(address.read_text())
+        health = light("health", "--ready", BROKER_ADDRESS_FILE=str(address))
+        token = light("token", "idp", "--url", f"unix:{sock}")
+        wrong = light("health", "--url", f"unix:{socket_dir / 'nobody.sock'}")
+    assert written == {"pid": running.proc.pid, "unix": str(sock)}
+    assert health.returncode == 0, health.stderr
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.count("\n") == 1
+    assert len(token.stdout.strip()) > 10
+    assert wrong.returncode == 4
+    assert "did not answer" in wrong.stderr
