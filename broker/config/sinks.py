@@ -1,10 +1,12 @@
-"""``providers.<name>.sink``: the settings of a file sink (:mod:`broker.ops.sinks` writes it).
+"""``providers.<name>.sink`` and ``providers.<name>.sinks``: the settings of a file sink
+(:mod:`broker.ops.sinks` writes it).
 
 A model of its own, so that the config imports no file writing.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -17,7 +19,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class SinkConfig(BaseModel):
-    """``providers.<name>.sink``: write the provider's token to a file on every refresh."""
+    """``providers.<name>.sink`` (or one item of ``sinks``): write the provider's token to a
+    file on every refresh."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,3 +51,9 @@ class SinkConfig(BaseModel):
             )
             raise ValueError(msg)
         return value
+
+    def resolved_path(self) -> Path:
+        """The file :attr:`path` names, made absolute (from the working directory) and with
+        symbolic links resolved as far as they exist now: two sinks with the same one would
+        overwrite each other."""
+        return Path(os.path.realpath(self.path))

@@ -196,7 +196,7 @@ class TokenManager:
     async def _retire(self, name: str) -> None:
         provider = self.providers.pop(name)
         await self.background.cancel(
-            (provider.refresh_loop, provider.inflight, provider.sink_expiry)
+            (provider.refresh_loop, provider.inflight, *(s.expiry for s in provider.sinks))
         )
 
     def _snapshot_fn(self, name: str) -> Callable[[], ProviderSnapshot | None]:

@@ -1,7 +1,8 @@
 """File sinks: write each new access token to a file, like Vault Agent's file sink.
 
 For programs that cannot call ``GET /token/<name>``, a provider may name a
-file that the broker rewrites on every refresh::
+file that the broker rewrites on every refresh, or several (``sinks:``, a list of
+the same mappings)::
 
     providers:
       hiro:
@@ -87,6 +88,9 @@ class FileSink:
         self.path = config.path
         self._lock = threading.Lock()
         self._generation: int | None = None
+        """The newest generation a write was asked for (an older one is skipped)."""
+        self._written: int | None = None
+        """The generation of the token in the file, if this sink wrote it and it is there."""
 
     def __repr__(self) -> str:
         return f"FileSink({self.provider!r}, {str(self.path)!r}, format={self.config.format!r})"
@@ -109,13 +113,13 @@ class FileSink:
             self._fail(f"directory {directory} is not writable: {reason(exc)}")
         self._remove_stale_temps()
 
-    def write(self, token: Token, now: float, *, generation: int | None = None) -> None:
+    def write(self, token: Token, now: float, *, generation: int | None = None) -> bool:
         """Atomically replace the file with *token* at *now* (monotonic), as configured.
 
         With *generation* (the provider's token counter), a write older than
-        one already done is skipped, so two writes racing in threads cannot
-        leave the older token on disk. Raises SinkError on failure; the file
-        is then the previous complete one.
+        one already asked for is skipped (False), so two writes racing in threads
+        cannot leave the older token on disk. True once written. Raises SinkError
+        on failure; the file is then the previous complete one.
         """
         if not token.access_token or any(c in token.access_token for c in "\x00\r\n"):
             self._fail("refusing to write an empty or multi-line token")
@@ -123,24 +127,31 @@ class FileSink:
             if generation is not None:
                 if self._generation is not None and generation < self._generation:
                     log.debug("%s: skipping a sink write of an older token", self.provider)
-                    return
+                    return False
                 self._generation = generation
             data = render(self.config, token, now)
             self._atomic_write(data)
+            self._written = generation
+            return True
 
-    def clear(self, *, generation: int) -> None:
-        """Remove the file if it still holds the token of *generation* (now expired).
+    def clear(self, *, generation: int) -> bool:
+        """Remove the file if it still holds the token of *generation* (now expired): True
+        if it did.
 
-        A reader then finds no token rather than an expired one; the next
-        write recreates the file. Raises SinkError if it cannot be removed.
+        Whether or not a newer token was asked for since: one that could not be
+        written left this token in the file. A reader then finds no token rather
+        than an expired one; the next write recreates the file. Raises SinkError
+        if it cannot be removed.
         """
         with self._lock:
-            if self._generation != generation:
-                return  # a newer token is (being) written
+            if self._written != generation:
+                return False  # a newer token is in the file (or none of ours)
             try:
                 self.path.unlink(missing_ok=True)
             except OSError as exc:
                 self._fail(f"cannot remove the expired token: {reason(exc)}")
+            self._written = None
+            return True
 
     # -- internals --------------------------------------------------------------------
 
