@@ -56,7 +56,7 @@ def storage_problems(settings: BrokerSettings) -> list[tuple[str, str]]:
             try:
                 FileSink(sink, name).check()
             except SinkError as exc:
-                problems.append((".".join(("providers", name, *key, "path")), str(exc)))
+                problems.append((".".join(("providers", name, *key, exc.key)), str(exc)))
     return problems
 
 

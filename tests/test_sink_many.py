@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,11 @@ from tests.inprocess import IdPs, InProcess, Threads, in_process, threads
 from tests.support import FakeClock, settings_from
 
 pytestmark = pytest.mark.anyio
+
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason=f"giving a file to another user takes root; the tests run as uid {os.geteuid()}",
+)
 
 IDP = "http://127.0.0.1:9001"
 """The fake's origin: nothing listens there, IdPs routes by it."""
@@ -225,6 +231,43 @@ async def test_each_file_loses_its_token_when_that_token_expires_unreplaced(
         shown = await status(running)
         assert [s["written_at"] for s in shown["sinks"]] == [None, None]
     assert list(stuck.iterdir()) == list(fine.iterdir()) == []
+
+
+@as_root
+async def test_a_sink_given_to_another_user_keeps_its_owner_through_refreshes(
+    tmp_path: Path,
+) -> None:
+    """owner/group (numbers no one here has) and mode on one file, the broker's own on the
+    other, for the first token and the next."""
+    clock = FakeClock()
+    fake = FakeOAuth2(clients={"app": SECRET}, ttl=30.0, now=clock.wall)
+    given, own = tmp_path / "app.token", tmp_path / "own.json"
+    yaml_text = config(
+        f'{{path: "{given}", owner: 10001, group: "10002", mode: 0o640}}',
+        f'{{path: "{own}", format: json}}',
+    )
+    async with broker(clock, fake, yaml_text) as (running, work):
+        seen = set()
+
+        async def second_token() -> bool:
+            await work.idle()
+            current = await served(running)
+            assert token_in(given) == token_in(own) == current
+            info = given.stat()
+            seen.add((info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)))
+            return len(fake.issued_access_tokens) >= 2
+
+        await running.eventually(second_token, within=30)
+        shown = await status(running)
+    assert seen == {(10001, 10002, 0o640)}
+    mine = own.stat()
+    assert (mine.st_uid, mine.st_gid, stat.S_IMODE(mine.st_mode)) == (
+        os.geteuid(),
+        os.getegid(),
+        0o600,
+    )
+    assert shown["state"] == "ready"
+    assert [s["ok"] for s in shown["sinks"]] == [True, True]
 
 
 async def test_the_status_model_documents_every_field(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from broker.config.filemode import FileMode
+from broker.config.listening import GroupId, UserId
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -33,6 +34,14 @@ class SinkConfig(BaseModel):
     (``"0640"``) or a decimal int (``416``)."""
     env_prefix: str = "TOKEN"
     """Variable name prefix for ``format: env``: ``TOKEN``, ``TOKEN_TYPE``, ``TOKEN_EXPIRES_AT``."""
+    owner: UserId | None = None
+    """The file's owner (a user name, looked up when the config is read, or a uid); the
+    broker's own by default. Set on the file before it appears under its name, so it is
+    never there with another owner. Needs the broker to run as root, unless it is the
+    broker's own uid (else the provider is ``degraded`` with the reason, from start)."""
+    group: GroupId | None = None
+    """The file's group (a group name or a gid); the broker's by default. Needs root,
+    unless it is one of the broker's own groups."""
 
     @field_validator("path")
     @classmethod
