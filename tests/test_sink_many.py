@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.core.tokens import rfc3339
 from broker.fakes import FakeOAuth2
@@ -76,6 +77,31 @@ async def status(running: InProcess) -> dict[str, Any]:
 async def served(running: InProcess) -> str:
     token: str = (await running.get("/token/p")).json()["access_token"]
     return token
+
+
+async def sink_counts(running: InProcess, *secrets: str) -> dict[tuple[str, str], float]:
+    """``/metrics``' sink series of ``p``: (name, outcome) → count. Their labels are the
+    provider and the outcome, nothing else; no *secrets* (paths, tokens) anywhere."""
+    text = (await running.client.get("/metrics")).text
+    for secret in secrets:
+        assert secret not in text
+    counts = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("broker_sink_"):
+                assert set(sample.labels) == {"provider", "outcome"}
+                assert sample.labels["provider"] == "p"
+                counts[sample.name, sample.labels["outcome"]] = sample.value
+    return counts
+
+
+def counted(writes: float, failed: float, removed: float = 0.0) -> dict[tuple[str, str], float]:
+    return {
+        ("broker_sink_writes_total", "success"): writes,
+        ("broker_sink_writes_total", "failure"): failed,
+        ("broker_sink_removals_total", "success"): removed,
+        ("broker_sink_removals_total", "failure"): 0.0,
+    }
 
 
 def token_in(path: Path) -> str | None:
@@ -143,6 +169,7 @@ async def test_one_sink_that_cannot_be_written_does_not_stop_the_others(tmp_path
         ]
         assert ready["ready"] is True  # GET /token callers are served
         assert ready["providers"]["p"]["error"] == {"code": "sink_error", "message": error}
+        assert await sink_counts(running, str(tmp_path), first) == counted(2, 1)
 
         later.mkdir()
 
@@ -153,6 +180,7 @@ async def test_one_sink_that_cannot_be_written_does_not_stop_the_others(tmp_path
         await running.eventually(all_written, within=30)
         second = await served(running)
         shown = await status(running)
+        assert await sink_counts(running, str(tmp_path), first, second) == counted(5, 1)
     assert second != first
     assert [token_in(p) for p in (later / "p.token", run / "p.json", run / "p.env")] == [second] * 3
     assert shown["sink_error"] is None
@@ -230,6 +258,8 @@ async def test_each_file_loses_its_token_when_that_token_expires_unreplaced(
         assert (await running.client.get("/token/p")).status_code == 503
         shown = await status(running)
         assert [s["written_at"] for s in shown["sinks"]] == [None, None]
+        # The first token to both files, the second to one (the other refused it).
+        assert await sink_counts(running, str(tmp_path), first, second) == counted(3, 1, 2)
     assert list(stuck.iterdir()) == list(fine.iterdir()) == []
 
 

@@ -16,15 +16,19 @@ from broker.core.clock import Clock
 from broker.core.tokens import Token
 from broker.engine.provider import Provider, ProviderSink
 from broker.engine.tasks import Background
+from broker.ops.metrics import Metrics
 from broker.ops.sinks import SinkError
 
 log = logging.getLogger("broker.manager")
 
 
 class SinkKeeper:
-    def __init__(self, clock: Clock, background: Background) -> None:
+    def __init__(
+        self, clock: Clock, background: Background, metrics: Metrics | None = None
+    ) -> None:
         self._clock = clock
         self._background = background
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def check(self, provider: Provider) -> None:
         """At start: whether each sink can be written (a problem is logged and shown)."""
@@ -58,11 +62,13 @@ class SinkKeeper:
             # previous token, and that token's planned removal stands.
             sink.error = str(exc)
             log.error("%s", exc)
+            self._metrics.sink_written(provider.name, ok=False)
             return
         if not written:
             return  # a newer token was written (or tried) meanwhile: its outcome stands
         sink.error = None
         sink.written_wall = self._clock.wall()
+        self._metrics.sink_written(provider.name, ok=True)
         if sink.expiry is not None:
             sink.expiry.cancel()
         sink.expiry = self._background.spawn(
@@ -79,9 +85,11 @@ class SinkKeeper:
         except SinkError as exc:
             sink.error = str(exc)
             log.error("%s", exc)
+            self._metrics.sink_removed(provider.name, ok=False)
             return
         if removed:
             sink.written_wall = None
+            self._metrics.sink_removed(provider.name, ok=True)
             log.warning(
                 "%s: the token in the sink file %s expired and no newer one replaced it;"
                 " removed the file",
