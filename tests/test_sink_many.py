@@ -10,6 +10,7 @@ The broker and the fake identity provider run in one event loop on a fake clock
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -190,13 +191,15 @@ async def test_one_sink_that_cannot_be_written_does_not_stop_the_others(tmp_path
 
 
 async def test_each_file_loses_its_token_when_that_token_expires_unreplaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two files. The first stops taking new files after the first token (its directory
     refuses them), the second takes the second token. The first file is removed when the
     first token may no longer be served, though a newer token exists (it never reached that
     file); the second keeps the newer token until that one expires, unreplaced as the
-    identity provider fails, and is removed then."""
+    identity provider fails, and is removed then. No token is in a log record, /providers
+    or /metrics on the way."""
+    caplog.set_level(logging.DEBUG)
     clock = FakeClock()
     fake = FakeOAuth2(clients={"app": SECRET}, ttl=6.0, now=clock.wall)
     stuck, fine = tmp_path / "stuck", tmp_path / "fine"
@@ -260,7 +263,14 @@ async def test_each_file_loses_its_token_when_that_token_expires_unreplaced(
         assert [s["written_at"] for s in shown["sinks"]] == [None, None]
         # The first token to both files, the second to one (the other refused it).
         assert await sink_counts(running, str(tmp_path), first, second) == counted(3, 1, 2)
+        shown_text = (await running.client.get("/providers")).text
     assert list(stuck.iterdir()) == list(fine.iterdir()) == []
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert f"{stuck}/p.token for provider 'p': cannot be written" in logged
+    assert f"the token in the sink file {fine}/p.token expired" in logged
+    for secret in (SECRET, *fake.issued_access_tokens):
+        assert secret not in logged
+        assert secret not in shown_text
 
 
 @as_root
