@@ -52,12 +52,11 @@ def storage_problems(settings: BrokerSettings) -> list[tuple[str, str]]:
         except StateError as exc:
             problems.append(("state_dir", str(exc)))
     for name, provider in settings.providers.items():
-        if provider.sink is None:
-            continue
-        try:
-            FileSink(provider.sink, name).check()
-        except SinkError as exc:
-            problems.append((f"providers.{name}.sink.path", str(exc)))
+        for key, sink in provider.sink_configs():
+            try:
+                FileSink(sink, name).check()
+            except SinkError as exc:
+                problems.append((".".join(("providers", name, *key, exc.key)), str(exc)))
     return problems
 
 

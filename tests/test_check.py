@@ -78,6 +78,22 @@ def test_check_fails_where_serve_could_not_write(tmp_path: Path) -> None:
     ]
 
 
+def test_check_names_each_sink_of_a_list_that_serve_could_not_write(tmp_path: Path) -> None:
+    """With `sinks:`, each problem is named by the sink's place in the list."""
+    missing = tmp_path / "gone"
+    sinks = f"[{{path: {tmp_path}/hub.token}}, {{path: {missing}/hub.json, format: json}}]"
+    config = write_config(
+        tmp_path, "providers:\n" + hub_provider("hub", "https://hub.example.com", sinks=sinks)
+    )
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "broker: configuration error",
+        f"{config}: providers.hub.sinks.1.path: token sink {missing}/hub.json for provider"
+        f" 'hub': directory {missing} does not exist or is not a directory",
+    ]
+
+
 def test_check_accepts_writable_directories_and_leaves_nothing_behind(tmp_path: Path) -> None:
     state, sinks = tmp_path / "state", tmp_path / "sinks"
     state.mkdir(mode=0o700)

@@ -453,6 +453,79 @@ def test_sink_mode_with_a_leading_zero_is_octal() -> None:
         assert sink.mode == mode, written
 
 
+def test_several_sinks_in_order() -> None:
+    """`sinks:` is a list of sink mappings, kept in the order written; `sink:` still works."""
+    text = OAUTH2 + (
+        "    sinks:\n"
+        "      - {path: /run/broker/idp.token}\n"
+        "      - {path: /run/app/idp.json, format: json, mode: 0640}\n"
+    )
+    idp = settings_from(text).providers["idp"]
+    assert [(str(s.path), s.format, s.mode) for s in idp.sinks] == [
+        ("/run/broker/idp.token", "token", 0o600),
+        ("/run/app/idp.json", "json", 0o640),
+    ]
+    assert [key for key, _ in idp.sink_configs()] == [("sinks", "0"), ("sinks", "1")]
+    one = settings_from(OAUTH2 + "    sink: {path: /run/broker/idp.token}\n").providers["idp"]
+    assert [key for key, _ in one.sink_configs()] == [("sink",)]
+    assert settings_from(OAUTH2).providers["idp"].sink_configs() == []
+
+
+def test_sink_and_sinks_together_are_refused() -> None:
+    """One way to give a provider's sinks: both is an error at the sinks key, saying what to do."""
+    text = OAUTH2 + (
+        "    sink: {path: /run/broker/a.token}\n    sinks:\n      - {path: /run/broker/b.token}\n"
+    )
+    assert config_error(text) == (
+        "test.yaml:10: providers.idp.sinks: sink and sinks are both given; use one: a single"
+        " sink: mapping, or move it into the sinks: list"
+    )
+
+
+def test_two_sinks_with_one_file_are_refused(tmp_path: Path) -> None:
+    """The same file twice, in one provider or two, however it is spelled (.., a symbolic
+    link to its directory), is an error naming both places."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    same = OAUTH2 + (
+        "    sinks:\n"
+        f"      - {{path: {real}/idp.token}}\n"
+        f"      - {{path: {real}/idp.json, format: json}}\n"
+        f"      - {{path: {real}/../real/idp.token, format: env}}\n"
+    )
+    assert config_error(same) == (
+        "test.yaml:12: providers.idp.sinks.2.path: the same file as providers.idp.sinks.0;"
+        " each sink needs a file of its own (they would overwrite each other)"
+    )
+    other = OAUTH2.removeprefix("\nproviders:\n").replace("  idp:", "  other:")
+    two = (
+        OAUTH2
+        + f"    sink: {{path: {real}/idp.token}}\n"
+        + other
+        + f"    sink: {{path: {tmp_path}/link/idp.token}}\n"
+    )
+    assert config_error(two) == (
+        "test.yaml:16: providers.other.sink.path: the same file as providers.idp.sink;"
+        " each sink needs a file of its own (they would overwrite each other)"
+    )
+
+
+def test_sinks_from_the_environment() -> None:
+    """BROKER_PROVIDERS__<P>__SINKS takes the list as JSON, checked like the file's."""
+    environ = {"BROKER_PROVIDERS__IDP__SINKS": '[{"path": "/run/a"}, {"path": "/run/b"}]'}
+    idp = parse_config(OAUTH2, source="test.yaml", environ=environ).providers["idp"]
+    assert [str(s.path) for s in idp.sinks] == ["/run/a", "/run/b"]
+    environ = {"BROKER_PROVIDERS__IDP__SINKS": '[{"path": "/run/a"}, {"path": "/run/a"}]'}
+    with pytest.raises(ConfigError) as info:
+        parse_config(OAUTH2, source="test.yaml", environ=environ)
+    assert str(info.value) == (
+        "environment: BROKER_PROVIDERS__IDP__SINKS: 1.path: the same file as"
+        " providers.idp.sinks.0; each sink needs a file of its own (they would overwrite each"
+        " other)"
+    )
+
+
 # --- duplicate keys ------------------------------------------------------------------------
 
 

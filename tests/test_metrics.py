@@ -92,6 +92,30 @@ def test_watch_exports_zeroed_event_series(metrics: Metrics) -> None:
     assert value(s, "broker_token_request_seconds_count", provider="aerion") == 0.0
 
 
+def test_sink_series_exist_from_the_start_for_providers_with_sinks(metrics: Metrics) -> None:
+    """A provider with sink files has its sink writes and removals at 0 for both outcomes
+    before any; one without has none, and loses them when a reload takes its sinks away."""
+    metrics.watch_provider("hiro", lambda: ProviderSnapshot(state="ready", up=True), sinks=True)
+    metrics.watch_provider("hub", lambda: ProviderSnapshot(state="ready", up=True))
+    s = scrape(metrics)
+    for name in ("broker_sink_writes_total", "broker_sink_removals_total"):
+        for outcome in ("success", "failure"):
+            assert value(s, name, provider="hiro", outcome=outcome) == 0.0
+    assert not {n for n in names_with(s, "hub") if n.startswith("broker_sink_")}
+    metrics.sink_written("hiro", ok=True)
+    metrics.sink_written("hiro", ok=True)
+    metrics.sink_written("hiro", ok=False)
+    metrics.sink_removed("hiro", ok=True)
+    s = scrape(metrics)
+    assert value(s, "broker_sink_writes_total", provider="hiro", outcome="success") == 2.0
+    assert value(s, "broker_sink_writes_total", provider="hiro", outcome="failure") == 1.0
+    assert value(s, "broker_sink_removals_total", provider="hiro", outcome="success") == 1.0
+    assert value(s, "broker_sink_removals_total", provider="hiro", outcome="failure") == 0.0
+    metrics.watch_provider("hiro", lambda: ProviderSnapshot(state="ready", up=True))
+    assert not {n for n in names_with(scrape(metrics), "hiro") if n.startswith("broker_sink_")}
+    metrics.forget_provider("hiro")  # nothing left to remove: no error
+
+
 def test_provider_gauges_are_read_at_scrape_time(metrics: Metrics) -> None:
     """Each scrape calls the callback: changed provider state shows up without any event."""
     current = {
@@ -193,6 +217,8 @@ def test_labels_never_carry_secret_looking_values(metrics: Metrics) -> None:
     metrics.token_request(SECRET, "password", "timeout", 0.1)
     metrics.token_served("hiro", SECRET)
     metrics.token_served("hiro", "x" * 200)
+    metrics.sink_written(SECRET, ok=True)
+    metrics.sink_written("/run/broker/hiro.token", ok=False)
     body, _ = metrics.render()
     text = body.decode()
     assert SECRET not in text
@@ -204,6 +230,9 @@ def test_labels_never_carry_secret_looking_values(metrics: Metrics) -> None:
     assert value(s, total, provider="hiro", grant="other", outcome="other") == 1.0
     assert value(s, total, provider="other", grant="password", outcome="timeout") == 1.0
     assert value(s, "broker_tokens_served_total", provider="hiro", client="other") == 2.0
+    assert value(s, "broker_sink_writes_total", provider="other", outcome="success") == 1.0
+    assert value(s, "broker_sink_writes_total", provider="other", outcome="failure") == 1.0
+    assert "/run/broker" not in text
 
 
 @pytest.mark.parametrize(

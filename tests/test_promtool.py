@@ -1,13 +1,14 @@
 """``/metrics`` of a running broker passes Prometheus' own linter, ``promtool check metrics``
 (Debian's ``prometheus`` package; scripts/test installs it when missing): every series, the
-shared store's included, as a real scrape returns them after tokens were served and a
-refresh failed."""
+shared store's and the sink files' included, as a real scrape returns them after tokens
+were served and a refresh failed."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,9 @@ providers:
     token_url: "{idp}/oauth/token"
     client_id: app
     client_secret: app-secret
+    sinks:
+      - {{path: "{sinks}/good.token"}}
+      - {{path: "{sinks}/missing/good.json", format: json}}
   refused:
     type: oauth2
     grant: client_credentials
@@ -46,11 +50,11 @@ def promtool() -> str:
     return found
 
 
-def test_a_live_scrape_passes_promtool(promtool: str) -> None:
+def test_a_live_scrape_passes_promtool(promtool: str, tmp_path: Path) -> None:
     fake = FakeOAuth2(clients={"app": "app-secret"}, ttl=300.0)
     with (
         serve_in_thread(fake.app) as idp,
-        running_broker(settings_from(CONFIG.format(idp=idp))) as broker,
+        running_broker(settings_from(CONFIG.format(idp=idp, sinks=tmp_path))) as broker,
     ):
         assert broker.get("/token/good").status_code == 200
         broker.get("/token/refused")
@@ -61,6 +65,8 @@ def test_a_live_scrape_passes_promtool(promtool: str) -> None:
     assert "process_resident_memory_bytes" in text
     assert "python_info{" in text
     assert "_created" not in text
+    assert 'broker_sink_writes_total{outcome="failure",provider="good"}' in text
+    assert 'broker_sink_removals_total{outcome="success",provider="good"} 0.0' in text
     checked = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )

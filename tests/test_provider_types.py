@@ -31,6 +31,7 @@ NOT_IDENTIFYING = {
         "default_expires_in",
         "refresh",
         "sink",
+        "sinks",
         "allow_insecure_http",
     },
     "hiro": {"client_auth", "redirect_uri", "prompt", "authorize_params"},

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ from broker.config.yamlfile import ZeroPaddedInt, read_yaml
 from broker.core.tokens import Token, token_etag
 from broker.ops.atomic import TEMP_SUFFIX
 from broker.ops.sinks import FileSink, SinkError, render, sh_quote
+from tests.support import ROOT
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl-_x"
 NOW = datetime(2026, 11, 25, 3, 14, 7, tzinfo=UTC).timestamp()
@@ -51,6 +56,15 @@ def mode_of(path: Path) -> int:
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith(TEMP_SUFFIX))
+
+
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason=f"giving a file to another user takes root; the tests run as uid {os.geteuid()}",
+)
+
+OWNER, GROUP = 10001, 10002
+"""A uid and a gid no one on the test machine has: only root can give a file to them."""
 
 
 @pytest.fixture
@@ -140,6 +154,148 @@ def test_file_has_exactly_the_configured_mode(tmp_path: Path, mode: int) -> None
     s.write(token(TOKEN + "2"), MONOTONIC)
     assert mode_of(s.path) == mode
     assert s.path.read_text() == TOKEN + "2"
+
+
+# -- owner and group ---------------------------------------------------------------------------
+
+
+@as_root
+@pytest.mark.usefixtures("umask_077")
+def test_owner_and_group_are_the_files_from_its_first_moment(tmp_path: Path) -> None:
+    """The file has the configured owner, group and mode whenever a reader looks, through
+    300 replacements: they are set on the temporary file before its rename."""
+    s = sink(tmp_path, owner=OWNER, group=GROUP, mode=0o640)
+    s.write(token("first-token"), MONOTONIC)
+    done = threading.Event()
+    seen: set[tuple[int, int, int]] = set()
+
+    def reader() -> None:
+        while not done.is_set():
+            info = os.stat(s.path)
+            seen.add((info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(300):
+            s.write(token(f"token-{i:03d}"), MONOTONIC)
+    finally:
+        done.set()
+        thread.join()
+    assert seen == {(OWNER, GROUP, 0o640)}
+    assert s.path.read_text() == "token-299"
+    assert leftovers(tmp_path) == []
+
+
+@as_root
+def test_owner_alone_keeps_the_brokers_group_and_group_alone_its_owner(tmp_path: Path) -> None:
+    """-1 for what is not configured: the broker's own."""
+    owned = FileSink(SinkConfig(path=tmp_path / "owned", owner=OWNER), "hiro")
+    grouped = FileSink(SinkConfig(path=tmp_path / "grouped", group=GROUP), "hiro")
+    for s in (owned, grouped):
+        s.check()
+        s.write(token(TOKEN), MONOTONIC)
+    assert (owned.path.stat().st_uid, owned.path.stat().st_gid) == (OWNER, os.getegid())
+    assert (grouped.path.stat().st_uid, grouped.path.stat().st_gid) == (os.geteuid(), GROUP)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grouped", "owned"]
+
+
+NOT_ROOT = 65534
+"""The uid and gid a broker that is not root runs as below (nobody and nogroup on Debian)."""
+
+AS_NOT_ROOT = """
+import json, os, sys
+from pathlib import Path
+
+from broker.config.sinks import SinkConfig
+from broker.core.tokens import Token
+from broker.ops.sinks import FileSink, SinkError
+
+directory, uid, other = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+sinks = {
+    name: FileSink(SinkConfig(path=directory / name, **options), "hiro")
+    for name, options in {
+        "other-owner": {"owner": other},
+        "other-group": {"group": other},
+        "own-owner": {"owner": uid},
+        "own-group": {"group": uid},
+    }.items()
+}
+token = Token(access_token="tok-0123456789", obtained_at=0.0, expires_at=3600.0,
+              expires_at_wall=4e9, etag='"e"')
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+found = {}
+for name, sink in sinks.items():
+    steps = {}
+    for step, run in (("check", sink.check), ("write", lambda: sink.write(token, 0.0))):
+        try:
+            run()
+            steps[step] = "ok"
+        except SinkError as exc:
+            steps[step] = [exc.key, str(exc)]
+    info = sink.path.stat() if sink.path.exists() else None
+    steps["file"] = None if info is None else [info.st_uid, info.st_gid]
+    found[name] = steps
+print(json.dumps(found))
+"""
+
+
+@as_root
+def test_a_broker_that_is_not_root_refuses_to_give_files_away() -> None:
+    """Not root, the broker refuses an owner other than its uid and a group it is not in,
+    at the start check and at every write, naming the sink and the key; its own uid and
+    group are fine. (A real process that gave up root, as the broker would run.)"""
+    directory = Path(tempfile.mkdtemp(prefix="broker-sinks-not-root-"))
+    try:
+        os.chown(directory, NOT_ROOT, NOT_ROOT)
+        result = subprocess.run(
+            [sys.executable, "-c", AS_NOT_ROOT, str(directory), str(NOT_ROOT), str(OWNER)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        found = json.loads(result.stdout)
+        left = sorted(p.name for p in directory.iterdir())
+    finally:
+        shutil.rmtree(directory)
+    owner = (
+        f"owner {OWNER} needs the broker to run as root (it runs as uid {NOT_ROOT});"
+        " leave owner out to keep the broker's own"
+    )
+    group = (
+        f"group {OWNER} needs the broker to run as root or in that group (it runs as uid"
+        f" {NOT_ROOT}, not in group {OWNER})"
+    )
+    refused = {
+        "other-owner": [
+            "owner",
+            f"token sink {directory}/other-owner for provider 'hiro': {owner}",
+        ],
+        "other-group": [
+            "group",
+            f"token sink {directory}/other-group for provider 'hiro': {group}",
+        ],
+    }
+    assert found == {
+        "other-owner": {
+            "check": refused["other-owner"],
+            "write": refused["other-owner"],
+            "file": None,
+        },
+        "other-group": {
+            "check": refused["other-group"],
+            "write": refused["other-group"],
+            "file": None,
+        },
+        "own-owner": {"check": "ok", "write": "ok", "file": [NOT_ROOT, NOT_ROOT]},
+        "own-group": {"check": "ok", "write": "ok", "file": [NOT_ROOT, NOT_ROOT]},
+    }
+    assert left == ["own-group", "own-owner"], "no trial or temporary file left"
 
 
 # -- atomic replacement -------------------------------------------------------------------
@@ -331,6 +487,23 @@ def test_mode_rejects(value: object, message: str) -> None:
     """Out-of-range or non-octal modes are refused with a hint."""
     with pytest.raises(ValidationError, match=message):
         SinkConfig.model_validate({"path": "/run/t", "mode": value})
+
+
+def test_owner_and_group_by_name_or_number() -> None:
+    """Names are looked up when the config is read; numbers taken as they are; an unknown
+    name is an error naming it."""
+    root_user, root_group = pwd.getpwuid(0).pw_name, grp.getgrgid(0).gr_name
+    named = SinkConfig.model_validate({"path": "/t", "owner": root_user, "group": root_group})
+    assert (named.owner, named.group) == (0, 0)
+    numbered = SinkConfig.model_validate({"path": "/t", "owner": "10001", "group": 10002})
+    assert (numbered.owner, numbered.group) == (10001, 10002)
+    assert SinkConfig.model_validate({"path": "/t"}).owner is None
+    with pytest.raises(ValidationError, match="no user named 'no-such-user-b7' on this host"):
+        SinkConfig.model_validate({"path": "/t", "owner": "no-such-user-b7"})
+    with pytest.raises(ValidationError, match="no group named 'no-such-group-b7' on this host"):
+        SinkConfig.model_validate({"path": "/t", "group": "no-such-group-b7"})
+    with pytest.raises(ValidationError, match="from 0 to 4294967294"):
+        SinkConfig.model_validate({"path": "/t", "owner": -1})
 
 
 def test_config_defaults_and_strictness() -> None:

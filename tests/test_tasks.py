@@ -101,7 +101,7 @@ providers:
         await settle()
         provider = manager.providers["idp"]
         for _ in range(500):  # the sink file is written in a thread; its removal planned after
-            if provider.sink_expiry is not None:
+            if provider.sinks[0].expiry is not None:
                 break
             await asyncio.sleep(0.01)
         await clock.advance(25)  # the refresh starts and hangs

@@ -91,10 +91,30 @@ class _ProviderBase(BaseModel):
     """Overrides the top-level refresh settings for this provider."""
     sink: SinkConfig | None = None
     """Also write each new access token to this file (atomically)."""
+    sinks: tuple[SinkConfig, ...] = ()
+    """Also write each new access token to each of these files (atomically); one that
+    cannot be written does not stop the others. ``sink`` or ``sinks``, not both."""
     allow_insecure_http: bool = False
     """Allow a plain ``http://`` token endpoint on another host: secrets and tokens then
     cross the network unencrypted (logged as a warning at every start). Loopback
     ``http://`` is always allowed."""
+
+    @model_validator(mode="after")
+    def _sink_or_sinks(self) -> Self:
+        if self.sink is not None and self.sinks:
+            msg = (
+                "sink and sinks are both given; use one: a single sink: mapping, or move it"
+                " into the sinks: list"
+            )
+            raise FieldProblem(("sinks",), msg)
+        return self
+
+    def sink_configs(self) -> list[tuple[KeyPath, SinkConfig]]:
+        """Each configured sink with its key under the provider: ``("sink",)`` or
+        ``("sinks", "0")``, ``("sinks", "1")`` ..., in the order written."""
+        if self.sink is not None:
+            return [(("sink",), self.sink)]
+        return [(("sinks", str(index)), sink) for index, sink in enumerate(self.sinks)]
 
     @model_validator(mode="after")
     def _no_cleartext_to_other_hosts(self) -> Self:

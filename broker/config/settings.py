@@ -229,6 +229,21 @@ class BrokerSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _a_file_per_sink(self) -> BrokerSettings:
+        first: dict[Path, str] = {}
+        for name, provider in self.providers.items():
+            for key, sink in provider.sink_configs():
+                where = ".".join(("providers", name, *key))
+                other = first.setdefault(sink.resolved_path(), where)
+                if other != where:
+                    msg = (
+                        f"the same file as {other}; each sink needs a file of its own"
+                        " (they would overwrite each other)"
+                    )
+                    raise FieldProblem(("providers", name, *key, "path"), msg)
+        return self
+
+    @model_validator(mode="after")
     def _somewhere_to_listen(self) -> BrokerSettings:
         if not self.listen_tcp and self.listen_unix is None:
             msg = "listen_tcp: false needs listen_unix (the broker would listen nowhere)"

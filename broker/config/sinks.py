@@ -1,10 +1,12 @@
-"""``providers.<name>.sink``: the settings of a file sink (:mod:`broker.ops.sinks` writes it).
+"""``providers.<name>.sink`` and ``providers.<name>.sinks``: the settings of a file sink
+(:mod:`broker.ops.sinks` writes it).
 
 A model of its own, so that the config imports no file writing.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -12,12 +14,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from broker.config.filemode import FileMode
+from broker.config.listening import GroupId, UserId
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class SinkConfig(BaseModel):
-    """``providers.<name>.sink``: write the provider's token to a file on every refresh."""
+    """``providers.<name>.sink`` (or one item of ``sinks``): write the provider's token to a
+    file on every refresh."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,6 +34,14 @@ class SinkConfig(BaseModel):
     (``"0640"``) or a decimal int (``416``)."""
     env_prefix: str = "TOKEN"
     """Variable name prefix for ``format: env``: ``TOKEN``, ``TOKEN_TYPE``, ``TOKEN_EXPIRES_AT``."""
+    owner: UserId | None = None
+    """The file's owner (a user name, looked up when the config is read, or a uid); the
+    broker's own by default. Set on the file before it appears under its name, so it is
+    never there with another owner. Needs the broker to run as root, unless it is the
+    broker's own uid (else the provider is ``degraded`` with the reason, from start)."""
+    group: GroupId | None = None
+    """The file's group (a group name or a gid); the broker's by default. Needs root,
+    unless it is one of the broker's own groups."""
 
     @field_validator("path")
     @classmethod
@@ -48,3 +60,9 @@ class SinkConfig(BaseModel):
             )
             raise ValueError(msg)
         return value
+
+    def resolved_path(self) -> Path:
+        """The file :attr:`path` names, made absolute (from the working directory) and with
+        symbolic links resolved as far as they exist now: two sinks with the same one would
+        overwrite each other."""
+        return Path(os.path.realpath(self.path))

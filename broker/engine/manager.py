@@ -87,7 +87,7 @@ class TokenManager:
         self._outcomes = OutcomeRecorder(clock, rng)
         self.background = Background()
         """Owns every task the engine starts (and the reloader's): one shutdown for all."""
-        self._sinks = SinkKeeper(clock, self.background)
+        self._sinks = SinkKeeper(clock, self.background, self.metrics)
         self.providers: dict[str, Provider] = {
             name: new_provider(name, settings) for name in settings.providers
         }
@@ -109,7 +109,9 @@ class TokenManager:
         """Start one refresh task per provider; each fetches its first token at once."""
         for provider in self.providers.values():
             self._sinks.check(provider)
-            self.metrics.watch_provider(provider.name, self._snapshot_fn(provider.name))
+            self.metrics.watch_provider(
+                provider.name, self._snapshot_fn(provider.name), sinks=bool(provider.sinks)
+            )
             self._start_task(provider)
         if self._store.shared:
             # One listener for all providers: what another broker publishes is served here
@@ -177,7 +179,7 @@ class TokenManager:
             provider = new_provider(name, settings)
             self.providers[name] = provider
             self._sinks.check(provider)
-            self.metrics.watch_provider(name, self._snapshot_fn(name))
+            self.metrics.watch_provider(name, self._snapshot_fn(name), sinks=bool(provider.sinks))
             self._start_task(provider)
             summary["changed" if current is not None else "added"].append(name)
         self._settings = settings
@@ -196,7 +198,7 @@ class TokenManager:
     async def _retire(self, name: str) -> None:
         provider = self.providers.pop(name)
         await self.background.cancel(
-            (provider.refresh_loop, provider.inflight, provider.sink_expiry)
+            (provider.refresh_loop, provider.inflight, *(s.expiry for s in provider.sinks))
         )
 
     def _snapshot_fn(self, name: str) -> Callable[[], ProviderSnapshot | None]:

@@ -22,6 +22,22 @@ from broker.protocols.presets import build_authorization
 
 
 @dataclass(eq=False)
+class ProviderSink:
+    """One of a provider's sink files and how writing it went. Mutated only on the event loop."""
+
+    file: FileSink
+    error: str | None = None
+    """Why the newest token could not be written to the file (or, from the start check,
+    why it cannot be), while that is so; it names the file."""
+    written_wall: float | None = None
+    """When the token now in the file was written (wall clock); None before the first
+    write and once the file was removed."""
+    expiry: asyncio.Task[None] | None = field(default=None, repr=False)
+    """Removes the file once the token in it may no longer be served, unless a newer one
+    was written first."""
+
+
+@dataclass(eq=False)
 class Provider:
     """One provider's runtime state. Mutated only on the event loop."""
 
@@ -66,11 +82,8 @@ class Provider:
     store could not be used, or one the store refused to take (another broker's was newer).
     No other broker knows it, so it may be used without the lease; the store's, once it can
     be read, is preferred to it."""
-    sink: FileSink | None = field(default=None, repr=False)
-    sink_error: str | None = None
-    """Why the newest token could not be written to the sink file, if it could not."""
-    sink_expiry: asyncio.Task[None] | None = field(default=None, repr=False)
-    """Removes the sink file when its token is no longer servable and none replaced it."""
+    sinks: list[ProviderSink] = field(default_factory=list, repr=False)
+    """Its sink files (``sink:`` or ``sinks:``), in the order configured."""
     authorization: AuthorizationEndpoint | None = None
     """Where a person logs in (``grant: authorization_code``); None for a provider that
     logs in by itself."""
@@ -78,6 +91,12 @@ class Provider:
     @property
     def kind(self) -> str:
         return self.config.type
+
+    @property
+    def sink_error(self) -> str | None:
+        """Why a sink file cannot be written: the first failing one's reason (in the order
+        configured; it names the file), None while every one is written."""
+        return next((sink.error for sink in self.sinks if sink.error is not None), None)
 
     def servable(self, now: float, min_valid: float = 0.0) -> bool:
         return self.token is not None and self.token.servable(now, min_valid)
@@ -145,7 +164,7 @@ def new_provider(name: str, settings: BrokerSettings) -> Provider:
         bucket=CallerBucket(policy.caller_burst, policy.caller_interval),
         refresh_token=seed,
         login_id=login_fingerprint(config),
-        sink=(FileSink(config.sink, name) if config.sink is not None else None),
+        sinks=[ProviderSink(FileSink(sink, name)) for _, sink in config.sink_configs()],
         authorization=build_authorization(config),
     )
 

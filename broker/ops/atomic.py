@@ -17,9 +17,14 @@ TEMP_SUFFIX = ".tmp"
 """Temporary files are named ``.<target name>.<random>.tmp`` (swept when stale)."""
 
 
-def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Atomically and durably replace *path* with *data*, with exactly *mode*.
+def replace_file(
+    path: Path, data: bytes, *, mode: int = 0o600, owner: int = -1, group: int = -1
+) -> None:
+    """Atomically and durably replace *path* with *data*, with exactly *mode*, and the
+    *owner* and *group* given (-1: the process's own).
 
+    The owner, group and mode are set on the temporary file before anything is written
+    to it and before it is renamed: the file never appears under *path* with others.
     Raises OSError. The temporary file is removed unless the rename happened;
     if only the directory fsync failed, *path* already holds the new data.
     """
@@ -32,6 +37,9 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     try:
         fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "wb") as handle:
+            if owner != -1 or group != -1:
+                # Before the mode: a change of owner may clear mode bits.
+                os.fchown(handle.fileno(), owner, group)
             os.fchmod(handle.fileno(), mode)  # the umask may have narrowed it at creation
             handle.write(data)
             handle.flush()
@@ -46,13 +54,15 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         raise
 
 
-def write_probe(probe: Path) -> None:
+def write_probe(probe: Path, *, owner: int = -1, group: int = -1) -> None:
     """Prove a directory writable now, not at the first real write: create *probe*
-    (a temporary file name in it), write to it and remove it. Raises OSError, having
-    removed the probe if it was created."""
+    (a temporary file name in it), give it *owner* and *group* when set (not -1), write
+    to it and remove it. Raises OSError, having removed the probe if it was created."""
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
         try:
+            if owner != -1 or group != -1:
+                os.fchown(fd, owner, group)
             os.write(fd, b"ok\n")
         finally:
             os.close(fd)

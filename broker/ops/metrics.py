@@ -7,8 +7,9 @@ and several apps in one process do not share series.
 Two kinds of metric:
 
 * **events**, counted as they happen: token requests to identity providers
-  (with their latency), tokens served to callers, refresh-token saves and
-  config reloads. The manager and the app call the methods below.
+  (with their latency), tokens served to callers, refresh-token saves, sink-file
+  writes and removals, and config reloads. The manager and the app call the methods
+  below.
 * **provider state**, computed **at scrape time** from a callback per provider
   (:meth:`Metrics.watch_provider`): seconds until the current token expires,
   the provider's state, whether a servable token exists, the current retry
@@ -242,6 +243,19 @@ class Metrics:
             ["provider", "outcome"],
             registry=r,
         )
+        self._sink_writes = Counter(
+            "broker_sink_writes",
+            "Tokens written to sink files (one per file and token), by outcome.",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self._sink_removals = Counter(
+            "broker_sink_removals",
+            "Sink files removed because the token in them expired and no newer one replaced"
+            " it, by outcome.",
+            ["provider", "outcome"],
+            registry=r,
+        )
         self._config_reloads = Counter(
             "broker_config_reloads",
             "Configuration reloads (SIGHUP), by outcome.",
@@ -307,19 +321,30 @@ class Metrics:
         """A refresh token was (ok) or could not be (not ok) saved to the state directory."""
         self._inc(self._refresh_token_saves, name_label(provider), "success" if ok else "failure")
 
+    def sink_written(self, provider: str, ok: bool) -> None:
+        """A token was (ok) or could not be (not ok) written to one of the provider's sink
+        files. Which file is in ``/providers``: a path is no label value."""
+        self._inc(self._sink_writes, name_label(provider), "success" if ok else "failure")
+
+    def sink_removed(self, provider: str, ok: bool) -> None:
+        """A sink file whose token expired unreplaced was (ok) or could not be removed."""
+        self._inc(self._sink_removals, name_label(provider), "success" if ok else "failure")
+
     def config_reloaded(self, ok: bool) -> None:
         """A config reload was applied (ok) or rejected."""
         self._config_reloads.labels("success" if ok else "failure").inc()
 
     # -- providers ----------------------------------------------------------------
 
-    def watch_provider(self, provider: str, snapshot: SnapshotFn) -> None:
+    def watch_provider(self, provider: str, snapshot: SnapshotFn, *, sinks: bool = False) -> None:
         """Export *provider*'s state from *snapshot*, called at every scrape.
 
         *snapshot* may return None to leave the provider out of a scrape (it
         is being rebuilt by a reload, say). Calling this again for the same
         name replaces the callback. Also creates the provider's zero-valued
-        event series, so ``rate()`` works before the first event.
+        event series, so ``rate()`` works before the first event: its sink
+        writes' and removals' too when it has sink files (*sinks*; without, a
+        reload that took its sinks away drops those series).
         """
         p = name_label(provider)
         self._providers.watch(p, snapshot)
@@ -330,6 +355,14 @@ class Metrics:
             self._refresh_token_saves.labels(p, outcome)
         self._track(self._caller_fetches_refused, (p,))
         self._caller_fetches_refused.labels(p)
+        for counter in (self._sink_writes, self._sink_removals):
+            for outcome in ("success", "failure"):
+                if sinks:
+                    self._track(counter, (p, outcome))
+                    counter.labels(p, outcome)
+                else:
+                    self._untrack(counter, (p, outcome))
+                    counter.remove(p, outcome)
 
     def forget_provider(self, provider: str) -> None:
         """Drop every series labelled with *provider* (removed from the config)."""
@@ -359,6 +392,10 @@ class Metrics:
         """Remember a series for ``forget_provider`` (labels[0] is the provider)."""
         with self._series_lock:
             self._series.setdefault(labels[0], set()).add((metric, labels))
+
+    def _untrack(self, metric: Counter | Histogram, labels: tuple[str, ...]) -> None:
+        with self._series_lock:
+            self._series.get(labels[0], set()).discard((metric, labels))
 
     def _inc(self, metric: Counter, *labels: str) -> None:
         self._track(metric, labels)

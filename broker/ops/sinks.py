@@ -1,7 +1,8 @@
 """File sinks: write each new access token to a file, like Vault Agent's file sink.
 
 For programs that cannot call ``GET /token/<name>``, a provider may name a
-file that the broker rewrites on every refresh::
+file that the broker rewrites on every refresh, or several (``sinks:``, a list of
+the same mappings)::
 
     providers:
       hiro:
@@ -26,20 +27,28 @@ Formats:
     (``env_prefix`` replaces ``TOKEN``); single-quoted, safe to ``.``-source in sh.
 
 Every write is atomic: a temporary file is created next to the target with
-``O_CREAT | O_EXCL`` and exactly the configured mode, written, fsynced, renamed
-over the target with :func:`os.replace`, and the directory is fsynced. A
-reader opens either the previous complete file or the new one, never a
-partial one. Errors name the file, never the token.
+``O_CREAT | O_EXCL``, given the configured owner and group (``owner``, ``group``) and
+exactly the configured mode, written, fsynced, renamed over the target with
+:func:`os.replace`, and the directory is fsynced. A reader opens either the previous
+complete file or the new one, never a partial one, and never one with another owner,
+group or mode. Errors name the file, never the token.
+
+Giving a file away (an ``owner`` other than the broker's uid, a ``group`` it is not in)
+takes root: a broker that is not root refuses such a sink at its start check, and at
+every write, naming it (the kernel's own rule for ``chown``, without the capabilities
+nuance: a root without ``CAP_CHOWN`` fails the check's trial file instead).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import stat
 import threading
 import time
+from pathlib import Path
 from typing import Final, NoReturn
 
 from broker.config.sinks import SinkConfig
@@ -55,6 +64,11 @@ STALE_TEMP_SECONDS: Final = 60.0
 
 class SinkError(BrokerError):
     """A sink file cannot be written; the message names the path, never the token."""
+
+    def __init__(self, message: str, *, key: str = "path") -> None:
+        super().__init__(message)
+        self.key = key
+        """The sink's config key the problem is about: ``path``, ``owner`` or ``group``."""
 
 
 def sh_quote(value: str) -> str:
@@ -87,6 +101,9 @@ class FileSink:
         self.path = config.path
         self._lock = threading.Lock()
         self._generation: int | None = None
+        """The newest generation a write was asked for (an older one is skipped)."""
+        self._written: int | None = None
+        """The generation of the token in the file, if this sink wrote it and it is there."""
 
     def __repr__(self) -> str:
         return f"FileSink({self.provider!r}, {str(self.path)!r}, format={self.config.format!r})"
@@ -95,58 +112,116 @@ class FileSink:
         """At start: prove the directory accepts a file of ours, and sweep stale temp files.
 
         Raises SinkError naming the path when the directory is missing, not a
-        directory or not writable, or when the path is a directory.
+        directory or not writable, when the path is a directory, or when the file's
+        ``owner`` or ``group`` cannot be given to it (not root; tried on a trial file).
         """
         directory = self.path.parent
         if not directory.is_dir():
             self._fail(f"directory {directory} does not exist or is not a directory")
         if self.path.is_dir():
             self._fail("it is a directory")
-        probe = directory / f".{self.path.name}.check-{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
-            write_probe(probe)
+            write_probe(self._probe_path())
         except OSError as exc:
             self._fail(f"directory {directory} is not writable: {reason(exc)}")
+        if self.config.owner is not None or self.config.group is not None:
+            self._check_ownership()
+            try:
+                write_probe(self._probe_path(), owner=self._owner, group=self._group)
+            except OSError as exc:
+                key = "owner" if self.config.owner is not None else "group"
+                why = f"cannot give a file in {directory} {self._ownership}: {reason(exc)}"
+                self._fail(why, key=key)
         self._remove_stale_temps()
 
-    def write(self, token: Token, now: float, *, generation: int | None = None) -> None:
+    def write(self, token: Token, now: float, *, generation: int | None = None) -> bool:
         """Atomically replace the file with *token* at *now* (monotonic), as configured.
 
         With *generation* (the provider's token counter), a write older than
-        one already done is skipped, so two writes racing in threads cannot
-        leave the older token on disk. Raises SinkError on failure; the file
-        is then the previous complete one.
+        one already asked for is skipped (False), so two writes racing in threads
+        cannot leave the older token on disk. True once written. Raises SinkError
+        on failure; the file is then the previous complete one.
         """
         if not token.access_token or any(c in token.access_token for c in "\x00\r\n"):
             self._fail("refusing to write an empty or multi-line token")
+        if self.config.owner is not None or self.config.group is not None:
+            self._check_ownership()  # the kernel would refuse it too, with a vaguer reason
         with self._lock:
             if generation is not None:
                 if self._generation is not None and generation < self._generation:
                     log.debug("%s: skipping a sink write of an older token", self.provider)
-                    return
+                    return False
                 self._generation = generation
             data = render(self.config, token, now)
             self._atomic_write(data)
+            self._written = generation
+            return True
 
-    def clear(self, *, generation: int) -> None:
-        """Remove the file if it still holds the token of *generation* (now expired).
+    def clear(self, *, generation: int) -> bool:
+        """Remove the file if it still holds the token of *generation* (now expired): True
+        if it did.
 
-        A reader then finds no token rather than an expired one; the next
-        write recreates the file. Raises SinkError if it cannot be removed.
+        Whether or not a newer token was asked for since: one that could not be
+        written left this token in the file. A reader then finds no token rather
+        than an expired one; the next write recreates the file. Raises SinkError
+        if it cannot be removed.
         """
         with self._lock:
-            if self._generation != generation:
-                return  # a newer token is (being) written
+            if self._written != generation:
+                return False  # a newer token is in the file (or none of ours)
             try:
                 self.path.unlink(missing_ok=True)
             except OSError as exc:
                 self._fail(f"cannot remove the expired token: {reason(exc)}")
+            self._written = None
+            return True
 
     # -- internals --------------------------------------------------------------------
 
+    @property
+    def _owner(self) -> int:
+        return -1 if self.config.owner is None else self.config.owner
+
+    @property
+    def _group(self) -> int:
+        return -1 if self.config.group is None else self.config.group
+
+    @property
+    def _ownership(self) -> str:
+        """``owner 10001``, ``group 10001`` or ``owner 10001 and group 10001``."""
+        parts = [f"owner {self.config.owner}"] if self.config.owner is not None else []
+        if self.config.group is not None:
+            parts.append(f"group {self.config.group}")
+        return " and ".join(parts)
+
+    def _check_ownership(self) -> None:
+        """Refuse an owner or group that only root may give the file, unless root."""
+        uid = os.geteuid()
+        if uid == 0:
+            return
+        owner, group = self.config.owner, self.config.group
+        if owner is not None and owner != uid:
+            self._fail(
+                f"owner {owner} needs the broker to run as root (it runs as uid {uid});"
+                " leave owner out to keep the broker's own",
+                key="owner",
+            )
+        if group is not None and group != os.getegid() and group not in os.getgroups():
+            self._fail(
+                f"group {group} needs the broker to run as root or in that group (it runs"
+                f" as uid {uid}, not in group {group})",
+                key="group",
+            )
+
+    def _probe_path(self) -> Path:
+        name = f".{self.path.name}.check-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        return self.path.parent / name
+
     def _atomic_write(self, data: bytes) -> None:
         try:
-            replace_file(self.path, data, mode=self.config.mode)
+            replace_file(
+                self.path, data, mode=self.config.mode, owner=self._owner, group=self._group
+            )
         except OSError as exc:
             self._fail(f"cannot be written: {reason(exc)}")
 
@@ -159,6 +234,6 @@ class FileSink:
                 if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
                     entry.unlink()
 
-    def _fail(self, why: str) -> NoReturn:
+    def _fail(self, why: str, *, key: str = "path") -> NoReturn:
         msg = f"token sink {self.path} for provider {self.provider!r}: {why}"
-        raise SinkError(msg)
+        raise SinkError(msg, key=key)

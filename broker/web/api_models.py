@@ -91,6 +91,20 @@ class ReadyBody(BaseModel):
     )
 
 
+class SinkStatus(BaseModel):
+    path: str = Field(description="The file, as configured.")
+    format: str = Field(description="token, json or env.")
+    ok: bool = Field(description="False while the file cannot be written (see `error`).")
+    error: str | None = Field(
+        description="Why the newest token could not be written to the file (or, from the"
+        " start check, why it cannot be); it names the file."
+    )
+    written_at: str | None = Field(
+        description="When the token now in the file was written; null before the first"
+        " write and once the file was removed (its token expired, none replaced it)."
+    )
+
+
 class ProviderStatus(BaseModel):
     type: str
     state: str
@@ -104,8 +118,12 @@ class ProviderStatus(BaseModel):
     consecutive_failures: int
     has_refresh_token: bool
     sink_error: str | None = Field(
-        description="Why the sink file cannot be written, while it cannot (the provider is"
-        " then `degraded`)."
+        description="Why a sink file cannot be written, while one cannot (the provider is"
+        " then `degraded`): the first failing sink's reason, which names its file."
+    )
+    sinks: list[SinkStatus] = Field(
+        description="Each sink file (`sink` or `sinks` in the config), in the order"
+        " configured; empty without sinks."
     )
     login: str | None = Field(
         description="While the provider needs a person's login: the command that gives it one"

@@ -41,6 +41,16 @@ def status(provider: Provider, now: float, wall: float) -> dict[str, Any]:
         "has_refresh_token": provider.refresh_token is not None,
         "login": login_command(provider, now),
         "sink_error": provider.sink_error,
+        "sinks": [
+            {
+                "path": str(sink.file.path),
+                "format": sink.file.config.format,
+                "ok": sink.error is None,
+                "error": sink.error,
+                "written_at": rfc3339(sink.written_wall) if sink.written_wall is not None else None,
+            }
+            for sink in provider.sinks
+        ],
         "clock_skew": round(provider.clock_skew, 1) if provider.clock_skew is not None else None,
         "last_error": None
         if error is None
