@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -336,3 +337,54 @@ def test_repr_never_shows_a_token(setup: Setup) -> None:
     token = auth.get_token()
     assert token not in repr(auth)
     assert token not in repr(auth._source._cached)
+
+
+def test_the_client_key_comes_from_broker_key_or_broker_key_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As ``broker token``: ``$BROKER_KEY``, else the file ``$BROKER_KEY_FILE`` names, goes to
+    the broker as the client key, never to the API; explicit headers win; an unreadable file
+    is a ValueError naming the variable, without the key."""
+    key = "app-key-from-the-environment-7d1c"
+    keyed = CONFIG.replace(
+        "providers:", f"clients:\n  app: {{key: {key}, providers: [hiro]}}\nproviders:", 1
+    )
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{key}\n")
+    for name in ("BROKER_KEY", "BROKER_KEY_FILE", "BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    fake = FakeHiro()
+    with (
+        serve_in_thread(fake.app) as idp_url,
+        running_broker(settings_from(keyed.replace("{url}", idp_url))) as broker,
+    ):
+        url = str(broker.base_url)
+        with pytest.raises(BrokerUnavailable) as without:
+            BrokerAuth("hiro", broker_url=url).get_token()
+        monkeypatch.setenv("BROKER_KEY_FILE", str(key_file))
+        from_file = BrokerAuth("hiro", broker_url=url)
+        with httpx.Client(base_url=idp_url, auth=from_file) as app:
+            assert app.get(ME).status_code == 200
+        monkeypatch.setenv("BROKER_KEY", key)
+        monkeypatch.setenv("BROKER_KEY_FILE", str(tmp_path / "missing"))
+        from_env = BrokerRequestsAuth("hiro", broker_url=url).get_token()
+        monkeypatch.delenv("BROKER_KEY")
+        with pytest.raises(ValueError, match=r"BROKER_KEY_FILE .*missing: No such file") as bad:
+            BrokerAuth("hiro", broker_url=url)
+        overridden = BrokerAuth("hiro", broker_url=url, headers={"Authorization": "Bearer x"})
+        with pytest.raises(BrokerUnavailable) as wrong:
+            overridden.get_token()
+        served = current_token_of(url, key)
+    assert without.value.code == "unauthorized"
+    assert wrong.value.code == "unauthorized"
+    assert from_env == served
+    assert key not in str(bad.value)
+    assert all(key not in str(r.headers) for r in fake.requests)
+
+
+def current_token_of(broker_url: str, key: str) -> str:
+    response = httpx.get(
+        f"{broker_url}/token/hiro?format=raw", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == 200
+    return response.text

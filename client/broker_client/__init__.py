@@ -31,7 +31,10 @@ token's ETag, so the broker answers at once with a newer token if one exists and
 if the refused one is still current), sends the request again once and returns whatever that
 answer is: a second 401 reaches the caller, there is no loop.
 
-``headers=`` are sent to the broker only (e.g. a client key for the broker), never to the API.
+The client key for a broker with ``clients:`` comes from ``$BROKER_KEY``, else from the file
+``$BROKER_KEY_FILE`` names (read once, when the helper is made), as for ``broker token``.
+``headers=`` are sent to the broker only (an ``Authorization`` there replaces that key),
+never to the API.
 A broker that cannot be reached or answers with an error raises :class:`BrokerUnavailable`,
 whose message carries the broker's error code and message and never a token.
 

@@ -25,7 +25,9 @@ class BrokerAuth(TokenHelper, httpx.Auth):
         refresh_before: fetch a new token when the cached one has less than this many
             seconds left.
         timeout: seconds for each call to the broker.
-        headers: extra headers for the broker only (never sent to the API).
+        headers: extra headers for the broker only (never sent to the API). Without an
+            ``Authorization`` among them, the client key in ``$BROKER_KEY``, else in the file
+            ``$BROKER_KEY_FILE`` names, is sent as ``Authorization: Bearer <key>``.
         clock: monotonic clock, for tests.
         client, async_client: httpx clients to call the broker with (for tests or custom
             transports; the caller owns them; with a ``unix:`` URL, their transport must

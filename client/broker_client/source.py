@@ -14,7 +14,12 @@ import anyio
 import httpx
 
 from broker_client.cache import BrokerCall, TokenCache
-from broker_client.transport import BROKER_URL_ENV, BrokerTransport, resolve_broker_url
+from broker_client.transport import (
+    BROKER_URL_ENV,
+    BrokerTransport,
+    resolve_broker_url,
+    with_client_key,
+)
 
 
 class TokenSource(TokenCache):
@@ -39,7 +44,11 @@ class TokenSource(TokenCache):
     ) -> None:
         url = resolve_broker_url(broker_url)
         super().__init__(
-            provider, broker_url=url, refresh_before=refresh_before, headers=headers, clock=clock
+            provider,
+            broker_url=url,
+            refresh_before=refresh_before,
+            headers=with_client_key(headers),
+            clock=clock,
         )
         self._transport = BrokerTransport(
             url, timeout=timeout, client=client, async_client=async_client

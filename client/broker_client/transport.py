@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TypedDict
 
 import httpx
@@ -17,6 +17,8 @@ from broker_client.cache import BrokerCall
 
 DEFAULT_BROKER_URL = "http://127.0.0.1:8181"
 BROKER_URL_ENV = "BROKER_URL"
+BROKER_KEY_ENV = "BROKER_KEY"
+BROKER_KEY_FILE_ENV = "BROKER_KEY_FILE"
 
 UNIX_SOCKET_BASE = "http://localhost"
 """The URL requests to a Unix socket are made to: ``localhost`` is a Host the broker takes."""
@@ -26,6 +28,29 @@ def resolve_broker_url(broker_url: str | None) -> str:
     """*broker_url*, else ``$BROKER_URL``, else the default; without a trailing slash."""
     base = broker_url or os.environ.get(BROKER_URL_ENV) or DEFAULT_BROKER_URL
     return base.rstrip("/")
+
+
+def with_client_key(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """*headers* for the broker, with ``Authorization: Bearer <key>`` added from ``$BROKER_KEY``,
+    else from the file ``$BROKER_KEY_FILE`` names, unless *headers* has an Authorization of
+    its own (the same variables ``broker token`` reads). Raises ValueError naming the variable
+    when that file cannot be read: a key the app was given but cannot use is a setup error.
+    """
+    given = dict(headers or {})
+    if any(name.lower() == "authorization" for name in given):
+        return given
+    key = os.environ.get(BROKER_KEY_ENV)
+    path = os.environ.get(BROKER_KEY_FILE_ENV)
+    if not key and path:
+        try:
+            with open(path, encoding="utf-8") as key_file:
+                key = key_file.read().strip()
+        except OSError as exc:
+            msg = f"{BROKER_KEY_FILE_ENV} {path}: {exc.strerror or exc}"
+            raise ValueError(msg) from None
+    if key:
+        given["Authorization"] = f"Bearer {key}"
+    return given
 
 
 def unix_socket_path(broker_url: str) -> str | None:
