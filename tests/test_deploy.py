@@ -27,6 +27,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,12 +36,14 @@ import httpx
 import pytest
 import redis
 import yaml
+from cryptography.fernet import Fernet
 
 from broker.config.load import parse_config
 from broker.config.settings import BrokerSettings
 from broker.core.tokens import place_token
 from broker.engine.redis_store import RedisStore
 from broker.engine.store import Replacing, StoreError
+from broker.fakes import hiro
 from broker.fakes.hiro import FakeHiro
 from broker.fakes.server import serve_in_thread
 from tests.redisserver import require_redis_server
@@ -50,6 +53,7 @@ from tests.support import (
     Running,
     compose_secret_file,
     free_port,
+    generated_demo_keys,
     process,
     ready,
     secret_names,
@@ -66,6 +70,7 @@ from tests.test_container import (
 
 COMPOSE = ROOT / "docker-compose.replicas.yml"
 SINGLE = ROOT / "docker-compose.yml"
+LIMITS = ("mem_limit", "cpus", "pids_limit")
 K8S = ROOT / "deploy" / "k8s"
 IMAGE_CONFIG = "/etc/broker/config.yaml"
 BROKER_PORT = 8181
@@ -268,16 +273,22 @@ def test_every_compose_broker_loads_its_config_with_the_same_store(
 
 
 def test_compose_replicas_wiring() -> None:
-    """Hardening, dependencies, healthchecks, Redis's persistence and ACL, the apps."""
+    """Hardening, images, dependencies, healthchecks, Redis's persistence and ACL, the
+    readiness gates, the apps."""
     spec = compose()
     services = spec["services"]
+    single = single_compose()["services"]
     for name, service in services.items():
         assert service["read_only"] is True, name
         assert service["cap_drop"] == ["ALL"], name
         assert service["security_opt"] == ["no-new-privileges:true"], name
         assert "ports" not in service, name
+    for name, service in services.items():
+        if name not in ("redis", "idp"):
+            # The runtime image (the default target), as docker-compose.yml's broker.
+            assert service["image"] == single["broker"]["image"], name
+            assert service["build"] == single["broker"]["build"] == {"context": "."}, name
     for name, service in compose_brokers().items():
-        assert service["image"] == "credential-broker:local", name
         assert "entrypoint" not in service, "the image's ENTRYPOINT"
         assert "command" not in service, "the image's CMD"
         assert service["depends_on"] == {
@@ -286,9 +297,11 @@ def test_compose_replicas_wiring() -> None:
         }, name
         assert service["healthcheck"]["test"] == ["CMD", *healthcheck_command()], name
         assert mounted_config(service) == ROOT / "deploy" / "replicas-config.yaml"
-    # The fake identity provider exactly as in docker-compose.yml.
-    single: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert services["idp"] == single["services"]["idp"]
+    # The fake identity provider exactly as in docker-compose.yml: from the demo target, the
+    # only image with the fakes.
+    assert services["idp"] == single["idp"]
+    assert services["idp"]["image"] == "credential-broker:demo"
+    assert services["idp"]["build"] == {"context": ".", "target": "demo"}
     config = yaml.safe_load((ROOT / "deploy" / "replicas-config.yaml").read_text())
     idp = services["idp"]["command"]
     assert config["providers"]["hiro"]["url"] == f"http://idp:{idp[idp.index('--port') + 1]}"
@@ -304,16 +317,92 @@ def test_compose_replicas_wiring() -> None:
     assert "redis-data" in spec["volumes"]
     assert "redis-cli ping" in " ".join(redis_service["healthcheck"]["test"])
     acl_file = command[command.index("--aclfile") + 1]
-    assert acl_file.removeprefix("/run/secrets/") in redis_service["secrets"]
+    assert acl_file.removeprefix("/run/secrets/") in dict(secret_names(redis_service)).values()
 
+    listen = f"http://{config['host']}:{config['port']}"
     for app, broker in (("app-1", "broker-1"), ("app-2", "broker-2")):
         assert services[app]["network_mode"] == f"service:{broker}"
-        assert services[app]["depends_on"] == {broker: {"condition": "service_healthy"}}
+        # Started once a readiness gate beside the same broker exited 0, as docker-compose.yml's
+        # apps after broker-ready: the gate runs the same `broker wait --ready`.
+        (gate,) = services[app]["depends_on"]
+        assert services[app]["depends_on"][gate] == {"condition": "service_completed_successfully"}
+        assert services[gate]["network_mode"] == f"service:{broker}"
+        assert services[gate]["depends_on"] == {broker: {"condition": "service_healthy"}}
+        assert "entrypoint" not in services[gate], "the image's ENTRYPOINT, broker"
+        assert services[gate]["command"] == single["broker-ready"]["command"]
+        assert services[gate]["command"][:2] == ["wait", "--ready"]
+        assert services[gate]["restart"] == "no"
+        # The gate's own container has no address file (that is in the broker's tmpfs): it asks
+        # the broker where its config says it listens, on the network namespace they share.
+        assert services[gate]["environment"] == {"BROKER_URL": listen}
+        assert "secrets" not in services[gate]
         (script,) = services[app]["command"]
         assert re.findall(r"http://127\.0\.0\.1:(\d+)/token/(\w+)", script) == [
             (str(BROKER_PORT), "hiro")
         ]
         assert "secrets" not in services[app], "an app holds no secret"
+
+
+def test_compose_replicas_are_bounded_rotated_and_write_only_to_a_tmpfs() -> None:
+    """docker-compose.yml's patterns: every container's memory, CPU and pids bounded, its log
+    rotated, its healthcheck given a start period, its secrets in the long syntax; each
+    broker with docker-compose.yml's broker's limits and, as its one writable path, a small
+    tmpfs at the image's /var/lib/broker (where its address file goes) owned by the image's
+    user, its probes not pointed elsewhere by the environment."""
+    single = single_compose()["services"]
+    services = compose()["services"]
+    for name, service in services.items():
+        assert service["logging"] == single["broker"]["logging"], name
+        assert service["logging"]["driver"] == "json-file", name
+        assert {"max-size", "max-file"} <= set(service["logging"]["options"]), name
+        assert all(service.get(limit) for limit in LIMITS), f"{name} is not bounded"
+        if "healthcheck" in service:
+            assert service["healthcheck"].get("start_period"), name
+        for entry in service.get("secrets", []):
+            # No uid/gid/mode: Compose ignores them for file secrets (deploy/secrets/generate
+            # sets the files' owner and mode instead).
+            assert isinstance(entry, dict), f"{name}: the long syntax, as docker-compose.yml"
+            assert set(entry) == {"source", "target"}, name
+    uid, gid = only(runtime_stage(), "USER").split(":")
+    home = str(Path(image_address_file()).parent)
+    assert home == IMAGE_HOME
+    for name, service in compose_brokers().items():
+        assert {k: service[k] for k in LIMITS} == {k: single["broker"][k] for k in LIMITS}, name
+        assert service["stop_grace_period"] == single["broker"]["stop_grace_period"], name
+        assert service["healthcheck"] == single["broker"]["healthcheck"], name
+        tmpfs = service.get("tmpfs", [])
+        assert len(tmpfs) == 1, f"{name}: one tmpfs, for the address file"
+        path, _, options = tmpfs[0].partition(":")
+        assert path == home, f"{name}: the broker exits 2 if it cannot write its address file"
+        mount = dict(option.split("=", 1) for option in options.split(","))
+        assert (mount["uid"], mount["gid"]) == (uid, gid), "writable by the image's user"
+        assert mount["mode"] == "0700", "as the image's own /var/lib/broker"
+        assert re.fullmatch(r"\d+[km]", mount["size"]), "small: a few bytes are written"
+        assert not any(volume.split(":")[1] == home for volume in service["volumes"])
+        # The healthcheck finds the port in the address file: nothing may override it.
+        assert not {"BROKER_URL", "BROKER_ADDRESS_FILE"} & set(service["environment"]), name
+
+
+def test_compose_state_key_is_generated_the_committed_secrets_are_demo_values() -> None:
+    """broker_state_key comes from deploy/secrets/generate (a Fernet key, git-ignored); the
+    committed secret files are the fake's published password and the demo ACL; the header's
+    command makes the key before it starts the project."""
+    secrets = compose()["secrets"]
+    file = str(secrets["broker_state_key"]["file"])
+    generated = compose_secret_file(file)
+    assert generated.parent == generated_demo_keys(), "deploy/secrets/generate makes it"
+    lines = (ROOT / ".gitignore").read_text().splitlines()
+    ignored = [line for line in lines if line and not line.startswith("#")]
+    assert any(fnmatch(file.removeprefix("./"), pattern) for pattern in ignored), "not committed"
+    Fernet(generated.read_text().strip().encode())  # raises if it is no Fernet key
+    for name in ("hiro_password", "redis_acl"):
+        committed = ROOT / str(secrets[name]["file"])
+        assert committed.is_file(), name
+        assert compose_secret(name) == committed, name
+    assert compose_secret("hiro_password").read_text().strip() == hiro.DEMO_PASSWORD
+    assert set(secrets) == {"hiro_password", "broker_state_key", "redis_acl"}
+    command = "deploy/secrets/generate && docker compose -f docker-compose.replicas.yml up --build"
+    assert command in COMPOSE.read_text()
 
 
 def test_compose_acl_matches_the_brokers_url_and_prefix() -> None:
@@ -718,6 +807,20 @@ def k8s_broker_env(pod_name: str, tmp: Path, *, redis_port: int, idp: str) -> di
     return container_environment(tmp / f"{pod_name}-var-lib-broker", config, deployed)
 
 
+def gate_replay(name: str, broker: Replayed, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The compose readiness gate *name*'s command (the image's ENTRYPOINT + its command) and
+    container environment, for broker_probe: a home of its own, empty (the broker's address
+    file is in the broker's container), and its BROKER_URL, 127.0.0.1 of the network
+    namespace it shares with the broker, pointed at *broker*'s port."""
+    gate = compose()["services"][name]
+    url = pointed(gate["environment"]["BROKER_URL"], urlsplit(broker.base).netloc)
+    env = container_environment(
+        tmp / f"{name}-var-lib-broker", tmp / f"{name}-no-config.yaml", {"BROKER_URL": url}
+    )
+    entrypoint: list[str] = json.loads(only(runtime_stage(), "ENTRYPOINT"))
+    return [*entrypoint, *gate["command"]], env
+
+
 def app_script(script: str, broker: str, idp: str) -> str:
     return script.replace(f"http://127.0.0.1:{BROKER_PORT}", broker).replace("http://idp:9001", idp)
 
@@ -731,7 +834,7 @@ def etag_of(base: str) -> str:
 def test_compose_replicas_replayed_one_login_for_three_brokers(tmp_path: Path) -> None:
     """The compose project without Docker: Redis with its command and ACL, each broker on its
     config, environment, secrets and the image's CMD and ENV, its healthcheck as the image
-    runs it, then the apps' own scripts. The fake HIRO sees one login;
+    runs it, the readiness gates, then the apps' own scripts. The fake HIRO sees one login;
     both apps got the same token."""
     spec = compose()["services"]
     fake = FakeHiro()
@@ -750,6 +853,9 @@ def test_compose_replicas_replayed_one_login_for_three_brokers(tmp_path: Path) -
         printed = []
         for app in ("app-1", "app-2"):
             broker = by_service[spec[app]["network_mode"].removeprefix("service:")]
+            (gate,) = spec[app]["depends_on"]
+            waited = broker_probe(*gate_replay(gate, broker, tmp_path))
+            assert waited.returncode == 0, f"{gate}: {waited.stdout}{waited.stderr}"
             (script,) = spec[app]["command"]
             done = subprocess.run(
                 [sys.executable, "-c", app_script(script, broker.base, idp)],
@@ -803,20 +909,39 @@ def test_k8s_pods_replayed_one_login_and_the_probes_pass(tmp_path: Path) -> None
 
 
 @pytest.mark.smoke  # real processes: Redis and a broker whose identity provider is down
-def test_k8s_probes_tell_a_live_broker_from_a_ready_one(tmp_path: Path) -> None:
-    """A pod's broker whose IdP does not answer: alive, never ready. Its livenessProbe passes,
-    so an IdP outage restarts nothing, and its startup and readiness probes fail with 1, "not
-    ready": the broker answered them, at the port its address file gave."""
+@pytest.mark.parametrize("kind", ["compose", "k8s"])
+def test_probes_tell_a_live_broker_from_a_ready_one(kind: str, tmp_path: Path) -> None:
+    """A broker of each deployment whose IdP does not answer: alive, never ready. Its liveness
+    check (the healthcheck; the livenessProbe) passes, so an IdP outage restarts nothing, and
+    its readiness checks (the gate with a short timeout; the startup and readiness probes)
+    fail with 1, "not ready": the broker answered them, at the port its address file gave."""
     closed = f"http://127.0.0.1:{free_port()}"
-    with k8s_redis(tmp_path) as port, contextlib.ExitStack() as stack:
-        env = k8s_broker_env("pod", tmp_path, redis_port=port, idp=closed)
-        (broker,) = start_brokers([env], stack, until_ready=False)
-        sidecar = broker_pod()[1]
-        done = broker_probe(sidecar["livenessProbe"]["exec"]["command"], broker.env)
-        assert done.returncode == 0, f"livenessProbe: {done.stdout}{done.stderr}"
-        for name in ("startupProbe", "readinessProbe"):
-            done = broker_probe(sidecar[name]["exec"]["command"], broker.env)
-            assert done.returncode == 1, f"{name}: {done.returncode} {done.stdout}{done.stderr}"
+    with (
+        (compose_redis if kind == "compose" else k8s_redis)(tmp_path) as port,
+        contextlib.ExitStack() as stack,
+    ):
+        if kind == "compose":
+            env = compose_broker_env("broker-1", tmp_path, redis_port=port, idp=closed)
+            (broker,) = start_brokers([env], stack, until_ready=False)
+            live = [compose()["services"]["broker-1"]["healthcheck"]["test"]]
+            command, gate_env = gate_replay("broker-1-ready", broker, tmp_path)
+            command[command.index("--timeout") + 1] = "2"
+            checks = [(command, gate_env)]
+        else:
+            env = k8s_broker_env("pod", tmp_path, redis_port=port, idp=closed)
+            (broker,) = start_brokers([env], stack, until_ready=False)
+            sidecar = broker_pod()[1]
+            live = [sidecar["livenessProbe"]["exec"]["command"]]
+            checks = [
+                (sidecar[name]["exec"]["command"], broker.env)
+                for name in ("startupProbe", "readinessProbe")
+            ]
+        for command in live:
+            done = broker_probe(command, broker.env)
+            assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        for command, check_env in checks:
+            done = broker_probe(command, check_env)
+            assert done.returncode == 1, f"{command}: {done.returncode} {done.stdout}{done.stderr}"
     assert not Path(broker.env["BROKER_ADDRESS_FILE"]).exists(), "removed at exit"
 
 
