@@ -198,6 +198,18 @@ def test_image_entrypoint_healthcheck_apps_and_sigterm(tmp_path: Path) -> None:
             wait_for(lambda: _status(f"{base}/readyz") == 200, timeout=20)
             health = subprocess.run(check, env=env, capture_output=True, timeout=10, check=False)
             assert health.returncode == 0, health.stderr
+            gate = compose()["services"]["broker-ready"]
+            gate_env = {**env, **gate["environment"]}
+            assert gate_env["BROKER_URL"] == "http://127.0.0.1:8181"
+            gate_env["BROKER_URL"] = base
+            waited = subprocess.run(
+                [executable, *gate["command"]],
+                env=gate_env,
+                capture_output=True,
+                timeout=70,
+                check=False,
+            )
+            assert waited.returncode == 0, waited.stderr
 
             for name in ("app-sidecar", "app-network"):
                 output = _run_compose_app(name, env, broker=base, idp=idp_url)
@@ -300,6 +312,14 @@ def test_compose_file_agrees_with_dockerfile_and_config() -> None:
     assert "broker-state" in compose()["volumes"]
     assert all("ports" not in service for service in services.values())
     assert services["app-sidecar"]["network_mode"] == "service:broker"
+    gate = services["broker-ready"]
+    assert gate["network_mode"] == "service:broker"
+    assert gate["command"] == ["wait", "--ready", "--timeout", "60"]
+    assert "entrypoint" not in gate, "the image's: broker"
+    for app in ("app-sidecar", "app-network"):
+        assert services[app]["depends_on"] == {
+            "broker-ready": {"condition": "service_completed_successfully"}
+        }
 
     broker_secrets = dict(secret_names(broker))
     assert all(source == target for source, target in broker_secrets.items())
