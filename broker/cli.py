@@ -61,6 +61,7 @@ examples:
   broker serve                                   # ${CONFIG_ENV} or ./config.yaml
   broker serve -c /etc/broker/config.yaml --log-format json
   BROKER_PORT=9000 broker serve --log-level debug
+  broker serve --log-level trace                 # also the HTTP client's connection steps
 
 exit status: 0 after SIGTERM or SIGINT; 2 a configuration error (file, key, what is
 wrong); 3 the port is in use.
@@ -166,7 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default from config: 8181)")
     serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log_level"
+        "--log-level",
+        choices=["trace", "debug", "info", "warning", "error"],
+        help="overrides log_level (trace: also the HTTP client's connection internals)",
     )
     serve.add_argument("--log-format", choices=["text", "json"], help="overrides log_format")
 

@@ -160,7 +160,10 @@ class BrokerSettings(BaseModel):
     listen_unix: UnixListen | None = None
     """A Unix domain socket to listen on as well (``/run/broker/broker.sock``, or
     ``{path, mode, group}``); callers there can be identified by their uid."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["trace", "debug", "info", "warning", "error"] = "info"
+    """``debug``: the broker's own debug lines and the HTTP client's line per request;
+    ``trace``: also the HTTP client's connection and TLS internals, and uvicorn's per
+    connection lines. No level logs a secret."""
     log_format: Literal["text", "json"] = "text"
     """``text``: one human-readable line per event; ``json``: one JSON object per line."""
     max_concurrent_requests: int = Field(32, ge=1, le=1000)

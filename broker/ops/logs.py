@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import math
+import re
 import sys
 import threading
 import traceback
@@ -84,23 +85,67 @@ def configure_logging(
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.propagate = True
+    for name in HTTPCORE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, HeaderValueFilter) for f in logger.filters):
+            logger.addFilter(HeaderValueFilter())
     set_level(level)
     return handler
 
 
+TRACE: Final = 5
+"""``log_level: trace``: below DEBUG, uvicorn's number and name for it (``uvicorn.logging``)."""
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS: Final = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+"""``log_level``'s names and the numbers :mod:`logging` knows them by."""
+
+CLIENT_LOGGERS: Final = ("httpx", "httpcore")
+"""The HTTP client's loggers, whose levels :func:`set_level` sets."""
+
+HTTPCORE_LOGGERS: Final = (
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+"""Where httpcore makes its records (a filter on a logger sees only its own records)."""
+
+
+def level_number(level: str) -> int:
+    """The :mod:`logging` number of a ``log_level`` name (any case)."""
+    return LEVELS[level.lower()]
+
+
 def set_level(level: str) -> None:
-    """Log at *level* from now on (at start, and when a reload changes ``log_level``)."""
-    logging.getLogger().setLevel(level.upper())
-    # httpx logs every request at INFO; the broker logs each token request itself, with
-    # the provider and outcome, so the client libraries speak up only for problems
-    # (or at debug level).
-    for name in CLIENT_LOGGERS:
-        logging.getLogger(name).setLevel(
-            logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
-        )
+    """Log at *level* from now on (at start, and when a reload changes ``log_level``).
 
-
-CLIENT_LOGGERS = ("httpx", "httpcore")
+    * The HTTP client: httpx logs one line per request at INFO, which the broker's own
+      line per token request (provider, outcome, duration) says better, so it speaks up
+      only for problems, or from ``debug`` on. httpcore's connection and TLS internals
+      (a record per step of every request, the answer's headers included) only at
+      ``trace``.
+    * uvicorn follows *level* (it sets its loggers' levels itself, once at start:
+      a reload must set them again). At ``trace`` that is a line per caller connection
+      made and lost; its ASGI message trace (``uvicorn.asgi``: every request's path and
+      query string, where a login's one-time id and authorization code travel) stays off
+      at every level.
+    """
+    number = level_number(level)
+    logging.getLogger().setLevel(number)
+    httpx_level = logging.NOTSET if number <= logging.DEBUG else logging.WARNING
+    logging.getLogger("httpx").setLevel(httpx_level)
+    logging.getLogger("httpcore").setLevel(logging.NOTSET if number <= TRACE else logging.WARNING)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(number)
+    logging.getLogger("uvicorn.asgi").setLevel(max(number, logging.DEBUG))
 
 
 def add_secret_filter(secrets: Callable[[], Iterable[str]]) -> Callable[[], None]:
@@ -333,6 +378,36 @@ class SecretFilter(logging.Filter):
             record.exc_text = scrub(record.exc_text)
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
+
+
+_BYTES_REPR = r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\""
+"""A ``bytes`` literal as ``repr`` writes it, in either quotes."""
+
+_SENSITIVE_HEADER: Final = re.compile(
+    rf"\((b['\"][^'\"]*?(?:authorization|cookie|token|secret|session|password|api-?key)"
+    rf"[^'\"]*['\"]), (?:{_BYTES_REPR})\)",
+    re.IGNORECASE,
+)
+"""A (name, value) pair of a header whose value may be a credential, in httpcore's record
+of an answer's headers: ``(b'set-cookie', b'sid=...')``."""
+
+
+class HeaderValueFilter(logging.Filter):
+    """On httpcore's loggers (``trace`` turns them on): the value of every header whose name
+    says it may hold a credential (``Set-Cookie``, ``Authorization``, ``X-Session-Token``
+    ...) is replaced by ``[redacted]`` in its record of an answer's headers
+    (``receive_response_headers.complete return_value=(..., [(b'name', b'value'), ...])``).
+
+    httpcore never writes a request's header values or either body; the answer's headers
+    it writes whole, and an identity provider's session cookie is no configured secret or
+    held token that :class:`SecretFilter` would know. The name stays, for debugging.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if isinstance(message, str) and "headers" in message and not record.args:
+            record.msg = _SENSITIVE_HEADER.sub(rf"(\1, b'{REDACTED}')", message)
+        return True
 
 
 def _scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:

@@ -44,7 +44,9 @@ def uvicorn_config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level,
+        # Levels are broker.ops.logs's (set_level, at start and at every reload): uvicorn's
+        # own would turn its ASGI message trace on at trace.
+        log_level=None,
         log_config=None,  # keep our logging setup
         access_log=False,  # per-request lines would flood the log; never with tokens anyway
         lifespan="on",
