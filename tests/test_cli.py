@@ -334,3 +334,26 @@ def test_a_config_error_at_start_is_a_json_line_when_asked(tmp_path: Path, how: 
     record = json.loads(line)
     assert (record["level"], record["event"]) == ("ERROR", "config_error")
     assert record["msg"].startswith(f"configuration error: {config}")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"port: \xff\xfe\n", "not UTF-8 text (byte 6 cannot be decoded)"),
+        (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "not valid YAML: nested too deeply"),
+    ],
+    ids=["not-utf8", "too-deep"],
+)
+def test_a_file_the_parser_cannot_take_is_a_configuration_error(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """Exit 2 and the problem, in text or as one JSON record: never a traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    text = run("serve", "--config", str(config))
+    assert text.returncode == 2, text.stderr
+    assert text.stderr == f"broker: configuration error\n{config}: {problem}\n"
+    as_json = run("serve", "--config", str(config), "--log-format", "json")
+    assert as_json.returncode == 2, as_json.stderr
+    (line,) = as_json.stderr.splitlines()
+    assert json.loads(line)["msg"] == f"configuration error: {config}: {problem}"
