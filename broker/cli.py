@@ -25,7 +25,12 @@ from broker.hub_cli import add_hub_parser, run_hub
 from broker.light_cli import COMMANDS as LIGHT_COMMANDS
 from broker.light_cli import add_light_parsers, run_light
 from broker.login_cli import add_login_parser, run_login
-from broker.ops.logs import JsonFormatter, configure_logging
+from broker.ops.logs import (
+    JsonFormatter,
+    capture_python_reports,
+    configure_logging,
+    holding_records,
+)
 from broker.probe import (
     Outcome,
     cleartext_warnings,
@@ -132,6 +137,14 @@ def _wants_json(args: argparse.Namespace) -> bool:
     json``, or ``BROKER_LOG_FORMAT=json`` (the config file may be what failed)."""
     chosen = getattr(args, "log_format", None) or os.environ.get("BROKER_LOG_FORMAT", "")
     return chosen.strip().lower() == "json"
+
+
+def _start_error(args: argparse.Namespace, what: str, exc: Exception, *, event: str) -> None:
+    """A problem that stops the start: ``broker: <what>`` and its lines, or one JSON record."""
+    if _wants_json(args):
+        _json_error(what, exc, event=event)
+    else:
+        print(f"broker: {what}\n{exc}", file=sys.stderr)
 
 
 def _json_error(what: str, exc: Exception, *, event: str) -> None:
@@ -291,21 +304,32 @@ def _serve(args: argparse.Namespace) -> int:
         ("log_format", args.log_format),
     )
     overrides = {k: v for k, v in given if v is not None}
-    settings = load_config(Path(args.config), overrides=overrides)
+    # What reading the file logs (a deprecated key) is written once logging is set up, in
+    # its format: until then the format is only known from --log-format or the environment.
+    with holding_records() as held:
+        try:
+            settings = load_config(Path(args.config), overrides=overrides)
+        except ConfigError:
+            configure_logging("warning", "json" if _wants_json(args) else "text")
+            held.replay()
+            raise
     configure_logging(settings.log_level, settings.log_format)
+    capture_python_reports()
+    held.replay()
+    args.log_format = settings.log_format  # what a failure from here on is written as
     log = logging.getLogger("broker")
     for warning in inline_secret_warnings(args.config):
         log.warning("%s", warning)
     try:
         store = open_store(settings)
     except StateError as exc:
-        print(f"broker: state directory error\n{exc}", file=sys.stderr)
+        _start_error(args, "state directory error", exc, event="state_dir_error")
         return EXIT_CONFIG_ERROR
     try:
         # Only built to check it (the app opens its own on its loop): nothing connects yet.
         shared = shared_store(settings, SystemClock()) is not None
     except StoreError as exc:
-        print(f"broker: store error\n{exc}", file=sys.stderr)
+        _start_error(args, "store error", exc, event="store_error")
         return EXIT_CONFIG_ERROR
     if store is None and not shared:
         log.warning(

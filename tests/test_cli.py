@@ -357,3 +357,23 @@ def test_a_file_the_parser_cannot_take_is_a_configuration_error(
     assert as_json.returncode == 2, as_json.stderr
     (line,) = as_json.stderr.splitlines()
     assert json.loads(line)["msg"] == f"configuration error: {config}: {problem}"
+
+
+def test_a_start_failure_after_the_config_is_read_follows_its_log_format(tmp_path: Path) -> None:
+    """log_format: json in the file (no flag): the deprecated key's warning, made while the
+    file is read, and the state directory error are JSON records like every other line."""
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"log_format: json\nstate_dir: {not_a_directory}\nrefresh: {{force_cooldown: 5}}\n"
+        "providers:\n  hub:\n    type: hub\n    url: https://hub.example.com\n"
+        "    client_id: c\n    client_secret: {env: HOME}\n"
+    )
+    result = run("serve", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    warning, error = (json.loads(line) for line in result.stderr.splitlines())
+    assert (warning["level"], warning["logger"]) == ("WARNING", "broker.config")
+    assert "force_cooldown: no longer used" in warning["msg"]
+    assert (error["level"], error["event"]) == ("ERROR", "state_dir_error")
+    assert error["msg"].startswith(f"state directory error: state directory {not_a_directory}")

@@ -11,6 +11,8 @@ import logging
 import logging.config
 import re
 import sys
+import threading
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +36,9 @@ from broker.ops.logs import (
     TextFormatter,
     _timestamp,
     add_secret_filter,
+    capture_python_reports,
     configure_logging,
+    holding_records,
     level_number,
     set_level,
     sole_handler,
@@ -217,6 +221,97 @@ def test_uvicorn_loggers_use_the_same_handler() -> None:
     assert "color_message" not in docs[0]
     for name in UVICORN_LOGGERS:
         assert logging.getLogger(name).handlers == []
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_no_character_that_breaks_a_line_is_written_raw(fmt: LogFormat) -> None:
+    """Every line break str.splitlines knows (not only \\n: form feed, NEL, the Unicode line
+    and paragraph separators ...), in the message, an extra field and a traceback, is
+    escaped: one record, one line, whoever splits it; JSON gives the text back unchanged."""
+    odd = "a\nb\rc\x0bd\x0ce\x1cf\x1dg\x1eh\x85i\u2028j\u2029k"
+    out = io.StringIO()
+    configure_logging("info", fmt, out)
+    lib_log.warning("message %s", odd, extra={"field": odd})
+    try:
+        raise ValueError(odd)
+    except ValueError:
+        lib_log.exception("failed")
+    lines = out.getvalue().split("\n")[:-1]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.splitlines() == [line], line
+    if fmt == "json":
+        first, second = json_lines(out)
+        assert (first["msg"], first["field"]) == (f"message {odd}", odd)
+        assert second["exc"].endswith(f"ValueError: {odd}")
+
+
+def test_arguments_that_do_not_fit_are_one_line_not_a_logging_error() -> None:
+    """Another library's bad %-arguments: its message and arguments on one line (redacted
+    like any), where logging would report a multi-line "--- Logging error ---" on stderr
+    (the formatter raised)."""
+    why = "not enough arguments for format string"
+    tail = f" (arguments that do not fit it: ('[redacted]',): {why})"
+    bad = record("two %s %s", SECRET, name="somelib.client")
+    assert SecretFilter(lambda: [SECRET]).filter(bad)
+    assert TextFormatter().format(bad).endswith(f"somelib.client two %s %s{tail}")
+    assert json.loads(JsonFormatter().format(bad))["msg"] == f"two %s %s{tail}"
+    unscanned = record("one %d", "x")  # the broker's own, not scanned: still one line
+    why = "%d format: a real number is required, not str"
+    line = TextFormatter().format(unscanned)
+    assert line.endswith(f"one %d (arguments that do not fit it: ('x',): {why})")
+
+
+def test_records_held_while_the_config_is_read_are_written_in_its_format() -> None:
+    """The config file's own warnings, made before logging is set up, come out as lines of
+    the configured format once it is, and only as far as its level lets them."""
+    with holding_records() as held:
+        logging.getLogger("broker.config").warning("config.yaml:2: a deprecated key")
+        logging.getLogger("broker.config").info("not at warning")
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    held.replay()
+    assert [(d["logger"], d["msg"]) for d in json_lines(out)] == [
+        ("broker.config", "config.yaml:2: a deprecated key")
+    ]
+
+
+@pytest.fixture
+def python_reports() -> Iterator[None]:
+    """Python's hooks put back after a test that routes them into logging."""
+    hooks = (sys.excepthook, threading.excepthook, warnings.showwarning)
+    yield
+    logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook, warnings.showwarning = hooks
+
+
+@pytest.mark.usefixtures("python_reports")
+def test_an_uncaught_exception_and_a_warning_are_one_record_each() -> None:
+    """What Python itself would print over several lines (an uncaught traceback, a warning
+    with its source line) is one JSON record each."""
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    capture_python_reports()
+    try:
+        raise RuntimeError("a bug\nwith two lines")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    thread = threading.Thread(target=lambda: 1 / 0, name="worker")
+    thread.start()
+    thread.join()
+    warnings.showwarning(UserWarning("careful"), UserWarning, "lib.py", 3, line="x = 1\n")
+    crash, in_thread, warned = json_lines(out)
+    assert (crash["logger"], crash["level"], crash["exc_type"]) == (
+        "py.uncaught",
+        "CRITICAL",
+        "RuntimeError",
+    )
+    assert crash["exc"].endswith("RuntimeError: a bug\nwith two lines")
+    assert in_thread["msg"] == "uncaught exception in thread worker"
+    assert in_thread["exc_type"] == "ZeroDivisionError"
+    assert warned["logger"] == "py.warnings"
+    assert "UserWarning: careful" in warned["msg"]
+    assert len(out.getvalue().splitlines()) == 3
 
 
 # -- SecretFilter --------------------------------------------------------------------
