@@ -69,7 +69,7 @@ examples:
   broker serve --log-level trace                 # also the HTTP client's connection steps
 
 exit status: 0 after SIGTERM or SIGINT; 2 a configuration error (file, key, what is
-wrong); 3 the port is in use.
+wrong); 3 the port (or metrics_listen's) is in use.
 """
 
 
@@ -261,6 +261,8 @@ def _describe(config_path: str, settings: BrokerSettings) -> None:
         unix = settings.listen_unix
         group = "" if unix.group is None else f", group {unix.group}"
         print(f"listen: unix:{unix.path} (mode {unix.mode:04o}{group})")
+    if settings.metrics_listen is not None:
+        print(f"metrics: http://{settings.metrics_listen}/metrics (no client key)")
     for name, provider in settings.providers.items():
         protocol = build_protocol(provider)
         policy = settings.refresh_for(name)
@@ -345,16 +347,33 @@ def _serve(args: argparse.Namespace) -> int:
         len(settings.providers),
         listeners.addresses(settings.host),
     )
+    _announce_metrics(settings, listeners.metrics_url())
     log.info("%s", gate.describe())
     gated = gate.listeners(listeners.sockets)
     try:
         with exit_zero_after_shutdown():
             # With a shared store the app opens it on the server's loop (and closes it).
             local = None if shared else LocalStore(store)
-            config = uvicorn_config(settings, Path(args.config), local, overrides, gate)
+            config = uvicorn_config(
+                settings, Path(args.config), local, overrides, gate, listeners.metrics_at
+            )
             server = uvicorn.Server(config)
             server.run(sockets=gated)
     finally:
         close_all(gated)
         listeners.close()  # and the Unix socket's file
     return 0
+
+
+def _announce_metrics(settings: BrokerSettings, url: str | None) -> None:
+    metrics = settings.metrics_listen
+    if metrics is None or url is None:
+        return
+    log = logging.getLogger("broker")
+    log.info("metrics for Prometheus at %s (no client key; also /healthz)", url)
+    if metrics.allow_unauthenticated_network:
+        log.warning(
+            "metrics_listen.allow_unauthenticated_network is set: anything that can reach %s"
+            " can read the metrics without a key",
+            metrics,
+        )

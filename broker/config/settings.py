@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.config.listening import GroupId, ProgramPath, UnixListen, UserId
+from broker.config.listening import GroupId, MetricsListen, ProgramPath, UnixListen, UserId
 from broker.config.providers import (
     FieldProblem,
     ProviderConfig,
@@ -160,6 +160,10 @@ class BrokerSettings(BaseModel):
     listen_unix: UnixListen | None = None
     """A Unix domain socket to listen on as well (``/run/broker/broker.sock``, or
     ``{path, mode, group}``); callers there can be identified by their uid."""
+    metrics_listen: MetricsListen | None = None
+    """A listener of its own for Prometheus (``127.0.0.1:9464``, or ``{host, port}``): GET
+    /metrics there needs no client key; /metrics on the broker's own address stays, for
+    callers allowed status."""
     log_level: Literal["trace", "debug", "info", "warning", "error"] = "info"
     """``debug``: the broker's own debug lines and the HTTP client's line per request;
     ``trace``: also the HTTP client's connection and TLS internals, and uvicorn's per
@@ -231,6 +235,19 @@ class BrokerSettings(BaseModel):
         if not self.listen_tcp and self.listen_unix is None:
             msg = "listen_tcp: false needs listen_unix (the broker would listen nowhere)"
             raise FieldProblem(("listen_tcp",), msg)
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_on_a_port_of_their_own(self) -> BrokerSettings:
+        metrics = self.metrics_listen
+        if (
+            metrics is not None
+            and self.listen_tcp
+            and metrics.port == self.port != 0
+            and metrics.host.lower() == self.host.lower()
+        ):
+            msg = "the broker's own host and port; give the metrics a port of their own"
+            raise FieldProblem(("metrics_listen",), msg)
         return self
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ RESTART_KEYS = (
     "port",
     "listen_tcp",
     "listen_unix",
+    "metrics_listen",
     "log_format",
     "max_concurrent_requests",
     "state_dir",
