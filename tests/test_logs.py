@@ -22,6 +22,7 @@ import httpx
 import pytest
 import uvicorn.config
 
+from broker import cli
 from broker.core.errors import ConfigError
 from broker.fakes.server import serve_in_thread
 from broker.ops.audit import AuditTrail
@@ -482,7 +483,9 @@ def test_a_reload_moves_uvicorn_and_the_client_libraries_too() -> None:
     assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
 
 
-def test_trace_is_a_level_in_every_place_log_level_is_read() -> None:
+def test_trace_is_a_level_in_every_place_log_level_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The config, --log-level and BROKER_LOG_LEVEL take trace (it is the number 5, TRACE,
     as uvicorn names it)."""
     assert level_number("TRACE") == TRACE == 5
@@ -491,6 +494,10 @@ def test_trace_is_a_level_in_every_place_log_level_is_read() -> None:
     assert settings.log_level == "trace"
     with pytest.raises(ConfigError, match="log_level"):
         settings_from("log_level: verbose\n" + MINIMAL_PROVIDERS)
+    args = cli._parser().parse_args(["serve", "--log-level", "trace"])
+    assert args.log_level == "trace"
+    monkeypatch.setenv("BROKER_LOG_LEVEL", "trace")
+    assert settings_from(MINIMAL_PROVIDERS).log_level == "trace"
 
 
 SESSION = "sid-6a1f93c0d2e84b7f"
