@@ -25,7 +25,12 @@ from broker.hub_cli import add_hub_parser, run_hub
 from broker.light_cli import COMMANDS as LIGHT_COMMANDS
 from broker.light_cli import add_light_parsers, run_light
 from broker.login_cli import add_login_parser, run_login
-from broker.ops.logs import JsonFormatter, configure_logging
+from broker.ops.logs import (
+    JsonFormatter,
+    capture_python_reports,
+    configure_logging,
+    holding_records,
+)
 from broker.probe import (
     Outcome,
     cleartext_warnings,
@@ -62,9 +67,10 @@ examples:
   broker serve                                   # ${CONFIG_ENV} or ./config.yaml
   broker serve -c /etc/broker/config.yaml --log-format json
   BROKER_PORT=9000 broker serve --log-level debug
+  broker serve --log-level trace                 # also the HTTP client's connection steps
 
 exit status: 0 after SIGTERM or SIGINT; 2 a configuration error (file, key, what is
-wrong); 3 the port is in use.
+wrong); 3 the port (or metrics_listen's) is in use.
 """
 
 
@@ -134,6 +140,14 @@ def _wants_json(args: argparse.Namespace) -> bool:
     return chosen.strip().lower() == "json"
 
 
+def _start_error(args: argparse.Namespace, what: str, exc: Exception, *, event: str) -> None:
+    """A problem that stops the start: ``broker: <what>`` and its lines, or one JSON record."""
+    if _wants_json(args):
+        _json_error(what, exc, event=event)
+    else:
+        print(f"broker: {what}\n{exc}", file=sys.stderr)
+
+
 def _json_error(what: str, exc: Exception, *, event: str) -> None:
     """*exc* as one JSON log record on stderr, as the running broker writes them."""
     record = logging.LogRecord("broker", logging.ERROR, __file__, 0, "%s: %s", (what, exc), None)
@@ -167,7 +181,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default from config: 8181)")
     serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log_level"
+        "--log-level",
+        choices=["trace", "debug", "info", "warning", "error"],
+        help="overrides log_level (trace: also the HTTP client's connection internals)",
     )
     serve.add_argument("--log-format", choices=["text", "json"], help="overrides log_format")
 
@@ -246,6 +262,8 @@ def _describe(config_path: str, settings: BrokerSettings) -> None:
         unix = settings.listen_unix
         group = "" if unix.group is None else f", group {unix.group}"
         print(f"listen: unix:{unix.path} (mode {unix.mode:04o}{group})")
+    if settings.metrics_listen is not None:
+        print(f"metrics: http://{settings.metrics_listen}/metrics (no client key)")
     for name, provider in settings.providers.items():
         protocol = build_protocol(provider)
         policy = settings.refresh_for(name)
@@ -289,21 +307,32 @@ def _serve(args: argparse.Namespace) -> int:
         ("log_format", args.log_format),
     )
     overrides = {k: v for k, v in given if v is not None}
-    settings = load_config(Path(args.config), overrides=overrides)
+    # What reading the file logs (a deprecated key) is written once logging is set up, in
+    # its format: until then the format is only known from --log-format or the environment.
+    with holding_records() as held:
+        try:
+            settings = load_config(Path(args.config), overrides=overrides)
+        except ConfigError:
+            configure_logging("warning", "json" if _wants_json(args) else "text")
+            held.replay()
+            raise
     configure_logging(settings.log_level, settings.log_format)
+    capture_python_reports()
+    held.replay()
+    args.log_format = settings.log_format  # what a failure from here on is written as
     log = logging.getLogger("broker")
     for warning in inline_secret_warnings(args.config):
         log.warning("%s", warning)
     try:
         store = open_store(settings)
     except StateError as exc:
-        print(f"broker: state directory error\n{exc}", file=sys.stderr)
+        _start_error(args, "state directory error", exc, event="state_dir_error")
         return EXIT_CONFIG_ERROR
     try:
         # Only built to check it (the app opens its own on its loop): nothing connects yet.
         shared = shared_store(settings, SystemClock()) is not None
     except StoreError as exc:
-        print(f"broker: store error\n{exc}", file=sys.stderr)
+        _start_error(args, "store error", exc, event="store_error")
         return EXIT_CONFIG_ERROR
     if store is None and not shared:
         log.warning(
@@ -319,20 +348,23 @@ def _serve(args: argparse.Namespace) -> int:
             write_address_file(settings.address_file, listeners, settings.host)
         except AddressFileError as exc:
             listeners.close()
-            print(f"broker: {exc}", file=sys.stderr)
+            _start_error(args, "address file error", exc, event="address_file_error")
             return EXIT_CONFIG_ERROR
     log.info(
         "serving %d provider(s) on %s",
         len(settings.providers),
         listeners.addresses(settings.host),
     )
+    _announce_metrics(settings, listeners.metrics_url())
     log.info("%s", gate.describe())
     gated = gate.listeners(listeners.sockets)
     try:
         with exit_zero_after_shutdown():
             # With a shared store the app opens it on the server's loop (and closes it).
             local = None if shared else LocalStore(store)
-            config = uvicorn_config(settings, Path(args.config), local, overrides, gate)
+            config = uvicorn_config(
+                settings, Path(args.config), local, overrides, gate, listeners.metrics_at
+            )
             server = uvicorn.Server(config)
             server.run(sockets=gated)
     finally:
@@ -341,3 +373,17 @@ def _serve(args: argparse.Namespace) -> int:
         close_all(gated)
         listeners.close()  # and the Unix socket's file
     return 0
+
+
+def _announce_metrics(settings: BrokerSettings, url: str | None) -> None:
+    metrics = settings.metrics_listen
+    if metrics is None or url is None:
+        return
+    log = logging.getLogger("broker")
+    log.info("metrics for Prometheus at %s (no client key; also /healthz)", url)
+    if metrics.allow_unauthenticated_network:
+        log.warning(
+            "metrics_listen.allow_unauthenticated_network is set: anything that can reach %s"
+            " can read the metrics without a key",
+            metrics,
+        )

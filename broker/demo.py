@@ -17,7 +17,7 @@ from broker.config.load import parse_config
 from broker.config.settings import BrokerSettings
 from broker.fakes import aerion, hiro, hub
 from broker.fakes.server import FakeServer
-from broker.ops.logs import configure_logging
+from broker.ops.logs import capture_python_reports, configure_logging
 from broker.server.connguard import ConnectionGate, connection_gate
 from broker.server.listeners import close_all, listen, listen_address, port_of
 from broker.server.uvicorn import exit_zero_after_shutdown, uvicorn_config
@@ -57,6 +57,7 @@ def run_demo(*, host: str, port: int, ttl: float) -> int:
     one line before any fake has started or anything was announced.
     """
     configure_logging("info")
+    capture_python_reports()
     # --host and --port pass the config's checks before anything is bound.
     placeholders = {name: "http://127.0.0.1:9" for name in ("hiro", "aerion", "hub")}
     checked = parse_config(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -334,3 +337,134 @@ def test_a_config_error_at_start_is_a_json_line_when_asked(tmp_path: Path, how: 
     record = json.loads(line)
     assert (record["level"], record["event"]) == ("ERROR", "config_error")
     assert record["msg"].startswith(f"configuration error: {config}")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"port: \xff\xfe\n", "not UTF-8 text (byte 6 cannot be decoded)"),
+        (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "not valid YAML: nested too deeply"),
+    ],
+    ids=["not-utf8", "too-deep"],
+)
+def test_a_file_the_parser_cannot_take_is_a_configuration_error(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """Exit 2 and the problem, in text or as one JSON record: never a traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    text = run("serve", "--config", str(config))
+    assert text.returncode == 2, text.stderr
+    assert text.stderr == f"broker: configuration error\n{config}: {problem}\n"
+    as_json = run("serve", "--config", str(config), "--log-format", "json")
+    assert as_json.returncode == 2, as_json.stderr
+    (line,) = as_json.stderr.splitlines()
+    assert json.loads(line)["msg"] == f"configuration error: {config}: {problem}"
+
+
+def test_a_start_failure_after_the_config_is_read_follows_its_log_format(tmp_path: Path) -> None:
+    """log_format: json in the file (no flag): the deprecated key's warning, made while the
+    file is read, and the state directory error are JSON records like every other line."""
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"log_format: json\nstate_dir: {not_a_directory}\nrefresh: {{force_cooldown: 5}}\n"
+        "providers:\n  hub:\n    type: hub\n    url: https://hub.example.com\n"
+        "    client_id: c\n    client_secret: {env: HOME}\n"
+    )
+    result = run("serve", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    warning, error = (json.loads(line) for line in result.stderr.splitlines())
+    assert (warning["level"], warning["logger"]) == ("WARNING", "broker.config")
+    assert "force_cooldown: no longer used" in warning["msg"]
+    assert (error["level"], error["event"]) == ("ERROR", "state_dir_error")
+    assert error["msg"].startswith(f"state directory error: state directory {not_a_directory}")
+
+
+@contextmanager
+def short_dir() -> Iterator[Path]:
+    """A directory whose socket paths fit a sun_path (tmp_path's may not)."""
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="brk") as name:
+        yield Path(name)
+
+
+def test_the_serving_line_comes_once_every_listener_is_bound(tmp_path: Path) -> None:
+    """Read stderr line by line: the moment "serving ..." is there, a connection to the TCP
+    port and to the Unix socket succeeds (they are bound and listening; uvicorn accepts
+    them once it has started), and each is answered. That the line never comes first
+    shows in the next test: a listener that cannot be had stops the start before any
+    "serving" line."""
+    port = free_port()
+    with short_dir() as directory:
+        path = directory / "broker.sock"
+        config = tmp_path / "config.yaml"
+        config.write_text(f"port: {port}\nlisten_unix: {path}\n" + HUB_PROVIDER)
+        proc = subprocess.Popen(
+            [*BROKER, "serve", "--config", str(config)],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        watchdog = threading.Timer(60, proc.kill)  # a hung test must not hang CI
+        watchdog.start()
+        assert proc.stderr is not None
+        try:
+            seen = []
+            for line in proc.stderr:
+                seen.append(line)
+                if " serving " in line:
+                    with socket.create_connection(("127.0.0.1", port), timeout=5):
+                        pass
+                    with socket.socket(socket.AF_UNIX) as unix:
+                        unix.connect(str(path))
+                    break
+            assert any(" serving " in line for line in seen), seen
+            assert (
+                seen[-1]
+                .rstrip()
+                .endswith(f"serving 1 provider(s) on http://127.0.0.1:{port} and unix:{path}")
+            )
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+            over_unix = httpx.HTTPTransport(uds=str(path))
+            with httpx.Client(transport=over_unix, timeout=10) as client:
+                assert client.get("http://localhost/healthz").status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            watchdog.cancel()
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+
+
+@pytest.mark.parametrize("busy", ["tcp", "unix"])
+def test_a_listener_that_cannot_be_had_stops_the_start_before_serving(
+    tmp_path: Path, busy: str
+) -> None:
+    """At log_level info: the port or socket in use is the last line, and no "serving"
+    line came before it (every listener is bound before the broker says it serves)."""
+    with short_dir() as directory, busy_port() as port:
+        path = directory / "broker.sock"
+        config = tmp_path / "config.yaml"
+        own_port = port if busy == "tcp" else free_port()
+        config.write_text(f"port: {own_port}\nlisten_unix: {path}\n" + HUB_PROVIDER)
+        with socket.socket(socket.AF_UNIX) as other:
+            if busy == "unix":
+                other.bind(str(path))
+                other.listen()
+            result = run("serve", "--config", str(config))
+    assert result.returncode == (3 if busy == "tcp" else 2), result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        busy_port_message(port)
+        if busy == "tcp"
+        else f"broker: cannot listen on unix socket {path}:"
+        " another broker or program is listening on it"
+    )
+    assert "serving" not in result.stderr
+
+
+HUB_PROVIDER = (
+    "log_level: info\nproviders:\n  hub:\n    type: hub\n    url: http://127.0.0.1:9\n"
+    "    client_id: c\n    client_secret: {env: HOME}\n"
+)

@@ -21,8 +21,9 @@ The broker, the caller and the fake run in one event loop on a fake clock
 is exact and a run of several token lifetimes takes milliseconds. What the broker logs is
 captured as the process writes it (tests.inprocess.process_log: the CLI's log setup, the
 lifespan's SecretFilter). One smoke test runs ``broker serve`` as a process on real sockets
-in the most hostile world, so that the process's own stderr and the HTTP library's records
-of a real connection stay covered.
+in the most hostile world at ``log_level: trace``, so that the process's own stderr and the
+HTTP library's records of a real connection stay covered; another checks that ``debug``
+leaves those records out.
 """
 
 from __future__ import annotations
@@ -603,16 +604,50 @@ async def test_the_broker_logs_no_echoed_secret(setup: Setup) -> None:
     assert "[redacted]" in other[0], "filter applied"
 
 
+LOG_TRACE = "log_level: trace\n"
+
+
 @pytest.mark.smoke
-def test_a_broker_process_logs_no_echoed_secret(tmp_path: Path) -> None:
+def test_a_broker_process_logs_no_echoed_secret_at_trace(tmp_path: Path) -> None:
     """As test_the_broker_logs_no_echoed_secret, with ``broker serve`` as a process on real
-    sockets in the most hostile world (FakeOAuth2 honours every switch): its real stderr,
-    and httpcore's debug record of the echoing header, which is another library's, so the
-    SecretFilter is what redacts it."""
+    sockets in the most hostile world (FakeOAuth2 honours every switch), at ``trace``: its
+    real stderr, with httpcore's record of every step of each real connection (the answers'
+    headers among them: the echoing one is another library's record, so the SecretFilter
+    is what redacts it), through a failed login, a failed refresh and a refresh that
+    succeeds."""
     setup = next(s for s in SETUPS if s.name == "oauth2")
     fake = setup.make(WORLD_MODES["hostile"], time.time)
     spellings = credential_spellings(setup)
     fake.fail_next(1, 400, headers={"X-Echo": echo_header(spellings)})  # the first login fails
+    port = free_port()
+    with serve_in_thread(fake.app) as url:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            config_text(setup, fake, url, f"port: {port}\nlog_format: json\n{LOG_TRACE}")
+        )
+        config.chmod(0o600)
+        with process("serve", "--config", str(config)) as broker:
+            wait_for(lambda: ready(f"http://127.0.0.1:{port}", broker.proc), timeout=30)
+            fake.fail_next(1, 503)  # the next refresh fails, echoing the refresh token
+            wait_for(lambda: broker.output.count('"token_request_failed"') >= 2)
+            refreshed = broker.output.count('"token_refreshed"')
+            wait_for(lambda: broker.output.count('"token_refreshed"') > refreshed)
+    check_process_log(broker.output, fake, spellings)
+    records = [json.loads(line) for line in broker.output.splitlines() if line.strip()]
+    httpcore = [r["msg"] for r in records if r["logger"].startswith("httpcore")]
+    assert any(m.startswith("connect_tcp.started") for m in httpcore), "trace shows httpcore"
+    assert any(m.startswith("send_request_headers.started") for m in httpcore)
+    assert any("x-echo" in m and "[redacted]" in m for m in httpcore), "filter applied"
+    connections = [r for r in records if r["logger"] == "uvicorn.error" and r["level"] == "TRACE"]
+    assert any("HTTP connection made" in r["msg"] for r in connections), "uvicorn follows"
+
+
+@pytest.mark.smoke
+def test_a_broker_process_at_debug_leaves_httpcore_out(tmp_path: Path) -> None:
+    """``log_level: debug``: httpx's line per request is written, httpcore's internals and
+    uvicorn's connection lines are not (they are trace's)."""
+    setup = next(s for s in SETUPS if s.name == "oauth2")
+    fake = setup.make(WORLD_MODES["kind"], time.time)
     port = free_port()
     with serve_in_thread(fake.app) as url:
         config = tmp_path / "config.yaml"
@@ -622,12 +657,11 @@ def test_a_broker_process_logs_no_echoed_secret(tmp_path: Path) -> None:
         config.chmod(0o600)
         with process("serve", "--config", str(config)) as broker:
             wait_for(lambda: ready(f"http://127.0.0.1:{port}", broker.proc), timeout=30)
-            fake.fail_next(1, 503)  # the next refresh fails, echoing the refresh token
-            wait_for(lambda: broker.output.count('"token_request_failed"') >= 2)
-    check_process_log(broker.output, fake, spellings)
+            wait_for(lambda: broker.output.count('"token_refreshed"') >= 2)
     records = [json.loads(line) for line in broker.output.splitlines() if line.strip()]
-    headers_logged = [r["msg"] for r in records if r["logger"].startswith("httpcore")]
-    assert any("x-echo" in m and "[redacted]" in m for m in headers_logged), "filter applied"
+    assert any(r["logger"] == "httpx" and "HTTP Request: POST" in r["msg"] for r in records)
+    assert [r for r in records if r["logger"].startswith("httpcore")] == []
+    assert [r for r in records if r["level"] == "TRACE"] == []
 
 
 # -- a token endpoint that redirects -------------------------------------------------------

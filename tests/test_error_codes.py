@@ -136,7 +136,7 @@ def test_answered_errors_carry_the_status_of_their_code() -> None:
 
 NOT_RAISED = {
     # A validator's ValueError for pydantic; ends as a ConfigError.
-    "broker.config.providers.FieldProblem",
+    "broker.config.problems.FieldProblem",
     "broker.config.overrides._EnvProblem",  # one variable: a ConfigError line
 }
 """Exceptions that never leave the module that raises them."""

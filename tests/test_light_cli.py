@@ -156,7 +156,20 @@ def test_an_address_file_that_cannot_be_written_stops_the_start(tmp_path: Path) 
     missing = tmp_path / "no-such-dir" / "address.json"
     done = broker("serve", "--config", str(config), env={"BROKER_ADDRESS_FILE": str(missing)})
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"broker: address_file {missing}: cannot write it: No such file or directory"
-    )
+    assert done.stderr.strip().splitlines()[-2:] == [
+        "broker: address file error",
+        f"address_file {missing}: cannot write it: No such file or directory",
+    ]
     assert "Traceback" not in done.stderr
+    as_json = broker(
+        "serve",
+        "--config",
+        str(config),
+        "--log-format",
+        "json",
+        env={"BROKER_ADDRESS_FILE": str(missing)},
+    )
+    assert as_json.returncode == 2, as_json.stderr
+    record = json.loads(as_json.stderr.strip().splitlines()[-1])
+    assert record["event"] == "address_file_error"
+    assert str(missing) in record["msg"]

@@ -11,17 +11,25 @@ import logging
 import logging.config
 import re
 import sys
+import threading
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
 
+import httpx
 import pytest
 import uvicorn.config
 
+from broker import cli
+from broker.core.errors import ConfigError
+from broker.fakes.server import serve_in_thread
 from broker.ops.audit import AuditTrail
 from broker.ops.logs import (
+    CLIENT_LOGGERS,
     REDACTED,
+    TRACE,
     UVICORN_LOGGERS,
     JsonFormatter,
     LogFormat,
@@ -29,9 +37,14 @@ from broker.ops.logs import (
     TextFormatter,
     _timestamp,
     add_secret_filter,
+    capture_python_reports,
     configure_logging,
+    holding_records,
+    level_number,
+    set_level,
     sole_handler,
 )
+from tests.support import settings_from
 
 SECRET = "pw-93d2c7e4-user-password"
 MOMENT = datetime(2026, 11, 25, 3, 14, 7, 123456, tzinfo=UTC).timestamp()
@@ -48,7 +61,7 @@ def restore_logging() -> Iterator[None]:
     saved_root = (list(root.handlers), root.level)
     saved = {
         name: (list(lg.handlers), lg.level, lg.propagate)
-        for name in UVICORN_LOGGERS
+        for name in (*UVICORN_LOGGERS, *CLIENT_LOGGERS)
         for lg in [logging.getLogger(name)]
     }
     yield
@@ -211,6 +224,97 @@ def test_uvicorn_loggers_use_the_same_handler() -> None:
         assert logging.getLogger(name).handlers == []
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_no_character_that_breaks_a_line_is_written_raw(fmt: LogFormat) -> None:
+    """Every line break str.splitlines knows (not only \\n: form feed, NEL, the Unicode line
+    and paragraph separators ...), in the message, an extra field and a traceback, is
+    escaped: one record, one line, whoever splits it; JSON gives the text back unchanged."""
+    odd = "a\nb\rc\x0bd\x0ce\x1cf\x1dg\x1eh\x85i\u2028j\u2029k"
+    out = io.StringIO()
+    configure_logging("info", fmt, out)
+    lib_log.warning("message %s", odd, extra={"field": odd})
+    try:
+        raise ValueError(odd)
+    except ValueError:
+        lib_log.exception("failed")
+    lines = out.getvalue().split("\n")[:-1]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.splitlines() == [line], line
+    if fmt == "json":
+        first, second = json_lines(out)
+        assert (first["msg"], first["field"]) == (f"message {odd}", odd)
+        assert second["exc"].endswith(f"ValueError: {odd}")
+
+
+def test_arguments_that_do_not_fit_are_one_line_not_a_logging_error() -> None:
+    """Another library's bad %-arguments: its message and arguments on one line (redacted
+    like any), where logging would report a multi-line "--- Logging error ---" on stderr
+    (the formatter raised)."""
+    why = "not enough arguments for format string"
+    tail = f" (arguments that do not fit it: ('[redacted]',): {why})"
+    bad = record("two %s %s", SECRET, name="somelib.client")
+    assert SecretFilter(lambda: [SECRET]).filter(bad)
+    assert TextFormatter().format(bad).endswith(f"somelib.client two %s %s{tail}")
+    assert json.loads(JsonFormatter().format(bad))["msg"] == f"two %s %s{tail}"
+    unscanned = record("one %d", "x")  # the broker's own, not scanned: still one line
+    why = "%d format: a real number is required, not str"
+    line = TextFormatter().format(unscanned)
+    assert line.endswith(f"one %d (arguments that do not fit it: ('x',): {why})")
+
+
+def test_records_held_while_the_config_is_read_are_written_in_its_format() -> None:
+    """The config file's own warnings, made before logging is set up, come out as lines of
+    the configured format once it is, and only as far as its level lets them."""
+    with holding_records() as held:
+        logging.getLogger("broker.config").warning("config.yaml:2: a deprecated key")
+        logging.getLogger("broker.config").info("not at warning")
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    held.replay()
+    assert [(d["logger"], d["msg"]) for d in json_lines(out)] == [
+        ("broker.config", "config.yaml:2: a deprecated key")
+    ]
+
+
+@pytest.fixture
+def python_reports() -> Iterator[None]:
+    """Python's hooks put back after a test that routes them into logging."""
+    hooks = (sys.excepthook, threading.excepthook, warnings.showwarning)
+    yield
+    logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook, warnings.showwarning = hooks
+
+
+@pytest.mark.usefixtures("python_reports")
+def test_an_uncaught_exception_and_a_warning_are_one_record_each() -> None:
+    """What Python itself would print over several lines (an uncaught traceback, a warning
+    with its source line) is one JSON record each."""
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    capture_python_reports()
+    try:
+        raise RuntimeError("a bug\nwith two lines")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    thread = threading.Thread(target=lambda: 1 / 0, name="worker")
+    thread.start()
+    thread.join()
+    warnings.showwarning(UserWarning("careful"), UserWarning, "lib.py", 3, line="x = 1\n")
+    crash, in_thread, warned = json_lines(out)
+    assert (crash["logger"], crash["level"], crash["exc_type"]) == (
+        "py.uncaught",
+        "CRITICAL",
+        "RuntimeError",
+    )
+    assert crash["exc"].endswith("RuntimeError: a bug\nwith two lines")
+    assert in_thread["msg"] == "uncaught exception in thread worker"
+    assert in_thread["exc_type"] == "ZeroDivisionError"
+    assert warned["logger"] == "py.warnings"
+    assert "UserWarning: careful" in warned["msg"]
+    assert len(out.getvalue().splitlines()) == 3
+
+
 # -- SecretFilter --------------------------------------------------------------------
 
 
@@ -322,12 +426,120 @@ def test_secret_filter_trusts_the_brokers_own_loggers() -> None:
     assert lines[1].endswith("scanned [redacted]")
 
 
-def test_http_client_chatter_is_quiet_unless_debugging() -> None:
-    """httpx logs every request at INFO; the broker's own lines say it better."""
+LEVEL_TABLE = [
+    # log_level, root, httpx, httpcore, uvicorn.error (connection lines at TRACE)
+    ("error", logging.ERROR, logging.WARNING, logging.WARNING, logging.ERROR),
+    ("warning", logging.WARNING, logging.WARNING, logging.WARNING, logging.WARNING),
+    ("info", logging.INFO, logging.WARNING, logging.WARNING, logging.INFO),
+    ("debug", logging.DEBUG, logging.DEBUG, logging.WARNING, logging.DEBUG),
+    ("trace", TRACE, TRACE, TRACE, TRACE),
+]
+
+
+@pytest.mark.parametrize(("level", "root", "httpx", "httpcore", "uvicorn"), LEVEL_TABLE)
+def test_each_level_and_the_libraries_that_speak_at_it(
+    level: str, root: int, httpx: int, httpcore: int, uvicorn: int
+) -> None:
+    """httpx's line per request from debug on, httpcore's internals only at trace,
+    uvicorn at the level asked; its ASGI message trace (paths, query strings) never."""
+    configure_logging(level, stream=io.StringIO())
+    assert logging.getLogger().getEffectiveLevel() == root
+    assert logging.getLogger("httpx").getEffectiveLevel() == httpx
+    assert logging.getLogger("httpcore.connection").getEffectiveLevel() == httpcore
+    assert logging.getLogger("httpcore.http11").getEffectiveLevel() == httpcore
+    # uvicorn's protocols test the logger's own level, not the effective one.
+    assert logging.getLogger("uvicorn.error").level == uvicorn
+    assert not logging.getLogger("uvicorn.asgi").isEnabledFor(TRACE)
+
+
+def test_debug_writes_httpx_lines_but_not_httpcore_internals() -> None:
+    """The records each library makes, as they make them: at debug httpx's request line
+    and the broker's debug lines are written, httpcore's steps are not; trace adds them."""
+    for level, wanted in (("debug", 2), ("trace", 4)):
+        out = io.StringIO()
+        configure_logging(level, "json", out)
+        log.debug("a debug line of the broker's")
+        logging.getLogger("httpx").info('HTTP Request: POST https://idp/token "HTTP/1.1 200 OK"')
+        logging.getLogger("httpcore.connection").debug("connect_tcp.started host='idp'")
+        logging.getLogger("uvicorn.error").log(TRACE, "127.0.0.1:5000 - HTTP connection made")
+        docs = json_lines(out)
+        assert [d["logger"] for d in docs] == [
+            "broker.manager",
+            "httpx",
+            "httpcore.connection",
+            "uvicorn.error",
+        ][:wanted], level
+    assert docs[-1]["level"] == "TRACE"
+
+
+def test_a_reload_moves_uvicorn_and_the_client_libraries_too() -> None:
+    """uvicorn sets its loggers' levels once, at start: set_level (a reload) sets them again."""
     configure_logging("info", stream=io.StringIO())
+    set_level("trace")
+    assert logging.getLogger("uvicorn.error").level == TRACE
+    assert logging.getLogger("httpcore").getEffectiveLevel() == TRACE
+    set_level("warning")
+    assert logging.getLogger("uvicorn.error").level == logging.WARNING
     assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
-    configure_logging("debug", stream=io.StringIO())
-    assert logging.getLogger("httpx").getEffectiveLevel() == logging.DEBUG
+
+
+def test_trace_is_a_level_in_every_place_log_level_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The config, --log-level and BROKER_LOG_LEVEL take trace (it is the number 5, TRACE,
+    as uvicorn names it)."""
+    assert level_number("TRACE") == TRACE == 5
+    assert logging.getLevelName(TRACE) == "TRACE"
+    settings = settings_from("log_level: trace\n" + MINIMAL_PROVIDERS)
+    assert settings.log_level == "trace"
+    with pytest.raises(ConfigError, match="log_level"):
+        settings_from("log_level: verbose\n" + MINIMAL_PROVIDERS)
+    args = cli._parser().parse_args(["serve", "--log-level", "trace"])
+    assert args.log_level == "trace"
+    monkeypatch.setenv("BROKER_LOG_LEVEL", "trace")
+    assert settings_from(MINIMAL_PROVIDERS).log_level == "trace"
+
+
+SESSION = "sid-6a1f93c0d2e84b7f"
+
+
+async def answer_with_a_session(scope: Any, receive: Any, send: Any) -> None:
+    """An identity provider's answer that sets a session cookie and a token header."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"set-cookie", f"IDPSESSION={SESSION}; HttpOnly".encode()),
+        (b"X-Session-Token", f"it's {SESSION}".encode()),  # repr'd in double quotes
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.mark.smoke
+def test_trace_shows_httpcore_without_credential_header_values() -> None:
+    """httpcore at trace, on a real connection: every step, the answer's header names and
+    harmless values, but not a session cookie's or a token header's value; and never the
+    request's header values (the Basic credentials) or body (the form)."""
+    password = "pw-0c4e7d51-in-the-body"
+    out = io.StringIO()
+    configure_logging("trace", "text", out)
+    with serve_in_thread(answer_with_a_session) as url:
+        httpx.post(url, data={"password": password}, auth=("app", "cs-basic-credentials"))
+    written = out.getvalue()
+    steps = [line for line in written.splitlines() if " httpcore." in line]
+    assert any("receive_response_headers.complete" in line for line in steps), written
+    assert any("send_request_headers.started" in line for line in steps)
+    assert SESSION not in written
+    assert password not in written
+    assert base64.b64encode(b"app:cs-basic-credentials").decode() not in written
+    assert f"(b'set-cookie', b'{REDACTED}')" in written
+    assert f"(b'X-Session-Token', b'{REDACTED}')" in written
+    assert "(b'content-type', b'application/json')" in written
+
+
+MINIMAL_PROVIDERS = (
+    "providers:\n  hub:\n    type: hub\n    url: https://hub.example.com\n"
+    "    client_id: c\n    client_secret: s3cret-s3cret\n"
+)
 
 
 # -- timestamps and the audit trail's direct lines -------------------------------------

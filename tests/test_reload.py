@@ -271,3 +271,23 @@ async def test_a_new_unix_socket_waits_for_a_restart(
         assert "it takes effect at the next restart" in caplog.text
         assert broker.reloader.in_use.listen_unix is None
         assert not sock.exists()
+
+
+async def test_a_metrics_listener_waits_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """metrics_listen is named as a restart key, added, moved or removed; the rest of the
+    file is applied."""
+    async with running(tmp_path, extra="metrics_listen: 127.0.0.1:9464") as broker:
+        caplog.set_level(logging.INFO, logger="broker.reload")
+        moved = "metrics_listen: {port: 9465}\nrequest_timeout: 3"
+        await broker.sighup(config_text(broker.url, extra=moved))
+        assert (
+            "metrics_listen changed from 127.0.0.1:9464 to 127.0.0.1:9465;"
+            " it takes effect at the next restart"
+        ) in caplog.text
+        assert str(broker.reloader.in_use.metrics_listen) == "127.0.0.1:9464"
+        assert broker.reloader.in_use.request_timeout == 3
+        await broker.sighup(config_text(broker.url))
+        assert "metrics_listen changed from 127.0.0.1:9464 to None" in caplog.text
+        assert str(broker.reloader.in_use.metrics_listen) == "127.0.0.1:9464"

@@ -1,7 +1,9 @@
-"""The ``listen_unix`` settings and the caller ids of ``clients`` (uids, gids, programs).
+"""The ``listen_unix`` and ``metrics_listen`` settings and the caller ids of ``clients``
+(uids, gids, programs).
 
 uids and gids may be given as names; they are looked up on this host when the config
-is read. The socket itself is made by :mod:`broker.server.unixsocket`.
+is read. The sockets themselves are made by :mod:`broker.server.listeners` and
+:mod:`broker.server.unixsocket`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from broker.config.filemode import FileMode
+from broker.config.problems import FieldProblem
+from broker.core.addresses import is_loopback_address
 
 SUN_PATH_MAX = 107
 """Bytes of a socket path the kernel takes (``sun_path`` is 108 with the final NUL)."""
@@ -93,3 +97,68 @@ class UnixSocketSettings(BaseModel):
 
 
 UnixListen = Annotated[UnixSocketSettings, BeforeValidator(_path_only)]
+
+
+METRICS_PORT = 9464
+"""``metrics_listen``'s port when only the host is given: the one OpenTelemetry's Prometheus
+exporter uses."""
+
+
+def _host_and_port(value: object) -> object:
+    """``9464``, ``"127.0.0.1:9464"``, ``"[::1]:9464"`` or ``"localhost:9464"`` as
+    ``{host, port}``; a mapping as it is."""
+    if isinstance(value, bool):
+        return value  # refused by the model, as any other non-mapping
+    if isinstance(value, int):
+        return {"port": value}
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.isdigit():
+        return {"port": text}
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            msg = "must be host:port, an IPv6 address in brackets: [::1]:9464"
+            raise ValueError(msg)
+        return {"host": host, "port": rest[1:]}
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        msg = "must be host:port (127.0.0.1:9464), a port, or {host, port}"
+        raise ValueError(msg)
+    if ":" in host:
+        msg = "an IPv6 address goes in brackets: [::1]:9464"
+        raise ValueError(msg)
+    return {"host": host, "port": port}
+
+
+class MetricsListenSettings(BaseModel):
+    """``metrics_listen``: a listener of its own for Prometheus, ``host:port`` or
+    ``{host, port, allow_unauthenticated_network}``. It serves ``GET /metrics`` without a
+    client key, and ``/healthz``; nothing else (no token is reachable there)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    """Loopback by default, like the broker's own address."""
+    port: int = Field(METRICS_PORT, ge=0, le=65535)
+    allow_unauthenticated_network: bool = False
+    """Listen on an address other machines reach (a Prometheus elsewhere, a pod's IP):
+    anyone there can read the metrics, which need no key. Logged as a warning at start."""
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> MetricsListenSettings:
+        if not is_loopback_address(self.host) and not self.allow_unauthenticated_network:
+            msg = (
+                f"{self.host} is reachable from other machines, and metrics there need no key;"
+                " set metrics_listen.allow_unauthenticated_network: true to mean it"
+            )
+            raise FieldProblem(("host",), msg)
+        return self
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+MetricsListen = Annotated[MetricsListenSettings, BeforeValidator(_host_and_port)]

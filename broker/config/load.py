@@ -37,7 +37,8 @@ from broker.config.overrides import (
     merge_environment,
     strip_deprecated,
 )
-from broker.config.providers import PROVIDER_TYPES, FieldProblem
+from broker.config.problems import FieldProblem
+from broker.config.providers import PROVIDER_TYPES
 from broker.config.settings import BrokerSettings
 from broker.config.yamlfile import KeyPath, YamlDoc, read_yaml
 from broker.core.errors import ConfigError
@@ -70,6 +71,9 @@ def load_config(
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         msg = f"{path}: cannot read config file: {exc.strerror or type(exc).__name__}"
+        raise ConfigError(msg) from None
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded)"
         raise ConfigError(msg) from None
     return parse_config(text, source=str(path), overrides=overrides, environ=environ)
 
@@ -191,7 +195,7 @@ def inline_secret_warnings(path: Path | str) -> list[str]:
     try:
         mode = path.stat().st_mode
         data = read_yaml(path.read_text(encoding="utf-8"), str(path)).data
-    except (OSError, ConfigError):
+    except (OSError, UnicodeDecodeError, ConfigError):
         return []
     if not mode & 0o077:
         return []

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from broker.config.problems import FieldProblem
 from broker.config.secrets import Indirect, OptionalIndirect, OptionalSecret, Secret
 from broker.config.sinks import SinkConfig
 from broker.config.yamlfile import KeyPath
@@ -66,18 +67,6 @@ OriginUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(lambda v: v
 """A URL sent as a header value that names a site (Aerion's ``companyurl``/``Origin``).
 A trailing slash is dropped: an Origin header has none, and ``https://acme.aerion.app/``
 names the same tenant as ``https://acme.aerion.app``."""
-
-
-class FieldProblem(ValueError):
-    """A model validator's complaint about one of the model's keys.
-
-    pydantic places a model validator's error at the model; the error formatter
-    appends *key*, so that the message points at (and its source names) the key.
-    """
-
-    def __init__(self, key: KeyPath, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 class _ProviderBase(BaseModel):

@@ -21,11 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-from broker.config.listening import GroupId, ProgramPath, UnixListen, UserId
-from broker.config.providers import (
-    FieldProblem,
-    ProviderConfig,
-)
+from broker.config.listening import GroupId, MetricsListen, ProgramPath, UnixListen, UserId
+from broker.config.problems import FieldProblem
+from broker.config.providers import ProviderConfig
 from broker.config.secrets import OptionalSecret, not_text
 from broker.config.store import StoreSettings
 from broker.core.addresses import is_loopback_address
@@ -165,7 +163,14 @@ class BrokerSettings(BaseModel):
     ``pid``) and removes at exit, so that ``broker health|wait|token`` find a broker on
     another port: set it by environment (``BROKER_ADDRESS_FILE``), which those commands
     read too. The image sets it to ``/var/lib/broker/address.json``."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_listen: MetricsListen | None = None
+    """A listener of its own for Prometheus (``127.0.0.1:9464``, or ``{host, port}``): GET
+    /metrics there needs no client key; /metrics on the broker's own address stays, for
+    callers allowed status."""
+    log_level: Literal["trace", "debug", "info", "warning", "error"] = "info"
+    """``debug``: the broker's own debug lines and the HTTP client's line per request;
+    ``trace``: also the HTTP client's connection and TLS internals, and uvicorn's per
+    connection lines. No level logs a secret."""
     log_format: Literal["text", "json"] = "text"
     """``text``: one human-readable line per event; ``json``: one JSON object per line."""
     max_concurrent_requests: int = Field(32, ge=1, le=1000)
@@ -248,6 +253,19 @@ class BrokerSettings(BaseModel):
         if not self.listen_tcp and self.listen_unix is None:
             msg = "listen_tcp: false needs listen_unix (the broker would listen nowhere)"
             raise FieldProblem(("listen_tcp",), msg)
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_on_a_port_of_their_own(self) -> BrokerSettings:
+        metrics = self.metrics_listen
+        if (
+            metrics is not None
+            and self.listen_tcp
+            and metrics.port == self.port != 0
+            and metrics.host.lower() == self.host.lower()
+        ):
+            msg = "the broker's own host and port; give the metrics a port of their own"
+            raise FieldProblem(("metrics_listen",), msg)
         return self
 
     @model_validator(mode="after")

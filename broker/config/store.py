@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from broker.config.providers import FieldProblem
+from broker.config.problems import FieldProblem
 from broker.config.secrets import OptionalSecret
 
 REDIS_SCHEMES = ("redis", "rediss")

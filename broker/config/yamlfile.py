@@ -86,6 +86,8 @@ def read_yaml(text: str, source: str) -> YamlDoc:
         raise ConfigError(_syntax_message(exc, source)) from None
     except YAMLError:
         raise ConfigError(f"{source}: not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
     doc = YamlDoc(data, _key_lines(node, yaml))
     # The loader and its node graph are reference cycles: free them now, before
     # validation builds the settings on top (with 10,000 providers they held

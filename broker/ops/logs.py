@@ -27,10 +27,12 @@ import functools
 import json
 import logging
 import math
+import re
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
 
@@ -84,23 +86,135 @@ def configure_logging(
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.propagate = True
+    for name in HTTPCORE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, HeaderValueFilter) for f in logger.filters):
+            logger.addFilter(HeaderValueFilter())
     set_level(level)
     return handler
 
 
+TRACE: Final = 5
+"""``log_level: trace``: below DEBUG, uvicorn's number and name for it (``uvicorn.logging``)."""
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS: Final = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+"""``log_level``'s names and the numbers :mod:`logging` knows them by."""
+
+CLIENT_LOGGERS: Final = ("httpx", "httpcore")
+"""The HTTP client's loggers, whose levels :func:`set_level` sets."""
+
+HTTPCORE_LOGGERS: Final = (
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+"""Where httpcore makes its records (a filter on a logger sees only its own records)."""
+
+
+def level_number(level: str) -> int:
+    """The :mod:`logging` number of a ``log_level`` name (any case)."""
+    return LEVELS[level.lower()]
+
+
 def set_level(level: str) -> None:
-    """Log at *level* from now on (at start, and when a reload changes ``log_level``)."""
-    logging.getLogger().setLevel(level.upper())
-    # httpx logs every request at INFO; the broker logs each token request itself, with
-    # the provider and outcome, so the client libraries speak up only for problems
-    # (or at debug level).
-    for name in CLIENT_LOGGERS:
-        logging.getLogger(name).setLevel(
-            logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
+    """Log at *level* from now on (at start, and when a reload changes ``log_level``).
+
+    * The HTTP client: httpx logs one line per request at INFO, which the broker's own
+      line per token request (provider, outcome, duration) says better, so it speaks up
+      only for problems, or from ``debug`` on. httpcore's connection and TLS internals
+      (a record per step of every request, the answer's headers included) only at
+      ``trace``.
+    * uvicorn follows *level* (it sets its loggers' levels itself, once at start:
+      a reload must set them again). At ``trace`` that is a line per caller connection
+      made and lost; its ASGI message trace (``uvicorn.asgi``: every request's path and
+      query string, where a login's one-time id and authorization code travel) stays off
+      at every level.
+    """
+    number = level_number(level)
+    logging.getLogger().setLevel(number)
+    httpx_level = logging.NOTSET if number <= logging.DEBUG else logging.WARNING
+    logging.getLogger("httpx").setLevel(httpx_level)
+    logging.getLogger("httpcore").setLevel(logging.NOTSET if number <= TRACE else logging.WARNING)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(number)
+    logging.getLogger("uvicorn.asgi").setLevel(max(number, logging.DEBUG))
+
+
+class HeldRecords(logging.Handler):
+    """Records made before logging is set up (the config file's own warnings, while it is
+    read), kept to be written in the configured format once it is (:meth:`replay`),
+    rather than as bare text by logging's last resort."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self) -> None:
+        """Hand every held record to its logger again, as far as its level now lets it."""
+        records, self.records = self.records, []
+        for record in records:
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+
+
+@contextlib.contextmanager
+def holding_records() -> Iterator[HeldRecords]:
+    """While inside, records that reach the root logger are held (see :class:`HeldRecords`)."""
+    held = HeldRecords()
+    root = logging.getLogger()
+    root.addHandler(held)
+    try:
+        yield held
+    finally:
+        root.removeHandler(held)
+
+
+UNCAUGHT_LOGGER: Final = "py.uncaught"
+"""Where an exception nothing caught is written (next to logging's ``py.warnings``); not a
+``broker.`` logger, so the SecretFilter reads it."""
+
+
+def capture_python_reports() -> None:
+    """Python's own reports on stderr as log records, one line each like every other:
+    warnings (``py.warnings``), and an exception that ends the process or a thread
+    (:data:`UNCAUGHT_LOGGER`, CRITICAL, its traceback in the record) instead of a
+    multi-line traceback. The exit status stays what Python makes it."""
+    logging.captureWarnings(True)
+    crash = logging.getLogger(UNCAUGHT_LOGGER)
+
+    def process_hook(
+        kind: type[BaseException], value: BaseException, tb: types.TracebackType | None
+    ) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        crash.critical("uncaught exception, the process ends", exc_info=(kind, value, tb))
+
+    def thread_hook(info: threading.ExceptHookArgs) -> None:
+        if info.exc_value is None or issubclass(info.exc_type, SystemExit):
+            return
+        name = info.thread.name if info.thread is not None else "?"
+        crash.critical(
+            "uncaught exception in thread %s",
+            name,
+            exc_info=(info.exc_type, info.exc_value, info.exc_traceback),
         )
 
-
-CLIENT_LOGGERS = ("httpx", "httpcore")
+    sys.excepthook = process_hook
+    threading.excepthook = thread_hook
 
 
 def add_secret_filter(secrets: Callable[[], Iterable[str]]) -> Callable[[], None]:
@@ -199,15 +313,37 @@ def _exception_text(record: logging.LogRecord, formatter: logging.Formatter) -> 
     return record.exc_text or None
 
 
+LINE_BREAKS: Final = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+"""Every character ``str.splitlines`` breaks a line at (a terminal, or a reader that splits
+on more than ``\\n``, would too): none is written raw, so one record is one line."""
+
+_TEXT_ESCAPES: Final = str.maketrans(
+    {"\\": "\\\\", "\r": "\\r", "\n": "\\n"}
+    | {c: f"\\u{ord(c):04x}" for c in LINE_BREAKS if c not in "\r\n"}
+)
+_JSON_ESCAPES: Final = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+"""What ``json.dumps(ensure_ascii=False)`` leaves raw of LINE_BREAKS (it escapes the rest)."""
+
+
 def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    return text.translate(_TEXT_ESCAPES)
 
 
 def _text_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if not text or any(c in text for c in ' ="\\\r\n\t'):
+    if not text or any(c in text for c in ' ="\\\t' + LINE_BREAKS):
         return json.dumps(text)
     return text
+
+
+def message_of(record: logging.LogRecord) -> str:
+    """The record's message with its arguments; when they do not fit (another library's
+    mistake), the message and the arguments as they are, instead of logging's multi-line
+    "--- Logging error ---" report on stderr."""
+    try:
+        return record.getMessage()
+    except Exception as exc:
+        return f"{record.msg} (arguments that do not fit it: {record.args!r}: {exc})"
 
 
 class LineFormatter(logging.Formatter):
@@ -226,7 +362,7 @@ class TextFormatter(LineFormatter):
             _timestamp(record.created, millis=False),
             record.levelname,
             record.name,
-            _escape(record.getMessage()),
+            _escape(message_of(record)),
         ]
         parts.extend(f"{key}={_text_value(value)}" for key, value in extra_fields(record).items())
         exc = _exception_text(record, self)
@@ -253,7 +389,7 @@ class JsonFormatter(LineFormatter):
             "ts": _timestamp(record.created, millis=True),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": message_of(record),
         }
         for key, value in extra_fields(record).items():
             document[f"extra_{key}" if key in _JSON_KEYS else key] = value
@@ -264,7 +400,8 @@ class JsonFormatter(LineFormatter):
             document["exc"] = exc
         if record.stack_info:
             document["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(document, default=str, ensure_ascii=False)
+        line = json.dumps(document, default=str, ensure_ascii=False)
+        return line if line.isascii() else line.translate(_JSON_ESCAPES)
 
     def renderer(self, record: logging.LogRecord) -> Callable[[float], str]:
         rest = self.format(record).partition(", ")[2]  # all but the leading "ts" member
@@ -318,13 +455,8 @@ class SecretFilter(logging.Filter):
 
     @staticmethod
     def _redact(record: logging.LogRecord, scrub: Callable[[str], str]) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # bad %-args: let logging report it as usual
-            message = None
-        if message is not None:
-            record.msg = scrub(message)
-            record.args = None
+        record.msg = scrub(message_of(record))  # arguments that do not fit: redacted too
+        record.args = None
         for key, value in extra_fields(record).items():
             setattr(record, key, _scrub_value(value, scrub))
         if record.exc_info and not record.exc_text:
@@ -333,6 +465,36 @@ class SecretFilter(logging.Filter):
             record.exc_text = scrub(record.exc_text)
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
+
+
+_BYTES_REPR = r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\""
+"""A ``bytes`` literal as ``repr`` writes it, in either quotes."""
+
+_SENSITIVE_HEADER: Final = re.compile(
+    rf"\((b['\"][^'\"]*?(?:authorization|cookie|token|secret|session|password|api-?key)"
+    rf"[^'\"]*['\"]), (?:{_BYTES_REPR})\)",
+    re.IGNORECASE,
+)
+"""A (name, value) pair of a header whose value may be a credential, in httpcore's record
+of an answer's headers: ``(b'set-cookie', b'sid=...')``."""
+
+
+class HeaderValueFilter(logging.Filter):
+    """On httpcore's loggers (``trace`` turns them on): the value of every header whose name
+    says it may hold a credential (``Set-Cookie``, ``Authorization``, ``X-Session-Token``
+    ...) is replaced by ``[redacted]`` in its record of an answer's headers
+    (``receive_response_headers.complete return_value=(..., [(b'name', b'value'), ...])``).
+
+    httpcore never writes a request's header values or either body; the answer's headers
+    it writes whole, and an identity provider's session cookie is no configured secret or
+    held token that :class:`SecretFilter` would know. The name stays, for debugging.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if isinstance(message, str) and "headers" in message and not record.args:
+            record.msg = _SENSITIVE_HEADER.sub(rf"(\1, b'{REDACTED}')", message)
+        return True
 
 
 def _scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:

@@ -14,13 +14,14 @@ import json
 import os
 from pathlib import Path
 
+from broker.core.errors import ConfigError
 from broker.ops.atomic import replace_file
 from broker.server.listeners import Listeners, listen_address, port_of
 
 ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-class AddressFileError(Exception):
+class AddressFileError(ConfigError):
     """The address file could not be written (its path in the message)."""
 
 

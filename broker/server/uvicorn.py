@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from broker.config.settings import BrokerSettings
 from broker.engine.store import TokenStore
 from broker.ops import heap
 from broker.server.connguard import ConnectionGate, connection_gate
 from broker.web.app import create_app
+from broker.web.metrics_port import LocalAddress, MetricsPort
 
 
 def uvicorn_config(
@@ -28,23 +30,38 @@ def uvicorn_config(
     store: TokenStore | None = None,
     overrides: Mapping[str, Any] | None = None,
     gate: ConnectionGate | None = None,
+    metrics_at: Sequence[LocalAddress] = (),
 ) -> uvicorn.Config:
     """The server for this process; also sets its garbage collector up (:mod:`broker.ops.heap`).
 
     *overrides* (``--host``, ``--port``) are applied again at every reload of *config_path*.
     *gate* times out and caps callers' connections (:mod:`broker.server.connguard`); by default
-    one is made for *settings*, which raises this process's open-file limit.
+    one is made for *settings*, which raises this process's open-file limit. *metrics_at*:
+    where the ``metrics_listen`` sockets among those the server is given listen
+    (:mod:`broker.web.metrics_port` answers requests that arrive there).
     """
     gate = gate or connection_gate(settings)
     heap.tune()
-    app = create_app(
+    fast = create_app(
         settings, config_path=config_path, overrides=overrides, store=store, freeze_heap=True
     )
+    app: ASGIApp = fast
+    if metrics_at:
+        runtime = fast.runtime
+        app = MetricsPort(
+            fast,
+            listening=metrics_at,
+            settings=settings,
+            guard=runtime.guard,
+            metrics=runtime.metrics,
+        )
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level,
+        # Levels are broker.ops.logs's (set_level, at start and at every reload): uvicorn's
+        # own would turn its ASGI message trace on at trace.
+        log_level=None,
         log_config=None,  # keep our logging setup
         access_log=False,  # per-request lines would flood the log; never with tokens anyway
         lifespan="on",

@@ -38,6 +38,7 @@ RESTART_KEYS = (
     "listen_tcp",
     "listen_unix",
     "address_file",
+    "metrics_listen",
     "log_format",
     "max_concurrent_requests",
     "state_dir",

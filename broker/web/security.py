@@ -163,7 +163,7 @@ class AccessRules:
             clients=clients,
             loopback_only=not clients and not security.allow_unauthenticated_network,
             allowed_hosts=frozenset(
-                _host_names([*LOOPBACK_NAMES, settings.host, *security.allowed_hosts])
+                host_names([*LOOPBACK_NAMES, settings.host, *security.allowed_hosts])
             ),
             required_header=(
                 (header.name.lower().encode(), header.value.encode())
@@ -227,7 +227,7 @@ class Guard:
         if size > MAX_HEADER_BYTES:
             msg = f"request headers larger than {MAX_HEADER_BYTES} bytes are refused"
             raise Denied(ErrorCode.HEADERS_TOO_LARGE, msg)
-        if host is None or _strip_port(host.decode("latin-1")).lower() not in rules.allowed_hosts:
+        if host is None or named_host(host) not in rules.allowed_hosts:
             msg = "the Host header does not name this broker (see security.allowed_hosts)"
             raise Denied(ErrorCode.HOST_NOT_ALLOWED, msg)
         if rules.required_header is not None:
@@ -393,6 +393,11 @@ def _is_loopback(client: object) -> bool:
     return isinstance(host, str) and is_loopback_address(host)
 
 
+def named_host(header: bytes) -> str:
+    """The host name a ``Host`` header names, without its port, in lower case."""
+    return _strip_port(header.decode("latin-1")).lower()
+
+
 def _strip_port(host: str) -> str:
     if host.startswith("["):  # [::1]:8181
         return host[1 : host.find("]")] if "]" in host else host
@@ -401,7 +406,8 @@ def _strip_port(host: str) -> str:
     return host
 
 
-def _host_names(names: Iterable[str]) -> Iterable[str]:
+def host_names(names: Iterable[str]) -> Iterable[str]:
+    """*names* as a Host header is compared with them; wildcard listen addresses left out."""
     for name in names:
         name = name.strip().lower()
         if name and name not in ("0.0.0.0", "::"):  # wildcard binds are not names
