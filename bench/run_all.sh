@@ -48,6 +48,7 @@ run refresh_noise_100 refresh_noise --providers 100 --ttl 10 --rounds 6
 run scale scale --providers 10,100,1000,10000 --ready-timeout 45
 run scale_staged scale --providers 1000 --stage 100
 run startup startup --providers 1,1000 --repeat 3 --timeout 30
+run probe probe --runs 30
 run vs_inprocess vs_inprocess --workers 50 --window 60 --short-ttl 20
 run replicas replicas --replicas 1,3,10 --ttl 4 --window 45 --propagation 3,10 \
     --propagation-window 60 --conns 1,16,256 --seconds 5
