@@ -14,7 +14,8 @@ the standard library (a probe that runs every few seconds should not load a web 
 The broker: ``--url``, else ``$BROKER_URL``, else the address the broker wrote to
 ``$BROKER_ADDRESS_FILE`` (its ``address_file``), else ``http://127.0.0.1:8181``; its key:
 ``$BROKER_KEY``, else the file ``$BROKER_KEY_FILE`` names. Exit status: 0 as asked, 1 not
-(not healthy, not ready in time, no token), 2 a usage error, 4 the broker did not answer.
+(not healthy, not ready in time, no token), 2 a usage error, 4 the broker did not answer;
+``broker health`` exits 1 for all of those, as a HEALTHCHECK must (2 is reserved there).
 """
 
 from __future__ import annotations
@@ -98,10 +99,17 @@ def run_light(args: argparse.Namespace) -> int:
         return _token(base, args, key)
     except ValueError as exc:
         print(f"broker {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _health_status(args, EXIT_USAGE)
     except Unreachable as exc:
         print(f"broker {args.command}: the broker at {base} did not answer: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _health_status(args, EXIT_UNREACHABLE)
+
+
+def _health_status(args: argparse.Namespace, status: int) -> int:
+    """``broker health`` fails with 1 whatever went wrong: it is a HEALTHCHECK command, whose
+    contract is 0 healthy, 1 unhealthy, 2 reserved (Docker's reference); its message says
+    which failure it was. The other commands keep their distinct codes."""
+    return EXIT_NOT if args.command == "health" else status
 
 
 def _health(base: str, ready: bool, key: str | None) -> int:

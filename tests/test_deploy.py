@@ -942,6 +942,7 @@ def test_probes_tell_a_live_broker_from_a_ready_one(kind: str, tmp_path: Path) -
         for command, check_env in checks:
             done = broker_probe(command, check_env)
             assert done.returncode == 1, f"{command}: {done.returncode} {done.stdout}{done.stderr}"
+            assert "did not answer" not in done.stderr, "the broker answered: not ready"
     assert not Path(broker.env["BROKER_ADDRESS_FILE"]).exists(), "removed at exit"
 
 
