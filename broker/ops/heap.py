@@ -20,9 +20,12 @@ before, 34 ms after). The usual remedies for long-lived servers, both here:
   the first did no better). The older generations keep CPython's ratio of 10:
   a full collection every 100 young ones, so about every million allocations.
 
-Every token request leaves a little garbage in reference cycles that only the
-collector frees: httpx and httpcore leave about 45 objects per request (a
-response and the stream that reads it refer to each other, among others). Cycles
+Token requests used to leave garbage in reference cycles that only the
+collector frees: httpx links a response and the stream that reads it both
+ways, about 40 objects per request, and a young collection after a refresh
+burst freed ~10,000 of them in one 4-9 ms pause (``bench/refresh_noise.py``).
+:func:`broker.engine.exchange.release_stream` now breaks that link, so they
+are freed by reference counting; other cycles remain possible. Cycles
 still alive at a young collection (a request in flight) move to older
 generations, and the oldest is collected only in full collections. With the
 old generations collected every 50 and 100 times less often (the thresholds
