@@ -60,6 +60,7 @@ from tests.support import (
     wait_for,
 )
 from tests.test_container import (
+    IMAGE_CONFIG,
     IMAGE_HOME,
     IMAGE_VENV,
     healthcheck_command,
@@ -72,7 +73,6 @@ COMPOSE = ROOT / "docker-compose.replicas.yml"
 SINGLE = ROOT / "docker-compose.yml"
 LIMITS = ("mem_limit", "cpus", "pids_limit")
 K8S = ROOT / "deploy" / "k8s"
-IMAGE_CONFIG = "/etc/broker/config.yaml"
 BROKER_PORT = 8181
 ACL_PASSWORD_PLACEHOLDER = "PASSWORD"
 """How the README writes the password in the ACL line it shows."""

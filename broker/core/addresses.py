@@ -27,8 +27,9 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 def local_url(host: str, port: int) -> str:
     """The ``http://`` base URL at which a process on this host reaches a broker listening
-    on *host*:*port* (a wildcard address by 127.0.0.1; IPv6 in brackets)."""
-    reached = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    on *host*:*port*: a wildcard address by loopback, ``::`` by ``::1`` (the broker's IPv6
+    sockets are IPv6-only, so 127.0.0.1 would be refused); IPv6 in brackets."""
+    reached = ("::1" if host == "::" else "127.0.0.1") if host in WILDCARD_HOSTS else host
     return f"http://[{reached}]:{port}" if ":" in reached else f"http://{reached}:{port}"
 
 

@@ -14,11 +14,10 @@ import json
 import os
 from pathlib import Path
 
+from broker.core.addresses import local_url
 from broker.core.errors import ConfigError
 from broker.ops.atomic import replace_file
-from broker.server.listeners import Listeners, listen_address, port_of
-
-ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+from broker.server.listeners import Listeners, port_of
 
 
 class AddressFileError(ConfigError):
@@ -28,8 +27,7 @@ class AddressFileError(ConfigError):
 def address_record(listeners: Listeners, host: str) -> dict[str, object]:
     record: dict[str, object] = {"pid": os.getpid()}
     if listeners.tcp:
-        reach = ANY_ADDRESS.get(host, host)
-        record["url"] = f"http://{listen_address(reach)}:{port_of(listeners.tcp)}"
+        record["url"] = local_url(host, port_of(listeners.tcp))
     if listeners.unix is not None:
         record["unix"] = str(listeners.unix.path)
     return record
